@@ -1,0 +1,81 @@
+"""aiosessmgr: fully async sessions for aiohttp, safe under concurrent requests.
+
+Quick start::
+
+    from aiohttp import web
+    import aiosessmgr
+
+    async def handler(request: web.Request) -> web.Response:
+        session = await aiosessmgr.get_session(request)
+        visits = session.increment("visits")
+        return web.Response(text=f"visit {visits}")
+
+    app = web.Application()
+    aiosessmgr.setup(app, aiosessmgr.SessionManager({"default": "memory",
+                                                     "drivers": {"memory": {"driver": "memory"}}}))
+"""
+
+from __future__ import annotations
+
+from .codec import AesGcmCipher, Codec, JsonSerializer, MsgpackSerializer
+from .config import (
+    CookieConfig,
+    DriverConfig,
+    EncryptionConfig,
+    Secret,
+    Serializer,
+    SessionConfig,
+)
+from .drivers.base import SessionDriver, SupportsCompareAndSet, SupportsTouch
+from .drivers.memory import MemoryDriver
+from .errors import (
+    AiosessmgrError,
+    ConfigError,
+    DriverError,
+    SerializationError,
+    SessionError,
+    SessionLockTimeout,
+)
+from .events import SessionEvent, SessionEvents
+from .manager import DriverFactory, SessionManager
+from .session import Session, SessionStore, StoreContext, is_valid_session_id, new_session_id
+from .web import get_session, new_session, session_middleware, setup
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "AesGcmCipher",
+    "AiosessmgrError",
+    "Codec",
+    "ConfigError",
+    "CookieConfig",
+    "DriverConfig",
+    "DriverError",
+    "DriverFactory",
+    "EncryptionConfig",
+    "JsonSerializer",
+    "MemoryDriver",
+    "MsgpackSerializer",
+    "Secret",
+    "SerializationError",
+    "Serializer",
+    "Session",
+    "SessionConfig",
+    "SessionDriver",
+    "SessionError",
+    "SessionEvent",
+    "SessionEvents",
+    "SessionLockTimeout",
+    "SessionManager",
+    "SessionStore",
+    "StoreContext",
+    "SupportsCompareAndSet",
+    "SupportsTouch",
+    "__version__",
+    "get_session",
+    "is_valid_session_id",
+    "new_session",
+    "new_session_id",
+    "session_middleware",
+    "setup",
+]

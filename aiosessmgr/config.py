@@ -1,0 +1,367 @@
+"""Configuration: the plain-dict shape users write, and the typed classes it becomes.
+
+``SessionConfig.from_dict`` (called by ``SessionManager``) validates everything up front,
+so a typo fails at startup with a :class:`ConfigError` that names the key and the valid
+choices, never later inside a request.
+
+Units: ``lifetime`` and ``absolute_lifetime`` are minutes (as in the system this mirrors);
+everything named ``*_interval``, ``*_timeout`` or ``max_age`` is seconds.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import difflib
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal, Protocol, cast, runtime_checkable
+
+from .errors import ConfigError
+
+__all__ = [
+    "BUILTIN_DRIVERS",
+    "CookieConfig",
+    "DriverConfig",
+    "EncryptionConfig",
+    "Secret",
+    "SessionConfig",
+    "Serializer",
+    "check_keys",
+]
+
+#: Driver types that ship with aiosessmgr; others are registered with ``manager.extend``.
+BUILTIN_DRIVERS = ("file", "memory", "redis")
+
+SameSite = Literal["lax", "strict", "none"]
+_SAME_SITE = ("lax", "strict", "none")
+_KEY_HELP = (
+    'generate one with: python -c "import secrets, base64; '
+    'print(base64.b64encode(secrets.token_bytes(32)).decode())"'
+)
+
+
+@runtime_checkable
+class Serializer(Protocol):
+    """Anything with these two methods can serialize session data."""
+
+    def serialize(self, data: dict[str, Any]) -> bytes:
+        """Encode a session mapping to bytes."""
+
+    def deserialize(self, payload: bytes) -> dict[str, Any]:
+        """Decode bytes produced by :meth:`serialize`."""
+
+
+def _snake(name: str) -> str:
+    return re.sub(r"(?<!^)(?=[A-Z])", "_", name).lower()
+
+
+def check_keys(where: str, given: Iterable[str], valid: Iterable[str]) -> None:
+    """Raise ConfigError for the first key of *given* not in *valid*, with a helpful hint."""
+    valid = sorted(valid)
+    for key in given:
+        if key in valid:
+            continue
+        hint = ""
+        snake = _snake(str(key))
+        if snake != key and snake in valid:
+            hint = f" (did you mean {snake!r}? keys are snake_case)"
+        else:
+            close = difflib.get_close_matches(str(key), valid, n=1)
+            if close:
+                hint = f" (did you mean {close[0]!r}?)"
+        raise ConfigError(f"unknown key {where}{key!r}{hint}; valid keys: {', '.join(valid)}")
+
+
+def _number(where: str, value: Any, *, positive: bool = True, allow_none: bool = False) -> Any:
+    if value is None and allow_none:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ConfigError(f"{where} must be a number, got {type(value).__name__}")
+    if positive and value <= 0:
+        raise ConfigError(f"{where} must be positive, got {value!r}")
+    return value
+
+
+class Secret:
+    """Key material whose ``repr`` never shows the bytes (so keys stay out of logs)."""
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: bytes) -> None:
+        self._value = value
+
+    def reveal(self) -> bytes:
+        """Return the raw key bytes."""
+        return self._value
+
+    def __repr__(self) -> str:
+        return "Secret('**********')"
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Secret) and other._value == self._value
+
+    def __hash__(self) -> int:
+        return hash(self._value)
+
+
+def parse_key(where: str, key: Any) -> Secret:
+    """Turn 32 raw bytes, or a base64/hex string of 32 bytes, into a Secret."""
+    if isinstance(key, Secret):
+        raw = key.reveal()
+    elif isinstance(key, (bytes, bytearray)):
+        raw = bytes(key)
+    elif isinstance(key, str):
+        raw = b""
+        text = key.strip()
+        if re.fullmatch(r"[0-9a-fA-F]{64}", text):
+            raw = bytes.fromhex(text)
+        else:
+            try:
+                raw = base64.b64decode(text + "=" * (-len(text) % 4), altchars=b"-_"
+                                       if ("-" in text or "_" in text) else None, validate=True)
+            except (binascii.Error, ValueError):
+                raw = b""
+    else:
+        raise ConfigError(f"{where} must be 32 bytes or a base64/hex string; {_KEY_HELP}")
+    if len(raw) != 32:
+        raise ConfigError(
+            f"{where} must be 32 bytes for aes-256-gcm (got {len(raw)}); {_KEY_HELP}"
+        )
+    return Secret(raw)
+
+
+@dataclass(frozen=True, slots=True)
+class CookieConfig:
+    """How the session id travels: the cookie's name and attributes."""
+
+    name: str = "aiosessmgr_session"
+    secure: bool = False
+    http_only: bool = True
+    same_site: SameSite | None = "lax"
+    path: str = "/"
+    domain: str | None = None
+    #: seconds; ``None`` makes a browser-session cookie (the server still enforces ``lifetime``)
+    max_age: int | None = None
+    partitioned: bool = False
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.name, str) or not re.fullmatch(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+",
+                                                               self.name):
+            raise ConfigError(f"cookie.name must be a non-empty cookie token, got {self.name!r}")
+        if self.same_site is not None and self.same_site not in _SAME_SITE:
+            raise ConfigError(
+                f"cookie.same_site must be one of 'lax', 'strict', 'none' (or None), "
+                f"got {self.same_site!r}"
+            )
+        if self.same_site == "none" and not self.secure:
+            raise ConfigError(
+                "cookie.same_site='none' requires cookie.secure=True (browsers drop it otherwise)"
+            )
+        if self.name.startswith("__Host-") and (
+            not self.secure or self.path != "/" or self.domain is not None
+        ):
+            raise ConfigError(
+                "cookie.name with the '__Host-' prefix requires secure=True, path='/' "
+                "and domain=None"
+            )
+        if self.name.startswith("__Secure-") and not self.secure:
+            raise ConfigError("cookie.name with the '__Secure-' prefix requires secure=True")
+        if self.partitioned and not self.secure:
+            raise ConfigError("cookie.partitioned=True requires cookie.secure=True")
+        _number("cookie.max_age", self.max_age, allow_none=True)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> CookieConfig:
+        """Build from the ``cookie`` section of the config dict."""
+        _mapping("cookie", data)
+        check_keys("cookie.", data, cls.__dataclass_fields__)
+        return cls(**data)
+
+
+@dataclass(frozen=True, slots=True)
+class EncryptionConfig:
+    """AES-256-GCM at rest: ``key`` encrypts, ``previous_keys`` still decrypt (rotation)."""
+
+    enabled: bool = False
+    key: Secret | None = None
+    algorithm: str = "aes-256-gcm"
+    previous_keys: tuple[Secret, ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.algorithm != "aes-256-gcm":
+            raise ConfigError(
+                f"encryption.algorithm must be 'aes-256-gcm', got {self.algorithm!r}"
+            )
+        if self.enabled and self.key is None:
+            raise ConfigError(f"encryption.key is required when encryption is enabled; {_KEY_HELP}")
+        if self.key is not None and not isinstance(self.key, Secret):
+            object.__setattr__(self, "key", parse_key("encryption.key", self.key))
+        object.__setattr__(
+            self,
+            "previous_keys",
+            tuple(
+                parse_key(f"encryption.previous_keys[{i}]", k)
+                for i, k in enumerate(self.previous_keys)
+            ),
+        )
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> EncryptionConfig:
+        """Build from the ``encryption`` section of the config dict."""
+        _mapping("encryption", data)
+        check_keys("encryption.", data, cls.__dataclass_fields__)
+        values = dict(data)
+        if values.get("key") is not None:
+            values["key"] = parse_key("encryption.key", values["key"])
+        prev = values.get("previous_keys", ())
+        if isinstance(prev, (str, bytes)) or not isinstance(prev, Iterable):
+            raise ConfigError("encryption.previous_keys must be a list of keys")
+        values["previous_keys"] = tuple(prev)
+        return cls(**values)
+
+
+_DRIVER_COMMON = ("driver", "lifetime")
+
+
+@dataclass(frozen=True, slots=True)
+class DriverConfig:
+    """One named driver: its type, idle ``lifetime`` in minutes, and driver options."""
+
+    driver: str
+    #: minutes of inactivity after which the session expires
+    lifetime: float = 120
+    #: driver-specific keys (``path``, ``url``, ``prefix``, ...), validated by the driver
+    options: Mapping[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.driver, str) or not self.driver:
+            raise ConfigError(f"driver must be a non-empty string, got {self.driver!r}")
+        _number(f"lifetime of driver {self.driver!r}", self.lifetime)
+
+    @property
+    def ttl(self) -> int:
+        """The lifetime in whole seconds (at least 1), the unit drivers work in."""
+        return max(1, round(self.lifetime * 60))
+
+    def check_options(self, valid: Iterable[str]) -> None:
+        """Raise ConfigError for an option this driver does not know (called by drivers)."""
+        check_keys(f"drivers option of {self.driver!r} driver: ", self.options,
+                   [*valid, *_DRIVER_COMMON])
+
+    @classmethod
+    def from_dict(cls, name: str, data: Mapping[str, Any], lifetime: float) -> DriverConfig:
+        """Build from one entry of the ``drivers`` section."""
+        _mapping(f"drivers.{name}", data)
+        if "driver" not in data:
+            raise ConfigError(
+                f"drivers.{name} needs a 'driver' key naming its type "
+                f"(built-in: {', '.join(BUILTIN_DRIVERS)})"
+            )
+        kind = data["driver"]
+        if isinstance(kind, str) and kind not in BUILTIN_DRIVERS:
+            close = difflib.get_close_matches(kind, BUILTIN_DRIVERS, n=1, cutoff=0.7)
+            if close:
+                raise ConfigError(
+                    f"unknown driver {kind!r} in drivers.{name} (did you mean {close[0]!r}?); "
+                    f"built-in drivers: {', '.join(BUILTIN_DRIVERS)}"
+                )
+        options = {k: v for k, v in data.items() if k not in _DRIVER_COMMON}
+        return cls(driver=kind, lifetime=data.get("lifetime", lifetime), options=options)
+
+
+def _mapping(where: str, data: Any) -> None:
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"{where} must be a mapping, got {type(data).__name__}")
+
+
+@dataclass(frozen=True, slots=True)
+class SessionConfig:
+    """The whole configuration of a SessionManager (the typed form of the config dict)."""
+
+    default: str = "memory"
+    drivers: Mapping[str, DriverConfig] = field(
+        default_factory=lambda: {"memory": DriverConfig("memory")}
+    )
+    cookie: CookieConfig = field(default_factory=CookieConfig)
+    encryption: EncryptionConfig = field(default_factory=EncryptionConfig)
+    #: ``"msgpack"``, ``"json"``, or an object with ``serialize``/``deserialize``
+    serializer: str | Serializer = "msgpack"
+    #: (chances, out_of): per-request probability that garbage collection runs
+    lottery: tuple[int, int] = (2, 100)
+    #: seconds between periodic GC runs started by ``setup()``; ``None`` disables it
+    gc_interval: float | None = None
+    #: default idle lifetime in minutes for drivers that do not set their own
+    lifetime: float = 120
+
+    def __post_init__(self) -> None:
+        if not self.drivers:
+            raise ConfigError("drivers must name at least one driver")
+        if self.default not in self.drivers:
+            raise ConfigError(
+                f"default={self.default!r} is not one of the configured drivers: "
+                f"{', '.join(sorted(self.drivers))}"
+            )
+        for name, cfg in self.drivers.items():
+            if not isinstance(cfg, DriverConfig):
+                raise ConfigError(f"drivers.{name} must be a DriverConfig or a mapping")
+        if isinstance(self.serializer, str):
+            if self.serializer not in ("msgpack", "json"):
+                raise ConfigError(
+                    f"serializer must be 'msgpack', 'json' or an object with serialize() and "
+                    f"deserialize(), got {self.serializer!r}"
+                )
+        elif not isinstance(self.serializer, Serializer):
+            raise ConfigError(
+                "serializer must be 'msgpack', 'json' or an object with serialize(dict) -> "
+                "bytes and deserialize(bytes) -> dict"
+            )
+        lottery = self.lottery
+        if (
+            not isinstance(lottery, (tuple, list))
+            or len(lottery) != 2
+            or not all(isinstance(x, int) and not isinstance(x, bool) for x in lottery)
+            or lottery[0] < 0
+            or lottery[1] <= 0
+            or lottery[0] > lottery[1]
+        ):
+            raise ConfigError(
+                f"lottery must be (chances, out_of) with 0 <= chances <= out_of, e.g. (2, 100); "
+                f"got {lottery!r}"
+            )
+        object.__setattr__(self, "lottery", (lottery[0], lottery[1]))
+        _number("gc_interval", self.gc_interval, allow_none=True)
+        _number("lifetime", self.lifetime)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> SessionConfig:
+        """Validate the plain-dict configuration and build the typed form."""
+        _mapping("config", data)
+        check_keys("", data, cls.__dataclass_fields__)
+        values: dict[str, Any] = dict(data)
+        lifetime = _number("lifetime", values.get("lifetime", 120))
+        drivers = values.get("drivers", {"memory": {"driver": "memory"}})
+        _mapping("drivers", drivers)
+        values["drivers"] = {
+            str(name): DriverConfig.from_dict(str(name), cfg, lifetime)
+            for name, cfg in cast(Mapping[str, Any], drivers).items()
+        }
+        if "default" not in values and len(values["drivers"]) == 1:
+            values["default"] = next(iter(values["drivers"]))
+        if "cookie" in values:
+            values["cookie"] = CookieConfig.from_dict(values["cookie"])
+        if "encryption" in values:
+            values["encryption"] = EncryptionConfig.from_dict(values["encryption"])
+        if "lottery" in values and isinstance(values["lottery"], list):
+            values["lottery"] = tuple(values["lottery"])
+        return cls(**values)
+
+    @classmethod
+    def coerce(cls, config: SessionConfig | Mapping[str, Any] | None) -> SessionConfig:
+        """Accept a SessionConfig, a config dict, or None (all defaults)."""
+        if config is None:
+            return cls()
+        if isinstance(config, SessionConfig):
+            return config
+        return cls.from_dict(config)

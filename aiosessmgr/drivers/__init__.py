@@ -1,0 +1,7 @@
+"""Session drivers: the contract (``base``) and the built-in stores, one module each."""
+
+from __future__ import annotations
+
+from .base import VERSION_SIZE, SessionDriver, SupportsCompareAndSet, SupportsTouch
+
+__all__ = ["VERSION_SIZE", "SessionDriver", "SupportsCompareAndSet", "SupportsTouch"]

@@ -1,0 +1,82 @@
+"""The contract every session driver implements.
+
+A driver stores opaque bytes under a session id. It knows nothing of sessions,
+serializers, encryption or aiohttp. Units are fixed: ``ttl`` and ``max_lifetime``
+are **seconds**.
+
+Required (:class:`SessionDriver`): ``read``, ``write``, ``destroy``, ``gc``,
+optionally ``close``. That is all a driver registered with ``manager.extend`` needs.
+
+Optional capabilities, detected once per driver and used when present:
+
+* :class:`SupportsTouch` — ``read_touch(id, ttl)`` reads and extends expiry in one
+  operation, so a read-only request never writes the record back.
+* :class:`SupportsCompareAndSet` — ``compare_and_set(id, payload, ttl, expected)``
+  writes only if the stored record's version is still ``expected``; this is what
+  makes concurrent requests on one session lose nothing. The version of a record
+  is its first :data:`VERSION_SIZE` bytes; a driver compares those bytes and never
+  interprets them. Without it the session falls back to ``write`` (last writer wins).
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import Protocol, runtime_checkable
+
+__all__ = ["VERSION_SIZE", "SessionDriver", "SupportsCompareAndSet", "SupportsTouch"]
+
+#: Every stored record starts with this many bytes of version (see SupportsCompareAndSet).
+VERSION_SIZE = 8
+
+
+class SessionDriver(ABC):
+    """Stores session records (bytes) by id, with expiry in seconds.
+
+    Implementations must make ``write`` atomic: a concurrent ``read`` sees the old
+    record or the new one, never a mix. Errors talking to the store are raised as
+    :class:`aiosessmgr.DriverError` (``raise DriverError(...) from exc``); a record that
+    is missing, expired or unreadable is ``None``, not an error.
+    """
+
+    @abstractmethod
+    async def read(self, session_id: str) -> bytes | None:
+        """Return the record stored under *session_id*, or None if absent or expired."""
+
+    @abstractmethod
+    async def write(self, session_id: str, payload: bytes, ttl: int) -> None:
+        """Store *payload* under *session_id*, replacing it atomically; expire after *ttl* s."""
+
+    @abstractmethod
+    async def destroy(self, session_id: str) -> None:
+        """Remove the record (no error if it does not exist)."""
+
+    @abstractmethod
+    async def gc(self, max_lifetime: int) -> int:
+        """Remove records idle for more than *max_lifetime* seconds; return how many."""
+
+    async def close(self) -> None:  # noqa: B027 - optional hook, nothing to do by default
+        """Release connections and files; called once by ``SessionManager.close()``."""
+
+
+@runtime_checkable
+class SupportsTouch(Protocol):
+    """A driver that can read a record and extend its expiry in one operation."""
+
+    async def read_touch(self, session_id: str, ttl: int) -> bytes | None:
+        """Like ``read``, and if found, make it expire *ttl* seconds from now."""
+
+
+@runtime_checkable
+class SupportsCompareAndSet(Protocol):
+    """A driver with an atomic conditional write, the basis of lossless concurrent saves."""
+
+    async def compare_and_set(
+        self, session_id: str, payload: bytes, ttl: int, expected: bytes | None
+    ) -> bool:
+        """Write *payload* only if the stored version equals *expected*; True if written.
+
+        ``expected=None`` means "only if no record exists". The version of a record is
+        ``record[:VERSION_SIZE]``. The check and the write must be one atomic step with
+        respect to every other writer of that id (other tasks, processes or hosts that
+        share the store).
+        """

@@ -1,0 +1,46 @@
+"""The exceptions aiosessmgr raises.
+
+Every exception derives from :class:`AiosessmgrError`, so one ``except`` catches them all::
+
+    AiosessmgrError
+    ├── ConfigError          invalid configuration, raised at construction
+    ├── SerializationError   a session value the serializer cannot encode
+    ├── DriverError          the store is unreachable, timed out or failed
+    └── SessionError         a session operation that cannot be done
+        └── SessionLockTimeout   a session lock could not be taken in time
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "AiosessmgrError",
+    "ConfigError",
+    "DriverError",
+    "SerializationError",
+    "SessionError",
+    "SessionLockTimeout",
+]
+
+
+class AiosessmgrError(Exception):
+    """Base class of every error raised by aiosessmgr."""
+
+
+class ConfigError(AiosessmgrError, ValueError):
+    """The configuration is invalid; the message names the key and the valid choices."""
+
+
+class SerializationError(AiosessmgrError, TypeError):
+    """A session value cannot be serialized; the message names the key and the type."""
+
+
+class DriverError(AiosessmgrError):
+    """The session store failed: unreachable, timed out, or an I/O error."""
+
+
+class SessionError(AiosessmgrError):
+    """A session operation cannot be done (wrong value type, session not started, ...)."""
+
+
+class SessionLockTimeout(SessionError):
+    """A session lock was not acquired within its wait time."""

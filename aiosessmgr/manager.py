@@ -1,0 +1,225 @@
+"""SessionManager: named drivers, the session factory, garbage collection and events."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from .codec import Codec
+from .config import BUILTIN_DRIVERS, DriverConfig, SessionConfig
+from .drivers.base import SessionDriver
+from .errors import ConfigError
+from .events import EventRegistry, Listener, SessionEvent, SessionEvents
+from .session import Session, SessionStore, StoreContext
+
+__all__ = ["DriverFactory", "SessionManager"]
+
+logger = logging.getLogger("aiosessmgr")
+
+#: builds a driver from its config section; what ``extend`` registers
+DriverFactory = Callable[[DriverConfig], SessionDriver]
+
+
+def _builtin_factory(kind: str) -> DriverFactory:
+    # imported on demand so that an app on the memory driver never imports redis
+    if kind == "memory":
+        from .drivers.memory import MemoryDriver
+
+        return MemoryDriver.from_config
+    if kind == "file":
+        from .drivers.file import FileDriver
+
+        return FileDriver.from_config
+    from .drivers.redis import RedisDriver
+
+    return RedisDriver.from_config
+
+
+class SessionManager:
+    """Owns the configured drivers and hands out sessions.
+
+    Usage::
+
+        manager = SessionManager({
+            "default": "memory",
+            "drivers": {"memory": {"driver": "memory", "lifetime": 120}},
+        })
+        session = await manager.driver()          # a new, started session
+        session.put("user_id", 42)
+        await session.save()
+        same = await manager.load(session.id)     # load it again by id
+        await manager.close()
+
+    In an aiohttp app, pass the manager to ``aiosessmgr.setup(app, manager)`` instead
+    of calling these yourself.
+    """
+
+    def __init__(
+        self,
+        config: SessionConfig | Mapping[str, Any] | None = None,
+        *,
+        store_class: type[SessionStore] = Session,
+    ) -> None:
+        self.config = SessionConfig.coerce(config)
+        if not (isinstance(store_class, type) and issubclass(store_class, SessionStore)):
+            raise ConfigError("store_class must be a subclass of aiosessmgr.SessionStore")
+        self.store_class = store_class
+        self.events = EventRegistry()
+        self.codec = Codec.from_config(self.config.serializer, self.config.encryption)
+        self._factories: dict[str, DriverFactory] = {}
+        self._contexts: dict[str, StoreContext] = {}
+        self._gc_tasks: dict[str, asyncio.Task[int]] = {}
+        # built-in drivers are built now, so a bad path or URL fails at construction
+        for name, cfg in self.config.drivers.items():
+            if cfg.driver in BUILTIN_DRIVERS:
+                self.context(name)
+
+    # -- drivers ---------------------------------------------------------------------------
+
+    def extend(self, name: str, factory: DriverFactory) -> None:
+        """Register a custom driver type: ``factory(driver_config) -> SessionDriver``.
+
+        Config entries with ``"driver": name`` use it; ``manager.driver(name)`` works
+        even without a config entry (default lifetime, no options).
+        """
+        if not callable(factory):
+            raise ConfigError(f"extend({name!r}, ...) needs a callable factory")
+        if name in self._contexts:
+            raise ConfigError(f"driver {name!r} is already in use; extend() it before first use")
+        self._factories[name] = factory
+
+    @property
+    def default(self) -> str:
+        """The name of the default driver."""
+        return self.config.default
+
+    def context(self, name: str | None = None) -> StoreContext:
+        """The driver named *name* (default: the default driver) with what sessions need."""
+        key = name or self.config.default
+        ctx = self._contexts.get(key)
+        if ctx is None:
+            ctx = self._contexts[key] = self._build(key)
+        return ctx
+
+    def get_driver(self, name: str | None = None) -> SessionDriver:
+        """The driver instance behind *name* (built on first use)."""
+        return self.context(name).driver
+
+    def _build(self, name: str) -> StoreContext:
+        cfg = self.config.drivers.get(name)
+        if cfg is None:
+            if name not in self._factories:
+                raise ConfigError(
+                    f"unknown driver {name!r}; configured: "
+                    f"{', '.join(sorted(self.config.drivers))}"
+                    + (f"; extended: {', '.join(sorted(self._factories))}"
+                       if self._factories else "")
+                )
+            cfg = DriverConfig(driver=name, lifetime=self.config.lifetime)
+        factory = self._factories.get(cfg.driver)
+        if factory is None:
+            if cfg.driver not in BUILTIN_DRIVERS:
+                raise ConfigError(
+                    f"driver type {cfg.driver!r} of {name!r} is not registered; built-in: "
+                    f"{', '.join(BUILTIN_DRIVERS)}; register others with "
+                    f"manager.extend({cfg.driver!r}, factory)"
+                )
+            factory = _builtin_factory(cfg.driver)
+        driver = factory(cfg)
+        if not isinstance(driver, SessionDriver):
+            raise ConfigError(
+                f"the factory for {cfg.driver!r} returned {type(driver).__name__}, "
+                "not a SessionDriver"
+            )
+        return StoreContext(name=name, driver=driver, codec=self.codec, events=self.events,
+                            ttl=cfg.ttl)
+
+    # -- sessions --------------------------------------------------------------------------
+
+    def session(self, session_id: str | None = None, name: str | None = None) -> SessionStore:
+        """An unstarted session for *session_id* (from a cookie); no store access yet."""
+        return self.store_class(self.context(name), session_id)
+
+    async def driver(self, name: str | None = None) -> SessionStore:
+        """Start and return a new session on driver *name* (default driver if None)."""
+        session = self.session(None, name)
+        await session.start()
+        return session
+
+    async def load(self, session_id: str, name: str | None = None) -> SessionStore:
+        """Load the session *session_id*; an unknown or malformed id gives a new session."""
+        session = self.session(session_id, name)
+        await session.start()
+        return session
+
+    async def destroy(self, session_id: str, name: str | None = None) -> None:
+        """Remove a stored session by id (for example from an admin "log out everywhere")."""
+        await self.context(name).driver.destroy(session_id)
+        self.events.emit(SessionEvent(SessionEvents.DESTROYED, session_id))
+
+    # -- events ----------------------------------------------------------------------------
+
+    def on(self, event: SessionEvents, listener: Listener) -> None:
+        """Call *listener* (sync or async) with a SessionEvent whenever *event* happens."""
+        self.events.on(event, listener)
+
+    def off(self, event: SessionEvents, listener: Listener | None = None) -> None:
+        """Stop calling *listener* (or every listener) for *event*."""
+        self.events.off(event, listener)
+
+    # -- garbage collection ----------------------------------------------------------------
+
+    async def gc(self, name: str | None = None) -> dict[str, int]:
+        """Collect expired sessions on *name*, or on every configured driver if None.
+
+        Returns the number removed per driver name.
+        """
+        names = [name] if name else list(self.config.drivers)
+        result: dict[str, int] = {}
+        for driver_name in names:
+            ctx = self.context(driver_name)
+            result[driver_name] = await ctx.driver.gc(ctx.ttl)
+        return result
+
+    def schedule_gc(self, name: str | None = None) -> bool:
+        """Start GC of driver *name* in the background unless one is already running.
+
+        Errors are logged, never raised. Returns True if a run was started.
+        """
+        key = name or self.config.default
+        running = self._gc_tasks.get(key)
+        if running is not None and not running.done():
+            return False
+        task = asyncio.get_running_loop().create_task(self._gc_logged(key))
+        self._gc_tasks[key] = task
+        return True
+
+    async def _gc_logged(self, name: str) -> int:
+        try:
+            removed = (await self.gc(name))[name]
+        except Exception:
+            logger.exception("session garbage collection on driver %r failed", name)
+            return 0
+        logger.debug("session GC on driver %r removed %d sessions", name, removed)
+        return removed
+
+    async def wait_gc(self) -> None:
+        """Wait for background GC runs to finish (used at shutdown and in tests)."""
+        tasks = [t for t in self._gc_tasks.values() if not t.done()]
+        if tasks:
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def close(self) -> None:
+        """Stop background GC, let async listeners finish, and close every driver."""
+        for task in self._gc_tasks.values():
+            task.cancel()
+        await self.wait_gc()
+        await self.events.drain()
+        contexts, self._contexts = list(self._contexts.values()), {}
+        for ctx in contexts:
+            try:
+                await ctx.driver.close()
+            except Exception:
+                logger.exception("closing session driver %r failed", ctx.name)

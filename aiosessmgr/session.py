@@ -1,0 +1,720 @@
+"""Sessions: the data, its change tracking, flash data, the CSRF token, and saving.
+
+``SessionStore`` is the interface the manager and the middleware rely on;
+``Session`` is its default implementation. A custom store subclasses ``Session``
+(or ``SessionStore``) and is passed as ``SessionManager(config, store_class=...)``.
+
+A session remembers the version of the record it loaded and records its own
+changes as a *delta* (keys set, keys deleted, a flush, and ``increment`` /
+``decrement`` / ``push`` operations). ``save()`` writes with the driver's
+compare-and-set; if another request saved first, it re-reads, replays its delta
+on the fresh data and tries again, so concurrent requests lose nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import random
+import re
+import secrets
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterable, Iterator, Mapping, MutableMapping
+from dataclasses import dataclass, field
+from typing import Any, Final
+
+from .codec import Codec, DecodeError
+from .drivers.base import VERSION_SIZE, SessionDriver, SupportsCompareAndSet, SupportsTouch
+from .errors import SessionError
+from .events import EventRegistry, SessionEvent, SessionEvents
+
+__all__ = [
+    "Session",
+    "SessionStore",
+    "StoreContext",
+    "is_valid_session_id",
+    "new_session_id",
+]
+
+logger = logging.getLogger("aiosessmgr")
+
+_ID_RE: Final = re.compile(r"[A-Za-z0-9_-]{43}")
+#: how often save() re-reads and replays its delta before giving up
+MAX_SAVE_ATTEMPTS: Final = 16
+
+
+def new_session_id() -> str:
+    """A fresh id: 256 bits from ``secrets``, URL-safe base64 (43 characters)."""
+    return secrets.token_urlsafe(32)
+
+
+def is_valid_session_id(value: object) -> bool:
+    """True if *value* has the exact shape of an id we issue; nothing else is looked up."""
+    return isinstance(value, str) and len(value) == 43 and _ID_RE.fullmatch(value) is not None
+
+
+@dataclass(frozen=True, slots=True)
+class StoreContext:
+    """Everything a session needs from its manager, built once per named driver."""
+
+    name: str
+    driver: SessionDriver
+    codec: Codec
+    events: EventRegistry
+    #: idle lifetime in seconds
+    ttl: int
+    #: wall clock in seconds, for the created/last-write timestamps kept in the record
+    clock: Callable[[], float] = time.time
+    can_touch: bool = field(init=False)
+    can_cas: bool = field(init=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "can_touch", isinstance(self.driver, SupportsTouch))
+        object.__setattr__(self, "can_cas", isinstance(self.driver, SupportsCompareAndSet))
+
+
+class SessionStore(ABC, MutableMapping[str, Any]):
+    """The session interface the manager, the middleware and CSRF protection rely on."""
+
+    @abstractmethod
+    def __init__(self, context: StoreContext, session_id: str | None = None) -> None:
+        """Bind to a driver context; *session_id* is the id from the cookie, if any."""
+
+    @property
+    @abstractmethod
+    def id(self) -> str:
+        """The session id (a new one until a stored session is loaded)."""
+
+    @property
+    @abstractmethod
+    def new(self) -> bool:
+        """True if this session was not loaded from the store."""
+
+    @property
+    @abstractmethod
+    def accessed(self) -> bool:
+        """True once the session was started (the response depends on the cookie)."""
+
+    @property
+    @abstractmethod
+    def modified(self) -> bool:
+        """True if there are changes that ``save()`` would write."""
+
+    @property
+    @abstractmethod
+    def stored(self) -> bool:
+        """True if a record for ``id`` exists in the store as far as this session knows."""
+
+    @property
+    @abstractmethod
+    def token(self) -> str:
+        """The per-session CSRF secret (created on first use)."""
+
+    @abstractmethod
+    def regenerate_token(self) -> str:
+        """Replace the CSRF secret and return the new one."""
+
+    @abstractmethod
+    async def start(self) -> None:
+        """Load the session from the store, or begin a new one."""
+
+    @abstractmethod
+    async def save(self) -> None:
+        """Write the changes, if any, to the store."""
+
+    @abstractmethod
+    async def regenerate(self, destroy: bool = True) -> None:
+        """Give the session a new id, keeping its data."""
+
+    @abstractmethod
+    async def invalidate(self) -> None:
+        """Clear the data, give the session a new id and destroy the old record."""
+
+    # the data API handlers use
+
+    @abstractmethod
+    def get(self, key: str, default: Any = None) -> Any:
+        """The value of *key*, or *default*."""
+
+    @abstractmethod
+    def put(self, key: str | Mapping[str, Any], value: Any = None) -> None:
+        """Set one key, or every key of a mapping."""
+
+    @abstractmethod
+    def pull(self, key: str, default: Any = None) -> Any:
+        """Remove *key* and return its value (or *default*)."""
+
+    @abstractmethod
+    def has(self, *keys: str) -> bool:
+        """True if every key is present and not None."""
+
+    @abstractmethod
+    def exists(self, *keys: str) -> bool:
+        """True if every key is present, even with a None value."""
+
+    @abstractmethod
+    def missing(self, *keys: str) -> bool:
+        """True if no key is present."""
+
+    @abstractmethod
+    def forget(self, *keys: str) -> None:
+        """Remove the keys that are present."""
+
+    @abstractmethod
+    def flush(self) -> None:
+        """Remove all data."""
+
+    @abstractmethod
+    def all(self) -> dict[str, Any]:
+        """A shallow copy of all data."""
+
+    @abstractmethod
+    def only(self, *keys: str) -> dict[str, Any]:
+        """The present keys among *keys*, with their values."""
+
+    @abstractmethod
+    def except_(self, *keys: str) -> dict[str, Any]:
+        """All data except *keys*."""
+
+    @abstractmethod
+    def increment(self, key: str, by: int | float = 1) -> int | float:
+        """Add *by* to a number (missing counts as 0) and return the result."""
+
+    @abstractmethod
+    def decrement(self, key: str, by: int | float = 1) -> int | float:
+        """Subtract *by* from a number and return the result."""
+
+    @abstractmethod
+    def push(self, key: str, value: Any) -> None:
+        """Append *value* to the list at *key* (created if missing)."""
+
+    @abstractmethod
+    def flash(self, key: str, value: Any) -> None:
+        """Set *key* for this and the next request only."""
+
+    @abstractmethod
+    def now(self, key: str, value: Any) -> None:
+        """Set *key* for this request only."""
+
+    @abstractmethod
+    def reflash(self) -> None:
+        """Keep all flash data for one more request."""
+
+    @abstractmethod
+    def keep(self, *keys: str) -> None:
+        """Keep the named flash keys for one more request."""
+
+
+# Delta markers: a key's final local value is written as is, or the key is deleted.
+_SET: Final = "set"
+_DEL: Final = "del"
+_Ops = list[tuple[str, Any]]
+
+_MISSING: Final = object()
+
+
+def _apply(op: str, current: Any, arg: Any) -> Any:
+    """Apply a replayable operation to the current value of a key."""
+    if op == "incr":
+        base = current if isinstance(current, (int, float)) and not isinstance(current, bool) \
+            else 0
+        return base + arg
+    # push: a list gains one item; anything that is not a list starts a new one
+    return [*current, arg] if isinstance(current, list) else [arg]
+
+
+class Session(SessionStore):
+    """The default session: a mapping with change tracking, flash data and a CSRF token.
+
+    Usage (normally through ``get_session(request)``)::
+
+        session = await manager.driver()      # a started session on the default driver
+        session.put("user_id", 42)
+        session.increment("visits")
+        session.flash("status", "Saved!")     # readable on the next request only
+        await session.save()
+
+    Values must be serializable (msgpack: str, int, float, bool, None, bytes, list, dict,
+    datetime). Mutating a nested value in place is not tracked; ``put`` it again, or use
+    ``push``/``increment`` which also merge correctly with concurrent requests.
+    """
+
+    def __init__(self, context: StoreContext, session_id: str | None = None) -> None:
+        self._ctx = context
+        self._cookie_id = session_id if is_valid_session_id(session_id) else None
+        self._id = self._cookie_id or ""
+        self._data: dict[str, Any] = {}
+        # meta: c = created (epoch s), t = last write (epoch s), k = CSRF token,
+        # f = [new flash keys, old flash keys]
+        self._meta: dict[str, Any] = {}
+        self._version: bytes | None = None
+        self._started = False
+        self._stored = False
+        self._new = True
+        self._aged = False
+        self._rewrite = False
+        self._changes: dict[str, str | _Ops] = {}
+        self._flushed = False
+        self._meta_changed: set[str] = set()
+
+    # -- state -----------------------------------------------------------------------------
+
+    @property
+    def id(self) -> str:
+        """The session id (a new one until a stored session is loaded)."""
+        return self._id
+
+    @property
+    def name(self) -> str:
+        """The name of the driver this session lives on."""
+        return self._ctx.name
+
+    @property
+    def new(self) -> bool:
+        """True if this session was not loaded from the store."""
+        return self._new
+
+    @property
+    def accessed(self) -> bool:
+        """True once the session was started."""
+        return self._started
+
+    @property
+    def started(self) -> bool:
+        """True once ``start()`` ran."""
+        return self._started
+
+    @property
+    def modified(self) -> bool:
+        """True if there are changes that ``save()`` would write."""
+        return bool(self._changes or self._flushed or self._meta_changed or self._rewrite)
+
+    @property
+    def stored(self) -> bool:
+        """True if a record for ``id`` exists in the store as far as this session knows."""
+        return self._stored
+
+    @property
+    def created_at(self) -> float:
+        """When the session was first created (seconds since the epoch)."""
+        return float(self._meta.get("c", 0.0))
+
+    @property
+    def delta(self) -> Mapping[str, str | tuple[tuple[str, Any], ...]]:
+        """This request's changes per key: ``"set"``, ``"del"``, or replayable operations."""
+        return {k: v if isinstance(v, str) else tuple(v) for k, v in self._changes.items()}
+
+    @property
+    def flushed(self) -> bool:
+        """True if this request flushed (or invalidated) the session."""
+        return self._flushed
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Load the record named by the cookie id, or begin a new session with a new id."""
+        if self._started:
+            return
+        ctx = self._ctx
+        if self._cookie_id is not None:
+            sid = self._cookie_id
+            if ctx.can_touch:
+                raw = await ctx.driver.read_touch(sid, ctx.ttl)  # type: ignore[attr-defined]
+            else:
+                raw = await ctx.driver.read(sid)
+            if raw is None:
+                if ctx.events.has_listeners(SessionEvents.EXPIRED):
+                    ctx.events.emit(SessionEvent(SessionEvents.EXPIRED, sid))
+            elif self._load(sid, raw):
+                self._id = sid
+                self._new = False
+                self._stored = True
+                if not ctx.can_touch and ctx.clock() - self._meta.get("t", 0) > ctx.ttl / 10:
+                    # this driver cannot extend expiry on read: rewrite now and then
+                    self._rewrite = True
+        if self._new:
+            self._id = new_session_id()
+            self._meta = {"c": ctx.clock()}
+        self._started = True
+        ctx.events.emit(SessionEvent(SessionEvents.STARTED, self._id, self))
+
+    def _load(self, session_id: str, raw: bytes) -> bool:
+        """Adopt a stored record; False (and one WARNING) if it is unreadable."""
+        decoded = self._decode(session_id, raw)
+        if decoded is None:
+            return False
+        data, meta, stale = decoded
+        self._data, self._meta, self._version = data, meta, raw[:VERSION_SIZE]
+        self._rewrite = stale
+        return True
+
+    def _decode(self, session_id: str, raw: bytes) -> tuple[dict[str, Any], dict[str, Any],
+                                                             bool] | None:
+        try:
+            if len(raw) <= VERSION_SIZE:
+                raise DecodeError("record is truncated")
+            record, stale = self._ctx.codec.decode(session_id, raw[VERSION_SIZE:])
+            data, meta = record.get("d"), record.get("m", {})
+            if not isinstance(data, dict) or not isinstance(meta, dict) or not _valid_meta(meta):
+                raise DecodeError("record does not have the session shape")
+        except DecodeError as exc:
+            logger.warning("discarding unreadable session record on driver %r: %s",
+                           self._ctx.name, exc)
+            return None
+        return data, meta, stale
+
+    def _encode(self) -> tuple[bytes, bytes]:
+        version = os.urandom(VERSION_SIZE)
+        body = self._ctx.codec.encode(self._id, {"d": self._data, "m": self._meta})
+        return version, version + body
+
+    def _worth_storing(self) -> bool:
+        return bool(self._data) or "k" in self._meta or self._stored
+
+    async def save(self) -> None:
+        """Write this request's changes; on a concurrent save, merge and retry.
+
+        Does nothing if nothing changed. A session whose record was destroyed (logout
+        elsewhere) or expired while this request ran is not written back.
+        """
+        if not self._started:
+            return
+        if not self._aged:
+            self._aged = True
+            self._age_flash()
+        if not self.modified:
+            return
+        if not self._worth_storing():
+            self._clear_delta()
+            return
+        ctx = self._ctx
+        self._meta["t"] = ctx.clock()
+        self._meta_changed.add("t")
+        version, record = self._encode()
+        if not ctx.can_cas:
+            await ctx.driver.write(self._id, record, ctx.ttl)
+        else:
+            cas = ctx.driver.compare_and_set  # type: ignore[attr-defined]
+            for attempt in range(MAX_SAVE_ATTEMPTS):
+                if await cas(self._id, record, ctx.ttl, self._version):
+                    break
+                fresh = await ctx.driver.read(self._id)
+                if fresh is None and self._version is not None:
+                    logger.info("session %s… ended while a request used it; its changes "
+                                "were not written back", self._id[:6])
+                    self._stored = False
+                    self._clear_delta()
+                    return
+                self._rebase(fresh)
+                version, record = self._encode()
+                if attempt:
+                    # jittered backoff: spread out writers that keep colliding
+                    await asyncio.sleep(random.uniform(0, 0.001 * (1 << min(attempt, 6))))
+            else:
+                raise SessionError(
+                    f"could not save session after {MAX_SAVE_ATTEMPTS} conflicting attempts"
+                )
+        self._version = version
+        self._stored = True
+        self._clear_delta()
+        if ctx.events.has_listeners(SessionEvents.SAVED):
+            ctx.events.emit(SessionEvent(SessionEvents.SAVED, self._id, self))
+
+    def _rebase(self, raw: bytes | None) -> None:
+        """Replay this request's delta on the record another request just wrote."""
+        decoded = None if raw is None else self._decode(self._id, raw)
+        self._version = None if raw is None else raw[:VERSION_SIZE]
+        if decoded is None:
+            # unreadable or absent: our full local state is the best record there is
+            return
+        fresh, fresh_meta, _ = decoded
+        merged: dict[str, Any] = {} if self._flushed else fresh
+        for key, change in self._changes.items():
+            if isinstance(change, list):
+                value = merged.get(key)
+                for op, arg in change:
+                    value = _apply(op, value, arg)
+                merged[key] = value
+            elif change == _SET:
+                merged[key] = self._data[key]
+            else:
+                merged.pop(key, None)
+        for name in self._meta_changed:
+            if name in self._meta:
+                fresh_meta[name] = self._meta[name]
+            else:
+                fresh_meta.pop(name, None)
+        self._data, self._meta = merged, fresh_meta
+
+    def _clear_delta(self) -> None:
+        self._changes = {}
+        self._flushed = False
+        self._meta_changed = set()
+        self._rewrite = False
+
+    async def regenerate(self, destroy: bool = True) -> None:
+        """Move the data to a new id (call it at login); by default destroy the old record.
+
+        The CSRF token rotates too.
+        """
+        self._require_started()
+        old_id = self._id
+        await self._move(destroy)
+        self._new_token()
+        self._ctx.events.emit(
+            SessionEvent(SessionEvents.REGENERATED, self._id, self, old_id=old_id)
+        )
+
+    async def invalidate(self) -> None:
+        """Log out: clear the data, switch to a new id and destroy the old record."""
+        self._require_started()
+        old_id = self._id
+        self.flush()
+        self._meta.pop("k", None)
+        await self._move(True)
+        self._ctx.events.emit(
+            SessionEvent(SessionEvents.INVALIDATED, self._id, self, old_id=old_id)
+        )
+
+    async def _move(self, destroy: bool) -> None:
+        old_id, was_stored = self._id, self._stored
+        self._id = new_session_id()
+        self._version = None
+        self._stored = False
+        # the new record is written whole
+        self._changes = {key: _SET for key in self._data}
+        self._flushed = True
+        self._meta_changed = set(self._meta)
+        if destroy and was_stored:
+            await self._ctx.driver.destroy(old_id)
+            self._ctx.events.emit(SessionEvent(SessionEvents.DESTROYED, old_id, self))
+
+    def _require_started(self) -> None:
+        if not self._started:
+            raise SessionError("the session is not started; call await session.start() first")
+
+    # -- CSRF token ------------------------------------------------------------------------
+
+    @property
+    def token(self) -> str:
+        """The per-session CSRF secret, created on first use."""
+        token = self._meta.get("k")
+        if not isinstance(token, str):
+            token = self._new_token()
+        return token
+
+    def regenerate_token(self) -> str:
+        """Replace the CSRF secret (done automatically on ``regenerate()``)."""
+        return self._new_token()
+
+    def _new_token(self) -> str:
+        token = secrets.token_urlsafe(32)
+        self._meta["k"] = token
+        self._meta_changed.add("k")
+        return token
+
+    # -- change tracking primitives ----------------------------------------------------------
+
+    def _set(self, key: str, value: Any) -> None:
+        self._data[key] = value
+        self._changes[key] = _SET
+
+    def _delete(self, key: str) -> None:
+        del self._data[key]
+        self._changes[key] = _DEL
+
+    def _op(self, key: str, op: str, arg: Any) -> Any:
+        value = _apply(op, self._data.get(key), arg)
+        self._data[key] = value
+        change = self._changes.get(key)
+        if isinstance(change, list):
+            change.append((op, arg))
+        elif change is None:
+            self._changes[key] = [(op, arg)]
+        else:
+            # after a plain set or delete in this request the final value is absolute
+            self._changes[key] = _SET
+        return value
+
+    # -- mapping protocol ------------------------------------------------------------------
+
+    def __getitem__(self, key: str) -> Any:
+        return self._data[key]
+
+    def __setitem__(self, key: str, value: Any) -> None:
+        self._set(key, value)
+
+    def __delitem__(self, key: str) -> None:
+        self._delete(key)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._data)
+
+    def __len__(self) -> int:
+        return len(self._data)
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._data
+
+    def __repr__(self) -> str:
+        state = "new" if self._new else "loaded"
+        return f"<{type(self).__name__} {self._id[:6]}… {state} keys={len(self._data)}>"
+
+    def clear(self) -> None:
+        """Same as :meth:`flush`."""
+        self.flush()
+
+    # -- the API ---------------------------------------------------------------------------
+
+    def get(self, key: str, default: Any = None) -> Any:
+        """The value of *key*, or *default*."""
+        return self._data.get(key, default)
+
+    def put(self, key: str | Mapping[str, Any], value: Any = None) -> None:
+        """Set one key, or every key of a mapping."""
+        if isinstance(key, Mapping):
+            for k, v in key.items():
+                self._set(k, v)
+        else:
+            self._set(key, value)
+
+    def pull(self, key: str, default: Any = None) -> Any:
+        """Remove *key* and return its value (or *default*)."""
+        value = self._data.get(key, _MISSING)
+        if value is _MISSING:
+            return default
+        self._delete(key)
+        return value
+
+    def has(self, *keys: str) -> bool:
+        """True if every key is present and not None."""
+        return all(self._data.get(k) is not None for k in keys)
+
+    def exists(self, *keys: str) -> bool:
+        """True if every key is present, even with a None value."""
+        return all(k in self._data for k in keys)
+
+    def missing(self, *keys: str) -> bool:
+        """True if no key is present."""
+        return not any(k in self._data for k in keys)
+
+    def forget(self, *keys: str) -> None:
+        """Remove the keys that are present."""
+        for key in keys:
+            if key in self._data:
+                self._delete(key)
+
+    def flush(self) -> None:
+        """Remove all data (and pending flash data); the id and CSRF token stay."""
+        self._data.clear()
+        self._changes.clear()
+        self._flushed = True
+        if "f" in self._meta:
+            del self._meta["f"]
+            self._meta_changed.add("f")
+
+    def all(self) -> dict[str, Any]:
+        """A shallow copy of all data."""
+        return dict(self._data)
+
+    def only(self, *keys: str) -> dict[str, Any]:
+        """The present keys among *keys*, with their values."""
+        return {k: self._data[k] for k in keys if k in self._data}
+
+    def except_(self, *keys: str) -> dict[str, Any]:
+        """All data except *keys* (named with an underscore: ``except`` is a keyword)."""
+        skip = set(keys)
+        return {k: v for k, v in self._data.items() if k not in skip}
+
+    def increment(self, key: str, by: int | float = 1) -> int | float:
+        """Add *by* to a number (missing counts as 0) and return it; merges with others."""
+        current = self._data.get(key, 0)
+        if isinstance(current, bool) or not isinstance(current, (int, float)):
+            raise SessionError(f"cannot increment {key!r}: it holds {type(current).__name__}")
+        result: int | float = self._op(key, "incr", by)
+        return result
+
+    def decrement(self, key: str, by: int | float = 1) -> int | float:
+        """Subtract *by* from a number and return it."""
+        return self.increment(key, -by)
+
+    def push(self, key: str, value: Any) -> None:
+        """Append *value* to the list at *key* (created if missing); merges with others."""
+        current = self._data.get(key, [])
+        if not isinstance(current, list):
+            raise SessionError(f"cannot push onto {key!r}: it holds {type(current).__name__}")
+        self._op(key, "push", value)
+
+    # -- flash data ------------------------------------------------------------------------
+
+    def _flash_lists(self) -> tuple[list[str], list[str]]:
+        flash = self._meta.get("f")
+        if flash is None:
+            return [], []
+        return list(flash[0]), list(flash[1])
+
+    def _set_flash(self, new: list[str], old: list[str]) -> None:
+        if new or old:
+            self._meta["f"] = [new, old]
+        else:
+            self._meta.pop("f", None)
+        self._meta_changed.add("f")
+
+    def flash(self, key: str, value: Any) -> None:
+        """Set *key* for this and the next request only."""
+        self._set(key, value)
+        new, old = self._flash_lists()
+        self._set_flash(_add(new, [key]), [k for k in old if k != key])
+
+    def now(self, key: str, value: Any) -> None:
+        """Set *key* for this request only."""
+        self._set(key, value)
+        new, old = self._flash_lists()
+        self._set_flash(new, _add(old, [key]))
+
+    def reflash(self) -> None:
+        """Keep all flash data for one more request."""
+        new, old = self._flash_lists()
+        self._set_flash(_add(new, old), [])
+
+    def keep(self, *keys: str) -> None:
+        """Keep the named flash keys for one more request."""
+        new, old = self._flash_lists()
+        self._set_flash(_add(new, keys), [k for k in old if k not in keys])
+
+    def _age_flash(self) -> None:
+        """End of request: drop last request's flash data, age this request's."""
+        if "f" not in self._meta:
+            return
+        new, old = self._flash_lists()
+        for key in old:
+            if key in self._data and key not in new:
+                self._delete(key)
+        self._set_flash([], new)
+
+
+def _add(items: list[str], more: Iterable[str]) -> list[str]:
+    out = list(items)
+    for key in more:
+        if key not in out:
+            out.append(key)
+    return out
+
+
+def _valid_meta(meta: dict[str, Any]) -> bool:
+    """Reject stored metadata of the wrong shape (a hostile or foreign payload)."""
+    for name in ("c", "t"):
+        if name in meta and (isinstance(meta[name], bool)
+                             or not isinstance(meta[name], (int, float))):
+            return False
+    if "k" in meta and not isinstance(meta["k"], str):
+        return False
+    if "f" in meta:
+        flash = meta["f"]
+        if not (isinstance(flash, list) and len(flash) == 2
+                and all(isinstance(part, list) and all(isinstance(k, str) for k in part)
+                        for part in flash)):
+            return False
+    return True

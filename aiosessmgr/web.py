@@ -1,0 +1,276 @@
+"""aiohttp glue: ``setup()``, ``session_middleware()``, ``get_session()``, ``new_session()``.
+
+The middleware works its settings out once. Per request it only remembers the
+cookie; the session is loaded when a handler first calls ``get_session`` (so a
+handler that never does costs no store operation), saved when it changed, and
+the cookie is set or deleted before the response headers go out. Raised
+``HTTPException`` responses (redirect after login) are saved too; an unhandled
+exception saves nothing. Streaming and file responses are finalized through the
+``on_response_prepare`` signal that ``setup()`` installs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from collections.abc import AsyncIterator, Callable
+from typing import Any, cast
+
+from aiohttp import web
+from aiohttp.typedefs import Handler, Middleware
+
+from .errors import DriverError, SessionError
+from .manager import SessionManager
+from .session import SessionStore, is_valid_session_id
+
+__all__ = ["get_session", "new_session", "session_middleware", "setup"]
+
+logger = logging.getLogger("aiosessmgr")
+
+
+class _Slot:
+    """One manager's session state for one request."""
+
+    __slots__ = ("cookie", "failed", "finalized", "front", "loading", "session")
+
+    def __init__(self, front: _Front, cookie: str | None) -> None:
+        self.front = front
+        self.cookie = cookie
+        self.session: SessionStore | None = None
+        self.loading: asyncio.Future[None] | None = None
+        self.finalized = False
+        self.failed = False
+
+
+_SLOTS = web.RequestKey("aiosessmgr_slots", dict[SessionManager, _Slot])
+_MANAGERS = web.AppKey("aiosessmgr_managers", list[SessionManager])
+
+
+class _Front:
+    """A manager's HTTP side: cookie settings, lottery and outage state, worked out once."""
+
+    def __init__(self, manager: SessionManager) -> None:
+        self.manager = manager
+        cookie = manager.config.cookie
+        self.cookie_name = cookie.name
+        self.cookie_path = cookie.path
+        self.cookie_domain = cookie.domain
+        self.max_age = cookie.max_age
+        self.cookie_options: dict[str, Any] = {
+            "path": cookie.path,
+            "domain": cookie.domain,
+            "secure": cookie.secure,
+            "httponly": cookie.http_only,
+            "samesite": cookie.same_site.capitalize() if cookie.same_site else None,
+            "max_age": cookie.max_age,
+        }
+        if cookie.partitioned:
+            self.cookie_options["partitioned"] = True
+        chances, out_of = manager.config.lottery
+        self.lottery = chances / out_of
+        self.in_outage = False
+
+    def store_failed(self, exc: DriverError) -> web.Response:
+        """Answer 503, logging once per outage rather than once per request."""
+        if not self.in_outage:
+            self.in_outage = True
+            logger.error("session store unavailable, answering 503 until it recovers: %s", exc)
+        return web.Response(status=503, text="503: session store unavailable")
+
+    def store_ok(self) -> None:
+        if self.in_outage:
+            self.in_outage = False
+            logger.warning("session store is reachable again")
+
+    async def finalize(self, slot: _Slot, response: web.StreamResponse) -> None:
+        """Save the session if it changed and set or delete the cookie on *response*."""
+        slot.finalized = True
+        session = slot.session
+        if session is None or slot.failed:
+            return
+        await session.save()
+        self.store_ok()
+        if session.stored:
+            if session.id != slot.cookie or self.max_age is not None:
+                response.set_cookie(self.cookie_name, session.id, **self.cookie_options)
+        elif slot.cookie is not None:
+            response.del_cookie(self.cookie_name, path=self.cookie_path,
+                                domain=self.cookie_domain)
+        if session.accessed:
+            vary = response.headers.get("Vary")
+            if vary is None:
+                response.headers["Vary"] = "Cookie"
+            elif "cookie" not in vary.lower():
+                response.headers["Vary"] = f"{vary}, Cookie"
+
+    def maybe_collect(self) -> None:
+        """The GC lottery: on a hit, collect after the response went out, in the background."""
+        if self.lottery and random.random() < self.lottery:
+            asyncio.get_running_loop().call_soon(self.manager.schedule_gc)
+
+
+def session_middleware(manager: SessionManager) -> Middleware:
+    """The middleware that gives handlers ``get_session(request)``; ``setup()`` adds it.
+
+    Used alone (without ``setup``) everything works except saving sessions of
+    responses that the handler prepares itself (streaming), which needs the
+    ``on_response_prepare`` signal ``setup`` installs.
+    """
+    front = _Front(manager)
+    cookie_name = front.cookie_name
+
+    @web.middleware
+    async def aiosessmgr_middleware(
+        request: web.Request, handler: Handler
+    ) -> web.StreamResponse:
+        slots = request.get(_SLOTS)
+        if slots is None:
+            slots = request[_SLOTS] = {}
+        slot = slots[manager] = _Slot(front, request.cookies.get(cookie_name))
+        try:
+            response = await handler(request)
+        except web.HTTPException as exc:
+            if not slot.finalized:
+                try:
+                    await front.finalize(slot, exc)
+                except DriverError as err:
+                    return front.store_failed(err)
+            raise
+        except DriverError as exc:
+            slot.failed = True
+            return front.store_failed(exc)
+        except BaseException:
+            slot.failed = True
+            raise
+        try:
+            if not slot.finalized:
+                await front.finalize(slot, response)
+            elif slot.session is not None and slot.session.modified:
+                # changed after a streamed response went out: save, the cookie cannot change
+                await slot.session.save()
+        except DriverError as exc:
+            if response.prepared:
+                raise
+            return front.store_failed(exc)
+        front.maybe_collect()
+        return response
+
+    return aiosessmgr_middleware
+
+
+async def _on_response_prepare(request: web.Request, response: web.StreamResponse) -> None:
+    """Finalize sessions of responses prepared inside the handler (streams, files)."""
+    slots = request.get(_SLOTS)
+    if not slots:
+        return
+    for slot in slots.values():
+        if not slot.finalized and not slot.failed and slot.session is not None:
+            try:
+                await slot.front.finalize(slot, response)
+            except DriverError as exc:
+                slot.front.store_failed(exc)
+                raise web.HTTPServiceUnavailable(text="503: session store unavailable") \
+                    from exc
+
+
+def setup(app: web.Application, manager: SessionManager) -> None:
+    """Install sessions on *app*: the middleware, the prepare signal, periodic GC, cleanup.
+
+    Call it once per manager; the first manager set up is the default one of
+    ``get_session(request)``. On app cleanup the manager is closed.
+    """
+    managers = app.get(_MANAGERS)
+    if managers is None:
+        managers = app[_MANAGERS] = []
+        app.on_response_prepare.append(_on_response_prepare)
+    if manager in managers:
+        raise SessionError("this SessionManager is already set up on this app")
+    managers.append(manager)
+    app.middlewares.append(session_middleware(manager))
+    app.cleanup_ctx.append(_lifecycle(manager))
+
+
+def _lifecycle(manager: SessionManager) -> Callable[[web.Application], AsyncIterator[None]]:
+    async def run(app: web.Application) -> AsyncIterator[None]:
+        interval = manager.config.gc_interval
+        task = None
+        if interval:
+            task = asyncio.get_running_loop().create_task(_periodic_gc(manager, interval))
+        yield
+        if task is not None:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+        await manager.close()
+
+    return run
+
+
+async def _periodic_gc(manager: SessionManager, interval: float) -> None:
+    while True:
+        await asyncio.sleep(interval)
+        for name in manager.config.drivers:
+            if manager.schedule_gc(name):
+                await manager.wait_gc()
+
+
+def _slot(request: web.Request, manager: SessionManager | None) -> _Slot:
+    slots = cast("dict[SessionManager, _Slot] | None", request.get(_SLOTS))
+    if not slots:
+        raise SessionError(
+            "no session middleware on this app: call aiosessmgr.setup(app, manager)"
+        )
+    if manager is None:
+        return next(iter(slots.values()))
+    slot = slots.get(manager)
+    if slot is None:
+        raise SessionError("this SessionManager is not set up on this app")
+    return slot
+
+
+async def get_session(request: web.Request, manager: SessionManager | None = None) -> SessionStore:
+    """The request's session, loaded on first call (one store read at most per request).
+
+    With several managers on one app, pass the one you want; the default is the
+    first one set up.
+    """
+    slot = _slot(request, manager)
+    if slot.loading is not None:
+        if not slot.loading.done():
+            await asyncio.shield(slot.loading)
+        assert slot.session is not None
+        return slot.session
+    slot.loading = asyncio.get_running_loop().create_future()
+    # the session checks the cookie's format: a malformed value is never looked up
+    session = slot.front.manager.session(slot.cookie)
+    try:
+        await session.start()
+    except BaseException as exc:
+        slot.loading.set_exception(exc)
+        slot.loading.exception()  # retrieved: concurrent waiters re-raise it themselves
+        slot.loading = None
+        raise
+    slot.session = session
+    slot.loading.set_result(None)
+    return session
+
+
+async def new_session(request: web.Request, manager: SessionManager | None = None) -> SessionStore:
+    """Replace the request's session with a new empty one under a new id.
+
+    The previous record (if any) is destroyed, so an id from before cannot be replayed.
+    """
+    slot = _slot(request, manager)
+    mgr = slot.front.manager
+    old = slot.session
+    if old is not None and old.stored:
+        await mgr.destroy(old.id)
+    elif old is None and is_valid_session_id(slot.cookie):
+        await mgr.destroy(slot.cookie)  # type: ignore[arg-type]
+    session = mgr.session(None)
+    await session.start()
+    slot.session = session
+    loading = asyncio.get_running_loop().create_future()
+    loading.set_result(None)
+    slot.loading = loading
+    return session

@@ -1,0 +1,62 @@
+"""Shared fixtures: managers on the memory driver, a real redis-server, a fake clock."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+import pytest
+
+from aiosessmgr import MemoryDriver, SessionManager
+
+from .redis_server import RedisServer
+
+
+class FakeClock:
+    """A clock the test moves by hand, so expiry is tested without sleeping."""
+
+    def __init__(self, start: float = 1_000_000.0) -> None:
+        self.now = start
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+@pytest.fixture
+def memory_config() -> dict[str, Any]:
+    return {"default": "memory", "drivers": {"memory": {"driver": "memory", "lifetime": 1}},
+            "lottery": (0, 100)}
+
+
+@pytest.fixture
+async def manager(memory_config: dict[str, Any]) -> AsyncIterator[SessionManager]:
+    mgr = SessionManager(memory_config)
+    yield mgr
+    await mgr.close()
+
+
+@pytest.fixture
+async def clocked_manager(clock: FakeClock) -> AsyncIterator[SessionManager]:
+    """A manager whose 'memory' driver runs on the fake clock (lifetime 1 minute)."""
+    mgr = SessionManager({"default": "clocked",
+                          "drivers": {"clocked": {"driver": "clocked", "lifetime": 1}},
+                          "lottery": (0, 1)})
+    mgr.extend("clocked", lambda cfg: MemoryDriver(clock=clock))
+    yield mgr
+    await mgr.close()
+
+
+@pytest.fixture(scope="session")
+def redis_server() -> Iterator[RedisServer]:
+    """One redis-server for the whole run, on a free port (never the machine's 6379)."""
+    server = RedisServer().start()
+    yield server
+    server.cleanup()

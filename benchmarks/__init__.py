@@ -1,0 +1,1 @@
+"""Benchmarks for aiosessmgr; each module runs alone (``python -m benchmarks.drivers``)."""

@@ -17,7 +17,7 @@ import random
 from collections.abc import AsyncIterator, Callable
 from typing import Any, cast
 
-from aiohttp import web
+from aiohttp import hdrs, web
 from aiohttp.typedefs import Handler, Middleware
 
 from .errors import DriverError, SessionError
@@ -83,20 +83,31 @@ class _Front:
             self.in_outage = False
             logger.warning("session store is reachable again")
 
-    async def finalize(self, slot: _Slot, response: web.StreamResponse) -> None:
-        """Save the session if it changed and set or delete the cookie on *response*."""
+    async def finalize(self, slot: _Slot, response: web.StreamResponse,
+                       preparing: bool = False) -> None:
+        """Save the session if it changed and set or delete the cookie on *response*.
+
+        *preparing*: called from ``on_response_prepare``, where aiohttp has already
+        turned ``response.cookies`` into headers, so the cookie header is added directly.
+        """
         slot.finalized = True
         session = slot.session
         if session is None or slot.failed:
             return
         await session.save()
         self.store_ok()
+        changed = False
         if session.stored:
             if session.id != slot.cookie or self.max_age is not None:
                 response.set_cookie(self.cookie_name, session.id, **self.cookie_options)
+                changed = True
         elif slot.cookie is not None:
             response.del_cookie(self.cookie_name, path=self.cookie_path,
                                 domain=self.cookie_domain)
+            changed = True
+        if changed and preparing:
+            response.headers.add(hdrs.SET_COOKIE,
+                                 response.cookies[self.cookie_name].OutputString())
         if session.accessed:
             vary = response.headers.get("Vary")
             if vary is None:
@@ -167,7 +178,7 @@ async def _on_response_prepare(request: web.Request, response: web.StreamRespons
     for slot in slots.values():
         if not slot.finalized and not slot.failed and slot.session is not None:
             try:
-                await slot.front.finalize(slot, response)
+                await slot.front.finalize(slot, response, preparing=True)
             except DriverError as exc:
                 slot.front.store_failed(exc)
                 raise web.HTTPServiceUnavailable(text="503: session store unavailable") \

@@ -1,0 +1,121 @@
+"""Configuration validation: every mistake is a ConfigError that says what to do."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from aiosessmgr import (
+    ConfigError,
+    CookieConfig,
+    DriverConfig,
+    EncryptionConfig,
+    Secret,
+    SessionConfig,
+    SessionManager,
+)
+
+KEY_B64 = "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY="  # b"0123456789abcdef" * 2
+
+
+@pytest.mark.parametrize(
+    ("config", "expected"),
+    [
+        pytest.param({"lotery": (1, 2)}, "unknown key 'lotery' (did you mean 'lottery'?)",
+                     id="typo-top-level"),
+        pytest.param({"gcInterval": 5}, "did you mean 'gc_interval'? keys are snake_case",
+                     id="camel-case"),
+        pytest.param({"cookie": {"sameSite": "lax"}}, "did you mean 'same_site'?",
+                     id="camel-case-cookie"),
+        pytest.param({"cookie": {"colour": "red"}}, "valid keys: domain, http_only",
+                     id="unknown-cookie-key-lists-valid"),
+        pytest.param({"drivers": {"m": {"driver": "memory", "lifetime": 0}}},
+                     "lifetime of driver 'memory' must be positive", id="zero-lifetime"),
+        pytest.param({"drivers": {"m": {"driver": "memory", "lifetime": -5}}},
+                     "must be positive", id="negative-lifetime"),
+        pytest.param({"drivers": {"m": {"driver": "memory", "lifetime": "10"}}},
+                     "must be a number", id="string-lifetime"),
+        pytest.param({"drivers": {"m": {"driver": "redsi"}}},
+                     "unknown driver 'redsi' in drivers.m (did you mean 'redis'?)",
+                     id="driver-typo"),
+        pytest.param({"drivers": {"m": {"lifetime": 5}}}, "needs a 'driver' key",
+                     id="driver-missing"),
+        pytest.param({"default": "nope", "drivers": {"m": {"driver": "memory"}}},
+                     "default='nope' is not one of the configured drivers: m",
+                     id="default-unknown"),
+        pytest.param({"drivers": {}}, "at least one driver", id="no-drivers"),
+        pytest.param({"cookie": {"same_site": "sometimes"}},
+                     "same_site must be one of 'lax', 'strict', 'none'", id="bad-same-site"),
+        pytest.param({"cookie": {"same_site": "none"}}, "requires cookie.secure=True",
+                     id="same-site-none-insecure"),
+        pytest.param({"cookie": {"name": "__Host-s", "secure": True, "domain": "a.test"}},
+                     "'__Host-' prefix requires", id="host-prefix-domain"),
+        pytest.param({"cookie": {"name": "bad name"}}, "cookie token", id="bad-cookie-name"),
+        pytest.param({"lottery": (5, 2)}, "lottery must be (chances, out_of)", id="lottery"),
+        pytest.param({"lottery": "often"}, "lottery must be", id="lottery-type"),
+        pytest.param({"serializer": "pickle"}, "serializer must be 'msgpack', 'json'",
+                     id="serializer-name"),
+        pytest.param({"serializer": object()}, "serialize(dict) -> bytes",
+                     id="serializer-object"),
+        pytest.param({"encryption": {"enabled": True}}, "encryption.key is required",
+                     id="encryption-no-key"),
+        pytest.param({"encryption": {"enabled": True, "key": "short"}},
+                     "must be 32 bytes for aes-256-gcm", id="short-key"),
+        pytest.param({"encryption": {"enabled": True, "key": KEY_B64, "algorithm": "des"}},
+                     "algorithm must be 'aes-256-gcm'", id="algorithm"),
+        pytest.param({"drivers": {"m": {"driver": "memory", "path": "/tmp"}}},
+                     "unknown key drivers option of 'memory' driver: 'path'",
+                     id="memory-driver-option"),
+        pytest.param({"gc_interval": 0}, "gc_interval must be positive", id="gc-interval"),
+        pytest.param("memory", "config must be a mapping", id="not-a-mapping"),
+    ],
+)
+def test_config_errors_name_the_key(config: Any, expected: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        SessionManager(config)
+    assert expected in str(info.value)
+
+
+def test_bad_key_message_says_how_to_generate_one() -> None:
+    with pytest.raises(ConfigError, match=r"python -c .*secrets"):
+        EncryptionConfig.from_dict({"enabled": True, "key": b"x" * 31})
+
+
+@pytest.mark.parametrize(
+    "key",
+    [
+        pytest.param(b"0123456789abcdef" * 2, id="raw-bytes"),
+        pytest.param(KEY_B64, id="base64"),
+        pytest.param(KEY_B64.replace("=", ""), id="base64-unpadded"),
+        pytest.param((b"0123456789abcdef" * 2).hex(), id="hex"),
+    ],
+)
+def test_key_forms(key: Any) -> None:
+    config = EncryptionConfig.from_dict({"enabled": True, "key": key})
+    assert config.key == Secret(b"0123456789abcdef" * 2)
+    assert "0123" not in repr(config)
+
+
+def test_defaults_and_typed_config_are_accepted() -> None:
+    typed = SessionConfig(
+        default="main",
+        drivers={"main": DriverConfig("memory", lifetime=30)},
+        cookie=CookieConfig(name="app_session", secure=True, same_site="strict"),
+    )
+    manager = SessionManager(typed)
+    assert manager.config is typed
+    assert manager.context().ttl == 30 * 60
+    assert SessionManager().config.default == "memory"
+    from_dict = SessionConfig.from_dict({"drivers": {"only": {"driver": "memory"}},
+                                         "lifetime": 10})
+    assert from_dict.default == "only"
+    assert from_dict.drivers["only"].lifetime == 10
+
+
+def test_custom_driver_type_is_checked_when_used() -> None:
+    manager = SessionManager({"drivers": {"db": {"driver": "database"}}})
+    with pytest.raises(ConfigError, match=r"'database' of 'db' is not registered.*extend"):
+        manager.context("db")
+    with pytest.raises(ConfigError, match="unknown driver 'other'; configured: db"):
+        manager.context("other")

@@ -1,0 +1,1 @@
+"""Small runnable aiohttp apps, one idea each (run with ``python -m examples.NAME``)."""

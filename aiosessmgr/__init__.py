@@ -36,6 +36,7 @@ from .errors import (
     SessionError,
     SessionLockTimeout,
 )
+from .csrf import csrf_exempt, csrf_middleware, csrf_token
 from .events import SessionEvent, SessionEvents
 from .manager import DriverFactory, SessionManager
 from .session import Session, SessionStore, StoreContext, is_valid_session_id, new_session_id
@@ -72,6 +73,9 @@ __all__ = [
     "SupportsCompareAndSet",
     "SupportsTouch",
     "__version__",
+    "csrf_exempt",
+    "csrf_middleware",
+    "csrf_token",
     "get_session",
     "is_valid_session_id",
     "new_session",

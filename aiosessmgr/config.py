@@ -142,8 +142,12 @@ class CookieConfig:
     same_site: SameSite | None = "lax"
     path: str = "/"
     domain: str | None = None
-    #: seconds; ``None`` makes a browser-session cookie (the server still enforces ``lifetime``)
+    #: seconds the browser keeps the cookie; re-sent on every response that used the session
     max_age: int | None = None
+    #: with ``max_age`` None: True makes a browser-session cookie (the server still enforces
+    #: ``lifetime``), False makes the cookie live as long as the driver's lifetime
+    expire_on_close: bool = True
+    #: CHIPS: the browser keys the cookie to the top-level site (needs ``secure``)
     partitioned: bool = False
 
     def __post_init__(self) -> None:
@@ -294,6 +298,8 @@ class SessionConfig:
     gc_interval: float | None = None
     #: default idle lifetime in minutes for drivers that do not set their own
     lifetime: float = 120
+    #: minutes after creation when a session ends however active it is; None: no cap
+    absolute_lifetime: float | None = None
 
     def __post_init__(self) -> None:
         if not self.drivers:
@@ -333,6 +339,7 @@ class SessionConfig:
         object.__setattr__(self, "lottery", (lottery[0], lottery[1]))
         _number("gc_interval", self.gc_interval, allow_none=True)
         _number("lifetime", self.lifetime)
+        _number("absolute_lifetime", self.absolute_lifetime, allow_none=True)
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> SessionConfig:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -61,8 +62,11 @@ class SessionManager:
         config: SessionConfig | Mapping[str, Any] | None = None,
         *,
         store_class: type[SessionStore] = Session,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         self.config = SessionConfig.coerce(config)
+        # wall clock (seconds) for created/last-write times; tests pass a fake one
+        self.clock = clock
         if not (isinstance(store_class, type) and issubclass(store_class, SessionStore)):
             raise ConfigError("store_class must be a subclass of aiosessmgr.SessionStore")
         self.store_class = store_class
@@ -133,8 +137,10 @@ class SessionManager:
                 f"the factory for {cfg.driver!r} returned {type(driver).__name__}, "
                 "not a SessionDriver"
             )
+        absolute = self.config.absolute_lifetime
         return StoreContext(name=name, driver=driver, codec=self.codec, events=self.events,
-                            ttl=cfg.ttl)
+                            ttl=cfg.ttl, clock=self.clock,
+                            absolute_ttl=None if absolute is None else absolute * 60)
 
     # -- sessions --------------------------------------------------------------------------
 

@@ -65,6 +65,8 @@ class StoreContext:
     events: EventRegistry
     #: idle lifetime in seconds
     ttl: int
+    #: seconds after creation when a session ends regardless of activity; None: no cap
+    absolute_ttl: float | None = None
     #: wall clock in seconds, for the created/last-write timestamps kept in the record
     clock: Callable[[], float] = time.time
     can_touch: bool = field(init=False)
@@ -328,12 +330,20 @@ class Session(SessionStore):
                 if ctx.events.has_listeners(SessionEvents.EXPIRED):
                     ctx.events.emit(SessionEvent(SessionEvents.EXPIRED, sid))
             elif self._load(sid, raw):
-                self._id = sid
-                self._new = False
-                self._stored = True
-                if not ctx.can_touch and ctx.clock() - self._meta.get("t", 0) > ctx.ttl / 10:
-                    # this driver cannot extend expiry on read: rewrite now and then
-                    self._rewrite = True
+                if ctx.absolute_ttl is not None and \
+                        ctx.clock() - self._meta.get("c", 0) > ctx.absolute_ttl:
+                    # past the absolute lifetime: the record ends however active it was
+                    await ctx.driver.destroy(sid)
+                    self._data, self._meta, self._version = {}, {}, None
+                    self._rewrite = False
+                    ctx.events.emit(SessionEvent(SessionEvents.EXPIRED, sid))
+                else:
+                    self._id = sid
+                    self._new = False
+                    self._stored = True
+                    if not ctx.can_touch and ctx.clock() - self._meta.get("t", 0) > ctx.ttl / 10:
+                        # this driver cannot extend expiry on read: rewrite now and then
+                        self._rewrite = True
         if self._new:
             self._id = new_session_id()
             self._meta = {"c": ctx.clock()}
@@ -473,6 +483,7 @@ class Session(SessionStore):
         old_id = self._id
         self.flush()
         self._meta.pop("k", None)
+        self._meta["c"] = self._ctx.clock()  # a new session: the absolute lifetime restarts
         await self._move(True)
         self._ctx.events.emit(
             SessionEvent(SessionEvents.INVALIDATED, self._id, self, old_id=old_id)

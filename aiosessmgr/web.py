@@ -57,13 +57,15 @@ class _Front:
         self.cookie_path = cookie.path
         self.cookie_domain = cookie.domain
         self.max_age = cookie.max_age
+        if self.max_age is None and not cookie.expire_on_close:
+            self.max_age = manager.context().ttl
         self.cookie_options: dict[str, Any] = {
             "path": cookie.path,
             "domain": cookie.domain,
             "secure": cookie.secure,
             "httponly": cookie.http_only,
             "samesite": cookie.same_site.capitalize() if cookie.same_site else None,
-            "max_age": cookie.max_age,
+            "max_age": self.max_age,
         }
         if cookie.partitioned:
             self.cookie_options["partitioned"] = True

@@ -9,7 +9,8 @@ def test_all_is_sorted_and_complete() -> None:
     exported = aiosessmgr.__all__
     assert exported == sorted(exported)
     public = {name for name in dir(aiosessmgr) if not name.startswith("_")}
-    modules = {"codec", "config", "drivers", "errors", "events", "manager", "session", "web",
+    modules = {"codec", "config", "csrf", "drivers", "errors", "events", "manager", "session",
+               "web",
                "annotations"}  # submodules, and the __future__ import
     assert public - modules - set(exported) == set()
     for name in exported:
@@ -46,6 +47,9 @@ def test_pinned_public_names() -> None:
         "SupportsCompareAndSet",
         "SupportsTouch",
         "__version__",
+        "csrf_exempt",
+        "csrf_middleware",
+        "csrf_token",
         "get_session",
         "is_valid_session_id",
         "new_session",

@@ -1,0 +1,160 @@
+"""CSRF protection: a per-session secret, masked tokens, and a checking middleware.
+
+The secret lives in the session (``session.token``) and rotates on ``regenerate()``.
+Pages embed ``await csrf_token(request)``: the secret XOR-masked with fresh random
+bytes, so the page bytes differ on every response (BREACH) while every masked form
+verifies. ``csrf_middleware`` checks unsafe requests (POST, PUT, PATCH, DELETE)::
+
+    setup(app, manager)
+    app.middlewares.append(csrf_middleware(manager, exempt=["/webhooks/*"]))
+
+A request passes when it is not cross-site (``Sec-Fetch-Site``), its ``Origin`` (if
+sent) is its own or trusted, and it carries the token in the ``X-CSRF-Token`` header,
+the ``_token`` form field, or the ``_token`` key of a JSON body. Otherwise it gets a
+403 with a short reason.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import fnmatch
+import hmac
+import json
+import secrets
+from collections.abc import Awaitable, Callable, Iterable
+from typing import Any, TypeVar
+
+from aiohttp import web
+from aiohttp.typedefs import Handler, Middleware
+
+from .manager import SessionManager
+from .web import get_session
+
+__all__ = [
+    "CSRF_FIELD",
+    "CSRF_HEADER",
+    "csrf_exempt",
+    "csrf_middleware",
+    "csrf_token",
+    "mask_token",
+    "verify_token",
+]
+
+#: header checked first
+CSRF_HEADER = "X-CSRF-Token"
+#: form field / JSON key checked next
+CSRF_FIELD = "_token"
+_UNSAFE = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+_EXEMPT_ATTR = "__aiosessmgr_csrf_exempt__"
+
+F = TypeVar("F", bound=Callable[..., Awaitable[web.StreamResponse]])
+
+
+def _b64decode(text: str) -> bytes | None:
+    try:
+        return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+    except (binascii.Error, ValueError):
+        return None
+
+
+def mask_token(secret: str) -> str:
+    """A fresh masked form of *secret*: random pad + (pad XOR secret), URL-safe base64."""
+    raw = _b64decode(secret) or secret.encode()
+    pad = secrets.token_bytes(len(raw))
+    masked = pad + bytes(a ^ b for a, b in zip(pad, raw, strict=True))
+    return base64.urlsafe_b64encode(masked).rstrip(b"=").decode()
+
+
+def verify_token(secret: str, candidate: str) -> bool:
+    """True if *candidate* is *secret* itself or any masked form of it (constant time)."""
+    if not candidate or not secret or not candidate.isascii():
+        return False
+    if hmac.compare_digest(candidate.encode(), secret.encode()):
+        return True
+    raw = _b64decode(secret) or secret.encode()
+    masked = _b64decode(candidate)
+    if masked is None or len(masked) != 2 * len(raw):
+        return False
+    pad, body = masked[: len(raw)], masked[len(raw):]
+    return hmac.compare_digest(bytes(a ^ b for a, b in zip(pad, body, strict=True)), raw)
+
+
+async def csrf_token(request: web.Request, manager: SessionManager | None = None) -> str:
+    """A masked CSRF token for this response (different bytes every time, same secret)."""
+    session = await get_session(request, manager)
+    return mask_token(session.token)
+
+
+def csrf_exempt(handler: F) -> F:
+    """Mark a handler (e.g. a webhook with its own authentication) as not CSRF-checked."""
+    setattr(handler, _EXEMPT_ATTR, True)
+    return handler
+
+
+def _origin(url: str) -> str:
+    return url.rstrip("/").lower()
+
+
+async def _submitted_token(request: web.Request) -> str | None:
+    header = request.headers.get(CSRF_HEADER)
+    if header:
+        return header
+    content_type = request.content_type
+    if content_type in ("application/x-www-form-urlencoded", "multipart/form-data"):
+        form = await request.post()
+        value = form.get(CSRF_FIELD)
+        return value if isinstance(value, str) else None
+    if content_type == "application/json" or content_type.endswith("+json"):
+        try:
+            body: Any = json.loads(await request.read() or b"null")
+        except (ValueError, UnicodeDecodeError):
+            return None
+        value = body.get(CSRF_FIELD) if isinstance(body, dict) else None
+        return value if isinstance(value, str) else None
+    return None
+
+
+def csrf_middleware(
+    manager: SessionManager | None = None,
+    *,
+    exempt: Iterable[str] = (),
+    trusted_origins: Iterable[str] = (),
+) -> Middleware:
+    """Reject cross-site and token-less unsafe requests with 403.
+
+    *exempt* holds path patterns (``fnmatch``: ``"/webhooks/*"``); *trusted_origins*
+    holds origins besides the request's own that may post (``"https://app.example"``).
+    Add it after ``setup(app, manager)`` so the session middleware runs first.
+    """
+    patterns = tuple(exempt)
+    trusted = frozenset(_origin(o) for o in trusted_origins)
+
+    def forbidden(reason: str) -> web.HTTPForbidden:
+        return web.HTTPForbidden(text=f"403: {reason}")
+
+    @web.middleware
+    async def aiosessmgr_csrf(request: web.Request, handler: Handler) -> web.StreamResponse:
+        if request.method not in _UNSAFE:
+            return await handler(request)
+        route_handler = request.match_info.handler
+        if getattr(route_handler, _EXEMPT_ATTR, False) or any(
+            fnmatch.fnmatchcase(request.path, p) for p in patterns
+        ):
+            return await handler(request)
+        if request.headers.get("Sec-Fetch-Site", "").lower() == "cross-site":
+            raise forbidden("cross-site request refused")
+        origin = request.headers.get("Origin")
+        if origin is not None:
+            own = _origin(f"{request.scheme}://{request.host}")
+            if _origin(origin) != own and _origin(origin) not in trusted:
+                raise forbidden("request origin is not allowed")
+        session = await get_session(request, manager)
+        submitted = await _submitted_token(request)
+        if not submitted:
+            raise forbidden("CSRF token missing")
+        if session.new or not verify_token(session.token, submitted):
+            raise forbidden("CSRF token mismatch")
+        return await handler(request)
+
+    return aiosessmgr_csrf

@@ -1,0 +1,219 @@
+"""Encryption at rest, key rotation, timeouts, fixation and hardened cookies."""
+
+from __future__ import annotations
+
+import base64
+import logging
+import secrets
+from collections.abc import Awaitable, Callable
+from http.cookies import SimpleCookie
+from typing import Any
+
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestClient
+
+from aiosessmgr import ConfigError, CookieConfig, SessionManager, get_session, setup
+from aiosessmgr.drivers.base import VERSION_SIZE
+
+from .conftest import FakeClock
+
+Client = TestClient[web.Request, web.Application]
+ClientFactory = Callable[[web.Application], Awaitable[Client]]
+KEY = base64.b64encode(b"n" * 32).decode()
+OLD = base64.b64encode(b"o" * 32).decode()
+COOKIE = "aiosessmgr_session"
+
+
+def encrypted(key: str = KEY, previous: tuple[str, ...] = (), **extra: Any) -> SessionManager:
+    return SessionManager({"encryption": {"enabled": True, "key": key,
+                                          "previous_keys": list(previous)},
+                           "lottery": (0, 1), **extra})
+
+
+async def test_store_holds_no_plaintext() -> None:
+    manager = encrypted()
+    s = await manager.driver()
+    s.put({"email": "ada@example.test", "role": "administrator", "blob": b"RAWBYTES"})
+    await s.save()
+    record = await manager.get_driver().read(s.id)
+    assert record is not None
+    for needle in (b"ada@example.test", b"administrator", b"RAWBYTES", b"email", b"role"):
+        assert needle not in record
+    assert (await manager.load(s.id)).get("email") == "ada@example.test"
+
+
+async def test_ciphertext_swapped_between_sessions_is_rejected(
+        caplog: pytest.LogCaptureFixture) -> None:
+    manager = encrypted()
+    driver = manager.get_driver()
+    victim = await manager.driver()
+    victim.put("role", "admin")
+    await victim.save()
+    attacker = await manager.driver()
+    attacker.put("role", "guest")
+    await attacker.save()
+    stolen = await driver.read(victim.id)
+    assert stolen is not None
+    await driver.write(attacker.id, stolen, 60)
+    caplog.clear()
+    loaded = await manager.load(attacker.id)
+    assert loaded.new and loaded.all() == {}
+    assert [r.levelname for r in caplog.records] == ["WARNING"]
+
+
+async def test_tampered_byte_anywhere_gives_fresh_session(
+        caplog: pytest.LogCaptureFixture) -> None:
+    manager = encrypted()
+    driver = manager.get_driver()
+    s = await manager.driver()
+    s.put("user", 1)
+    await s.save()
+    record = await driver.read(s.id)
+    assert record is not None
+    # the version prefix is not covered (it only steers compare-and-set); everything else is
+    for i in range(VERSION_SIZE, len(record)):
+        tampered = bytearray(record)
+        tampered[i] ^= 0x80
+        await driver.write(s.id, bytes(tampered), 60)
+        caplog.clear()
+        loaded = await manager.load(s.id)
+        assert loaded.new and loaded.all() == {}, i
+        assert len(caplog.records) == 1 and caplog.records[0].levelname == "WARNING"
+
+
+async def test_key_rotation_reads_old_and_rewrites_with_new() -> None:
+    old_manager = encrypted(OLD)
+    s = await old_manager.driver()
+    s.put("user", 7)
+    await s.save()
+    record = await old_manager.get_driver().read(s.id)
+    assert record is not None
+
+    rotated = encrypted(KEY, previous=(OLD,))
+    driver = rotated.get_driver()
+    await driver.write(s.id, record, 60)
+    loaded = await rotated.load(s.id)
+    assert loaded.get("user") == 7 and loaded.modified  # to be re-encrypted
+    await loaded.save()
+    rewritten = await driver.read(s.id)
+    assert rewritten is not None and rewritten != record
+    # the new key alone now reads it: it was re-encrypted
+    only_new = encrypted(KEY)
+    await only_new.get_driver().write(s.id, rewritten, 60)
+    assert (await only_new.load(s.id)).get("user") == 7
+    # and a key that was dropped cannot
+    await only_new.get_driver().write(s.id, record, 60)
+    assert (await only_new.load(s.id)).new
+
+
+@pytest.mark.parametrize(
+    ("cookie", "ok"),
+    [
+        pytest.param({"name": "__Host-s", "secure": True}, True, id="host-ok"),
+        pytest.param({"name": "__Host-s", "secure": False}, False, id="host-insecure"),
+        pytest.param({"name": "__Host-s", "secure": True, "path": "/app"}, False,
+                     id="host-path"),
+        pytest.param({"name": "__Host-s", "secure": True, "domain": "x.test"}, False,
+                     id="host-domain"),
+        pytest.param({"name": "__Secure-s", "secure": False}, False, id="secure-prefix"),
+        pytest.param({"partitioned": True, "secure": True}, True, id="partitioned"),
+        pytest.param({"partitioned": True}, False, id="partitioned-insecure"),
+    ],
+)
+def test_cookie_prefix_rules(cookie: dict[str, Any], ok: bool) -> None:
+    if ok:
+        CookieConfig.from_dict(cookie)
+    else:
+        with pytest.raises(ConfigError):
+            CookieConfig.from_dict(cookie)
+
+
+async def counter(request: web.Request) -> web.Response:
+    session = await get_session(request)
+    return web.Response(text=str(session.increment("n")))
+
+
+def app_for(manager: SessionManager) -> web.Application:
+    async def login(request: web.Request) -> web.Response:
+        session = await get_session(request)
+        await session.regenerate()
+        session["user"] = "ada"
+        return web.Response(text="in")
+
+    async def logout(request: web.Request) -> web.Response:
+        await (await get_session(request)).invalidate()
+        return web.Response(text="out")
+
+    async def whoami(request: web.Request) -> web.Response:
+        session = await get_session(request)
+        return web.Response(text=str(session.get("user")))
+
+    app = web.Application()
+    app.router.add_get("/", counter)
+    app.router.add_post("/login", login)
+    app.router.add_post("/logout", logout)
+    app.router.add_get("/whoami", whoami)
+    setup(app, manager)
+    return app
+
+
+def cookie_value(client: Client) -> str:
+    return client.session.cookie_jar.filter_cookies(client.make_url("/"))[COOKIE].value
+
+
+async def test_replayed_ids_after_login_and_logout_are_dead(
+        aiohttp_client: ClientFactory) -> None:
+    client = await aiohttp_client(app_for(SessionManager({"lottery": (0, 1)})))
+    await client.get("/")
+    anonymous_id = cookie_value(client)
+    await client.post("/login")
+    logged_in_id = cookie_value(client)
+    assert logged_in_id != anonymous_id
+    assert await (await client.get("/whoami")).text() == "ada"
+    # an attacker who planted or saw the pre-login id gets nothing
+    replay = await client.get("/whoami", cookies={COOKIE: anonymous_id})
+    assert await replay.text() == "None"
+    await client.post("/logout", cookies={COOKIE: logged_in_id})
+    replay = await client.get("/whoami", cookies={COOKIE: logged_in_id})
+    assert await replay.text() == "None"
+
+
+async def test_absolute_lifetime_ends_an_active_session(aiohttp_client: ClientFactory,
+                                                        clock: FakeClock) -> None:
+    manager = SessionManager({"lifetime": 30, "absolute_lifetime": 60, "lottery": (0, 1)},
+                             clock=clock)
+    client = await aiohttp_client(app_for(manager))
+    assert await (await client.get("/")).text() == "1"
+    first_id = cookie_value(client)
+    for minute in range(1, 6):  # active every 10 minutes: the idle timeout never hits
+        clock.advance(600)
+        assert await (await client.get("/")).text() == str(minute + 1)
+    clock.advance(601)  # now 60 min 1 s after creation
+    assert await (await client.get("/")).text() == "1"
+    assert cookie_value(client) != first_id
+    assert await manager.get_driver().read(first_id) is None
+
+
+async def test_rolling_cookie_with_expire_on_close_false(aiohttp_client: ClientFactory) -> None:
+    manager = SessionManager({"lifetime": 30, "cookie": {"expire_on_close": False},
+                              "lottery": (0, 1)})
+    client = await aiohttp_client(app_for(manager))
+    for _ in range(2):  # re-sent each time so the browser's expiry rolls with the server's
+        response = await client.get("/")
+        cookies: SimpleCookie = SimpleCookie()
+        cookies.load(response.headers["Set-Cookie"])
+        assert cookies[COOKIE]["max-age"] == str(30 * 60)
+
+
+async def test_tampered_stored_payload_through_middleware(
+        aiohttp_client: ClientFactory, caplog: pytest.LogCaptureFixture) -> None:
+    manager = encrypted()
+    client = await aiohttp_client(app_for(manager))
+    await client.get("/")
+    sid = cookie_value(client)
+    await manager.get_driver().write(sid, secrets.token_bytes(80), 60)
+    with caplog.at_level(logging.WARNING, logger="aiosessmgr"):
+        response = await client.get("/")
+    assert response.status == 200 and await response.text() == "1"
+    assert any(r.levelname == "WARNING" for r in caplog.records)

@@ -1,0 +1,77 @@
+"""Two worker processes saving one session through the file driver lose nothing."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from pathlib import Path
+
+import pytest
+
+from aiosessmgr import SessionManager
+
+KEYS = 200
+
+# One worker: waits for "go" on stdin, then does load / put / save KEYS times on one id.
+WORKER = r"""
+import asyncio, sys
+from aiosessmgr import SessionManager
+
+async def main() -> None:
+    path, sid, n = sys.argv[1], sys.argv[2], sys.argv[3]
+    manager = SessionManager({"default": "file", "lottery": (0, 1),
+                              "drivers": {"file": {"driver": "file", "path": path}}})
+    print("ready", flush=True)
+    sys.stdin.readline()
+    for i in range(int(sys.argv[4])):
+        s = await manager.load(sid)
+        assert s.id == sid, "the session vanished"
+        s.put(f"p{n}-{i}", i)
+        await s.save()
+    await manager.close()
+    print("done", flush=True)
+
+asyncio.run(main())
+"""
+
+
+def config(path: Path) -> dict[str, object]:
+    return {"default": "file", "lottery": (0, 1),
+            "drivers": {"file": {"driver": "file", "path": str(path)}}}
+
+
+@pytest.mark.slow
+async def test_two_processes_saving_one_session_keep_every_key(tmp_path: Path) -> None:
+    store = tmp_path / "sessions"
+    manager = SessionManager(config(store))
+    session = await manager.driver()
+    session.put("owner", "test")
+    await session.save()
+    sid = session.id
+
+    workers = [
+        await asyncio.create_subprocess_exec(
+            sys.executable, "-c", WORKER, str(store), sid, str(n), str(KEYS),
+            stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        for n in (1, 2)
+    ]
+    for worker in workers:
+        assert worker.stdout is not None
+        assert await asyncio.wait_for(worker.stdout.readline(), 60) == b"ready\n"
+    for worker in workers:  # start both at once, so their saves really interleave
+        assert worker.stdin is not None
+        worker.stdin.write(b"go\n")
+        await worker.stdin.drain()
+    results = await asyncio.wait_for(
+        asyncio.gather(*(w.communicate() for w in workers)), 300)
+    for worker, (out, err) in zip(workers, results, strict=True):
+        assert worker.returncode == 0, err.decode()
+        assert out == b"done\n"
+
+    final = await manager.load(sid)
+    assert final.id == sid
+    expected = {"owner": "test"} | {f"p{n}-{i}": i for n in (1, 2) for i in range(KEYS)}
+    assert final.all() == expected
+    await manager.close()

@@ -26,7 +26,7 @@ from .config import (
     Serializer,
     SessionConfig,
 )
-from .drivers.base import SessionDriver, SupportsCompareAndSet, SupportsTouch
+from .drivers.base import SessionDriver, SupportsCompareAndSet, SupportsLock, SupportsTouch
 from .drivers.memory import MemoryDriver
 from .errors import (
     AiosessmgrError,
@@ -40,7 +40,7 @@ from .csrf import csrf_exempt, csrf_middleware, csrf_token
 from .events import SessionEvent, SessionEvents
 from .manager import DriverFactory, SessionManager
 from .session import Session, SessionStore, StoreContext, is_valid_session_id, new_session_id
-from .web import get_session, new_session, session_middleware, setup
+from .web import get_session, new_session, session_lock, session_middleware, setup
 
 __version__ = "0.1.0"
 
@@ -71,6 +71,7 @@ __all__ = [
     "SessionStore",
     "StoreContext",
     "SupportsCompareAndSet",
+    "SupportsLock",
     "SupportsTouch",
     "__version__",
     "csrf_exempt",
@@ -80,6 +81,7 @@ __all__ = [
     "is_valid_session_id",
     "new_session",
     "new_session_id",
+    "session_lock",
     "session_middleware",
     "setup",
 ]

@@ -21,13 +21,21 @@ import re
 import secrets
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterable, Iterator, Mapping, MutableMapping
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping, MutableMapping
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any, Final
 
 from .codec import Codec, DecodeError
-from .drivers.base import VERSION_SIZE, SessionDriver, SupportsCompareAndSet, SupportsTouch
-from .errors import SessionError
+from .drivers.base import (
+    VERSION_SIZE,
+    SessionDriver,
+    SupportsCompareAndSet,
+    SupportsLock,
+    SupportsTouch,
+)
+from .drivers.memory import LocalLocks
+from .errors import SessionError, SessionLockTimeout
 from .events import EventRegistry, SessionEvent, SessionEvents
 
 __all__ = [
@@ -71,10 +79,15 @@ class StoreContext:
     clock: Callable[[], float] = time.time
     can_touch: bool = field(init=False)
     can_cas: bool = field(init=False)
+    #: the driver's cross-process lock, or process-local locks for drivers without one
+    locks: SupportsLock = field(init=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "can_touch", isinstance(self.driver, SupportsTouch))
         object.__setattr__(self, "can_cas", isinstance(self.driver, SupportsCompareAndSet))
+        driver = self.driver
+        object.__setattr__(self, "locks",
+                           driver if isinstance(driver, SupportsLock) else LocalLocks())
 
 
 class SessionStore(ABC, MutableMapping[str, Any]):
@@ -133,6 +146,11 @@ class SessionStore(ABC, MutableMapping[str, Any]):
     @abstractmethod
     async def invalidate(self) -> None:
         """Clear the data, give the session a new id and destroy the old record."""
+
+    @abstractmethod
+    def lock(self, lock_seconds: float = 10.0,
+             wait_seconds: float = 10.0) -> AbstractAsyncContextManager[SessionStore]:
+        """Serialize read-modify-write work on this session across requests."""
 
     # the data API handlers use
 
@@ -257,6 +275,8 @@ class Session(SessionStore):
         self._new = True
         self._aged = False
         self._rewrite = False
+        # the record was destroyed or expired under us: never write this id again
+        self._ended = False
         self._changes: dict[str, str | _Ops] = {}
         self._flushed = False
         self._meta_changed: set[str] = set()
@@ -389,7 +409,7 @@ class Session(SessionStore):
         Does nothing if nothing changed. A session whose record was destroyed (logout
         elsewhere) or expired while this request ran is not written back.
         """
-        if not self._started:
+        if not self._started or self._ended:
             return
         if not self._aged:
             self._aged = True
@@ -412,10 +432,7 @@ class Session(SessionStore):
                     break
                 fresh = await ctx.driver.read(self._id)
                 if fresh is None and self._version is not None:
-                    logger.info("session %s… ended while a request used it; its changes "
-                                "were not written back", self._id[:6])
-                    self._stored = False
-                    self._clear_delta()
+                    self._end()
                     return
                 self._rebase(fresh)
                 version, record = self._encode()
@@ -431,6 +448,52 @@ class Session(SessionStore):
         self._clear_delta()
         if ctx.events.has_listeners(SessionEvents.SAVED):
             ctx.events.emit(SessionEvent(SessionEvents.SAVED, self._id, self))
+
+    def _end(self) -> None:
+        logger.info("session %s… ended while a request used it; its changes were not "
+                    "written back", self._id[:6])
+        self._stored = False
+        self._ended = True
+        self._clear_delta()
+
+    async def refresh(self) -> None:
+        """Re-read the stored record and replay this request's changes on top of it."""
+        self._require_started()
+        if not self._stored or self._ended:
+            return
+        raw = await self._ctx.driver.read(self._id)
+        if raw is None:
+            self._end()
+        else:
+            self._rebase(raw)
+
+    @asynccontextmanager
+    async def lock(self, lock_seconds: float = 10.0,
+                   wait_seconds: float = 10.0) -> AsyncIterator[Session]:
+        """Hold this session's lock: no other ``lock()`` holder runs meanwhile.
+
+        For a read-modify-write that ``increment``/``push`` cannot express. On entry the
+        session is refreshed from the store; on a normal exit it is saved while the
+        lock is still held. Waiting longer than *wait_seconds* raises
+        :class:`SessionLockTimeout`; *lock_seconds* bounds how long a crashed holder can
+        keep the lock (where the store needs it, e.g. Redis)::
+
+            async with session.lock():
+                session.put("seats", session.get("seats", 0) - 1)
+        """
+        self._require_started()
+        locks, locked_id = self._ctx.locks, self._id
+        token = await locks.acquire_lock(locked_id, lock_seconds, wait_seconds)
+        if token is None:
+            raise SessionLockTimeout(
+                f"session is locked by another request; gave up after {wait_seconds} s"
+            )
+        try:
+            await self.refresh()
+            yield self
+            await self.save()
+        finally:
+            await locks.release_lock(locked_id, token)
 
     def _rebase(self, raw: bytes | None) -> None:
         """Replay this request's delta on the record another request just wrote."""
@@ -494,6 +557,7 @@ class Session(SessionStore):
         self._id = new_session_id()
         self._version = None
         self._stored = False
+        self._ended = False
         # the new record is written whole
         self._changes = {key: _SET for key in self._data}
         self._flushed = True

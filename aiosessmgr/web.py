@@ -12,6 +12,7 @@ exception saves nothing. Streaming and file responses are finalized through the
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import random
 from collections.abc import AsyncIterator, Callable
@@ -20,11 +21,11 @@ from typing import Any, cast
 from aiohttp import hdrs, web
 from aiohttp.typedefs import Handler, Middleware
 
-from .errors import DriverError, SessionError
+from .errors import DriverError, SessionError, SessionLockTimeout
 from .manager import SessionManager
 from .session import SessionStore, is_valid_session_id
 
-__all__ = ["get_session", "new_session", "session_middleware", "setup"]
+__all__ = ["get_session", "new_session", "session_lock", "session_middleware", "setup"]
 
 logger = logging.getLogger("aiosessmgr")
 
@@ -153,6 +154,9 @@ def session_middleware(manager: SessionManager) -> Middleware:
         except DriverError as exc:
             slot.failed = True
             return front.store_failed(exc)
+        except SessionLockTimeout as exc:
+            slot.failed = True
+            return _locked(exc)
         except BaseException:
             slot.failed = True
             raise
@@ -225,6 +229,46 @@ async def _periodic_gc(manager: SessionManager, interval: float) -> None:
         for name in manager.config.drivers:
             if manager.schedule_gc(name):
                 await manager.wait_gc()
+
+
+def _locked(exc: SessionLockTimeout) -> web.Response:
+    # 423 Locked: the session (the resource) is held by another request; retrying helps
+    return web.Response(status=423, text=f"423: {exc}", headers={"Retry-After": "1"})
+
+
+def session_lock(
+    lock_seconds: float = 10.0,
+    wait_seconds: float = 10.0,
+    manager: SessionManager | None = None,
+) -> Callable[[Handler], Handler]:
+    """Run a handler while holding its session's lock (see ``Session.lock``).
+
+    For handlers that read a value, compute, and write it back::
+
+        @session_lock(lock_seconds=10, wait_seconds=10)
+        async def reserve(request: web.Request) -> web.Response:
+            session = await get_session(request)
+            session["seats"] = session.get("seats", 10) - 1
+            return web.Response(text=str(session["seats"]))
+
+    If the lock cannot be taken within *wait_seconds* the middleware answers
+    423 Locked with ``Retry-After: 1``.
+    """
+
+    def decorate(handler: Handler) -> Handler:
+        @functools.wraps(handler)
+        async def locked(request: web.Request) -> web.StreamResponse:
+            session = await get_session(request, manager)
+            async with session.lock(lock_seconds, wait_seconds):
+                try:
+                    return await handler(request)
+                except web.HTTPException:
+                    await session.save()  # a redirect is a normal outcome: save under lock
+                    raise
+
+        return locked
+
+    return decorate
 
 
 def _slot(request: web.Request, manager: SessionManager | None) -> _Slot:

@@ -45,6 +45,7 @@ def test_pinned_public_names() -> None:
         "SessionStore",
         "StoreContext",
         "SupportsCompareAndSet",
+        "SupportsLock",
         "SupportsTouch",
         "__version__",
         "csrf_exempt",
@@ -54,6 +55,7 @@ def test_pinned_public_names() -> None:
         "is_valid_session_id",
         "new_session",
         "new_session_id",
+        "session_lock",
         "session_middleware",
         "setup",
     ]

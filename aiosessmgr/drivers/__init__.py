@@ -2,6 +2,18 @@
 
 from __future__ import annotations
 
-from .base import VERSION_SIZE, SessionDriver, SupportsCompareAndSet, SupportsTouch
+from .base import (
+    VERSION_SIZE,
+    SessionDriver,
+    SupportsCompareAndSet,
+    SupportsLock,
+    SupportsTouch,
+)
 
-__all__ = ["VERSION_SIZE", "SessionDriver", "SupportsCompareAndSet", "SupportsTouch"]
+__all__ = [
+    "VERSION_SIZE",
+    "SessionDriver",
+    "SupportsCompareAndSet",
+    "SupportsLock",
+    "SupportsTouch",
+]

@@ -16,6 +16,9 @@ Optional capabilities, detected once per driver and used when present:
   makes concurrent requests on one session lose nothing. The version of a record
   is its first :data:`VERSION_SIZE` bytes; a driver compares those bytes and never
   interprets them. Without it the session falls back to ``write`` (last writer wins).
+* :class:`SupportsLock` — ``acquire_lock`` / ``release_lock``: an exclusive per-session
+  lock shared by every process using the store, for the opt-in ``session.lock()``.
+  Without it the lock only serializes requests within one process.
 """
 
 from __future__ import annotations
@@ -23,7 +26,13 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from typing import Protocol, runtime_checkable
 
-__all__ = ["VERSION_SIZE", "SessionDriver", "SupportsCompareAndSet", "SupportsTouch"]
+__all__ = [
+    "VERSION_SIZE",
+    "SessionDriver",
+    "SupportsCompareAndSet",
+    "SupportsLock",
+    "SupportsTouch",
+]
 
 #: Every stored record starts with this many bytes of version (see SupportsCompareAndSet).
 VERSION_SIZE = 8
@@ -80,3 +89,18 @@ class SupportsCompareAndSet(Protocol):
         respect to every other writer of that id (other tasks, processes or hosts that
         share the store).
         """
+
+
+@runtime_checkable
+class SupportsLock(Protocol):
+    """A driver that can hold an exclusive lock per session id across processes."""
+
+    async def acquire_lock(self, session_id: str, ttl: float, wait: float) -> str | None:
+        """Take the lock within *wait* seconds; return a release token, or None on timeout.
+
+        The lock frees itself after *ttl* seconds if its holder dies without releasing it
+        (where the store cannot tie the lock to the holder's lifetime).
+        """
+
+    async def release_lock(self, session_id: str, token: str) -> None:
+        """Release the lock if *token* still holds it."""

@@ -15,10 +15,53 @@ from itertools import islice
 from ..config import DriverConfig
 from .base import VERSION_SIZE, SessionDriver
 
-__all__ = ["MemoryDriver"]
+__all__ = ["LocalLocks", "MemoryDriver"]
 
 #: entries examined between two yields to the event loop during gc()
 GC_CHUNK = 5_000
+
+
+class LocalLocks:
+    """Per-id asyncio locks: exclusive within this process only (SupportsLock).
+
+    The memory driver's lock, and the session's fallback for drivers without one.
+    ``ttl`` is not needed: a holder that fails still releases in its ``finally``.
+    """
+
+    def __init__(self) -> None:
+        # id -> (lock, number of tasks holding or waiting), dropped when unused
+        self._locks: dict[str, tuple[asyncio.Lock, int]] = {}
+
+    async def acquire_lock(self, session_id: str, ttl: float, wait: float) -> str | None:
+        """Wait up to *wait* seconds for the id's lock; None on timeout."""
+        lock, users = self._locks.get(session_id, (None, 0))
+        if lock is None:
+            lock = asyncio.Lock()
+        self._locks[session_id] = (lock, users + 1)
+        try:
+            async with asyncio.timeout(wait):
+                await lock.acquire()
+        except TimeoutError:
+            self._unuse(session_id)
+            return None
+        except BaseException:
+            self._unuse(session_id)
+            raise
+        return session_id
+
+    async def release_lock(self, session_id: str, token: str) -> None:
+        """Release the id's lock taken by acquire_lock."""
+        entry = self._locks.get(session_id)
+        if entry is not None and entry[0].locked():
+            entry[0].release()
+            self._unuse(session_id)
+
+    def _unuse(self, session_id: str) -> None:
+        lock, users = self._locks[session_id]
+        if users <= 1:
+            del self._locks[session_id]
+        else:
+            self._locks[session_id] = (lock, users - 1)
 
 
 class MemoryDriver(SessionDriver):
@@ -31,6 +74,7 @@ class MemoryDriver(SessionDriver):
         self._clock = clock
         # id -> (expires_at in clock seconds, record)
         self._entries: dict[str, tuple[float, bytes]] = {}
+        self._locks = LocalLocks()
 
     @classmethod
     def from_config(cls, config: DriverConfig) -> MemoryDriver:
@@ -80,6 +124,14 @@ class MemoryDriver(SessionDriver):
 
     async def destroy(self, session_id: str) -> None:
         self._entries.pop(session_id, None)
+
+    async def acquire_lock(self, session_id: str, ttl: float, wait: float) -> str | None:
+        """Exclusive per-id lock (this process is the only user of a memory store)."""
+        return await self._locks.acquire_lock(session_id, ttl, wait)
+
+    async def release_lock(self, session_id: str, token: str) -> None:
+        """Release a lock taken with acquire_lock."""
+        await self._locks.release_lock(session_id, token)
 
     async def gc(self, max_lifetime: int) -> int:
         """Remove expired entries, yielding to the loop every GC_CHUNK entries.

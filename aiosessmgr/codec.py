@@ -1,6 +1,8 @@
 """Turning session data into bytes and back: serializers and the AES-256-GCM cipher.
 
-``Codec`` = serializer, then (optionally) encryption. Encrypted payloads are::
+``Codec`` = serializer, then (optionally) encryption. Encrypted payloads are:
+
+.. code-block:: text
 
     0x01 | key id (4 bytes) | nonce (12 bytes) | ciphertext + tag (16 bytes)
 

@@ -1,6 +1,8 @@
 """The exceptions aiosessmgr raises.
 
-Every exception derives from :class:`AiosessmgrError`, so one ``except`` catches them all::
+Every exception derives from :class:`AiosessmgrError`, so one ``except`` catches them all:
+
+.. code-block:: text
 
     AiosessmgrError
     ├── ConfigError          invalid configuration, raised at construction

@@ -51,8 +51,14 @@ def test_ci_runs_the_readme_test_command() -> None:
 
 def docstring_examples() -> list[Any]:
     cases = []
-    objects: list[Any] = [aiosessmgr]
-    objects += [getattr(aiosessmgr, name) for name in aiosessmgr.__all__]
+    objects: list[Any] = [aiosessmgr, *(module for name, module in vars(aiosessmgr).items()
+                                        if inspect.ismodule(module) and not name.startswith("_"))]
+    for name in aiosessmgr.__all__:
+        obj = getattr(aiosessmgr, name)
+        objects.append(obj)
+        if inspect.isclass(obj):
+            objects += [member for attr, member in vars(obj).items()
+                        if not attr.startswith("_") and callable(member)]
     seen: set[int] = set()
     for obj in objects:
         doc = inspect.getdoc(obj) or ""
@@ -63,7 +69,8 @@ def docstring_examples() -> list[Any]:
             block = textwrap.dedent(match.group(1))
             if "python -m" in block or block.lstrip().startswith("$"):
                 continue  # shell commands
-            cases.append(pytest.param(block, id=getattr(obj, "__name__", repr(obj))))
+            name = getattr(obj, "__qualname__", getattr(obj, "__name__", repr(obj)))
+            cases.append(pytest.param(block, id=name))
     return cases
 
 
@@ -71,8 +78,9 @@ def docstring_examples() -> list[Any]:
 async def test_docstring_examples_run(block: str) -> None:
     manager = aiosessmgr.SessionManager()
     namespace: dict[str, Any] = {name: getattr(aiosessmgr, name) for name in aiosessmgr.__all__}
-    namespace.update(aiosessmgr=aiosessmgr, manager=manager)
-    exec("from aiohttp import web", namespace)
+    session = await manager.driver()
+    namespace.update(aiosessmgr=aiosessmgr, manager=manager, session=session)
+    exec("from aiohttp import web\napp = web.Application()", namespace)
     try:
         await run_source(block, namespace)
     finally:

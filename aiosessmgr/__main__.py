@@ -2,7 +2,12 @@
 
 ``demo`` serves a page-view counter (file driver in a temporary or given directory,
 or ``--driver memory``). ``gc`` collects expired sessions once and prints how many
-it removed: the cron alternative to the per-request lottery.
+it removed: the cron alternative to the per-request lottery, e.g. every 10 minutes::
+
+    */10 * * * *  python -m aiosessmgr gc --driver file --path /var/lib/app/sessions --lifetime 120
+
+or ``python -m aiosessmgr gc --config myapp.sessions:manager`` to use the app's own
+configuration. Exit codes: 0 done, 1 the store failed, 2 bad arguments.
 """
 
 from __future__ import annotations
@@ -10,6 +15,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import importlib
+import math
+import os
 import sys
 import tempfile
 from collections.abc import Sequence
@@ -17,10 +24,11 @@ from typing import Any
 
 from aiohttp import web
 
-from .errors import AiosessmgrError
+from .errors import AiosessmgrError, DriverError
 from .manager import SessionManager
 from .web import get_session, setup
 
+STORE_ERROR = 1
 USAGE_ERROR = 2
 
 
@@ -61,13 +69,28 @@ def _load_manager(spec: str) -> SessionManager:
         raise AiosessmgrError(f"--config must look like module:attribute, got {spec!r}")
     try:
         value = getattr(importlib.import_module(module_name), attr)
-    except (ImportError, AttributeError) as exc:
-        raise AiosessmgrError(f"cannot load --config {spec!r}: {exc}") from exc
-    if callable(value) and not isinstance(value, SessionManager):
-        value = value()
+        if callable(value) and not isinstance(value, SessionManager):
+            value = value()
+    except AiosessmgrError:
+        raise
+    except Exception as exc:
+        # whatever importing user code raises, the answer is "bad --config"
+        raise AiosessmgrError(
+            f"cannot load --config {spec!r}: {type(exc).__name__}: {exc}"
+        ) from exc
     if not isinstance(value, SessionManager):
         raise AiosessmgrError(f"--config {spec!r} is not a SessionManager")
     return value
+
+
+def _lifetime(text: str) -> float:
+    try:
+        minutes = float(text)
+    except ValueError:
+        minutes = math.nan
+    if not (math.isfinite(minutes) and minutes > 0):
+        raise argparse.ArgumentTypeError(f"must be a positive number of minutes, got {text!r}")
+    return minutes
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -78,7 +101,7 @@ def _parser() -> argparse.ArgumentParser:
         cmd.add_argument("--driver", choices=("file", "memory", "redis"), default=default)
         cmd.add_argument("--path", help="session directory of the file driver")
         cmd.add_argument("--url", default="redis://127.0.0.1:6379/0", help="redis URL")
-        cmd.add_argument("--lifetime", type=float, default=120,
+        cmd.add_argument("--lifetime", type=_lifetime, default=120,
                          help="idle lifetime in minutes (default 120)")
 
     demo = commands.add_parser("demo", help="serve a page-view counter")
@@ -86,7 +109,10 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--host", default="127.0.0.1")
     demo.add_argument("--port", type=int, default=8080)
 
-    gc = commands.add_parser("gc", help="remove expired sessions once (for cron)")
+    gc = commands.add_parser(
+        "gc", help="remove expired sessions once (for cron)",
+        description="Remove expired sessions once and print how many: the cron alternative "
+                    "to the per-request lottery (set lottery to (0, 1) in the app then).")
     driver_options(gc, "file")
     gc.add_argument("--config", help="module:attribute naming a SessionManager (or factory)")
     return parser
@@ -106,12 +132,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "gc":
             if args.config:
+                if args.path:
+                    parser.error("--config and --path do not go together: the config names "
+                                 "the directory")
                 manager = _load_manager(args.config)
             else:
-                if args.driver == "file" and not args.path:
-                    parser.error("gc --driver file needs --path DIR")
+                if args.driver == "file":
+                    if not args.path:
+                        parser.error("gc --driver file needs --path DIR")
+                    if not os.path.isdir(args.path):
+                        # gc never creates a directory: a typo must not look like "0 removed"
+                        parser.error(f"--path {args.path!r} is not a directory")
                 manager = SessionManager(_driver_config(args))
-            removed = asyncio.run(_gc(manager))
+            try:
+                removed = asyncio.run(_gc(manager))
+            except DriverError as exc:
+                print(f"python -m aiosessmgr gc: store error: {exc}", file=sys.stderr)
+                return STORE_ERROR
             for name, count in removed.items():
                 print(f"{name}: removed {count} expired sessions")
             return 0

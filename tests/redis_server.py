@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import tempfile
@@ -48,12 +49,17 @@ def _ping(port: int, timeout: float = 0.2) -> bytes:
 class RedisServer:
     """One redis-server process with no persistence, in its own temp directory."""
 
-    def __init__(self, *extra: str, port: int | None = None) -> None:
+    def __init__(self, *extra: str, port: int | None = None, conf: str | None = None) -> None:
         self.binary = require_binary()
         self.port = port or free_port()
         self.extra = extra
         self.dir = Path(tempfile.mkdtemp(prefix="aiosessmgr-redis-"))
         self.process: subprocess.Popen[bytes] | None = None
+        # a config file comes first on the command line (sentinel mode needs one it can rewrite)
+        self.conf = None
+        if conf is not None:
+            self.conf = self.dir / "redis.conf"
+            self.conf.write_text(conf)
 
     @property
     def url(self) -> str:
@@ -62,7 +68,8 @@ class RedisServer:
 
     def start(self, timeout: float = 10.0) -> RedisServer:
         """Start the server and wait until it answers PING (fail loudly otherwise)."""
-        args = [self.binary, "--port", str(self.port), "--bind", "127.0.0.1",
+        args = [self.binary, *([str(self.conf)] if self.conf else []),
+                "--port", str(self.port), "--bind", "127.0.0.1",
                 "--save", "", "--appendonly", "no", "--dir", str(self.dir),
                 "--protected-mode", "no", *self.extra]
         self.process = subprocess.Popen(args, stdout=subprocess.DEVNULL,
@@ -98,3 +105,118 @@ class RedisServer:
         """Stop the server and remove its directory."""
         self.stop()
         shutil.rmtree(self.dir, ignore_errors=True)
+
+    def cli(self, *args: str) -> str:
+        """Run one command through ``redis-cli`` and return its output."""
+        return cli(self.port, *args)
+
+    def command_calls(self) -> dict[str, int]:
+        """Calls per command since start, from ``INFO commandstats`` (``info`` excluded)."""
+        calls: dict[str, int] = {}
+        for line in self.cli("INFO", "commandstats").splitlines():
+            if line.startswith("cmdstat_"):
+                name, _, stats = line[len("cmdstat_"):].partition(":")
+                fields = dict(item.split("=", 1) for item in stats.split(","))
+                if name != "info":
+                    calls[name] = int(fields["calls"])
+        return calls
+
+    def pause(self) -> None:
+        """Freeze the process (SIGSTOP): connections are accepted but never answered."""
+        assert self.process is not None
+        self.process.send_signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        """Undo :meth:`pause`."""
+        assert self.process is not None
+        self.process.send_signal(signal.SIGCONT)
+
+
+def cli(port: int, *args: str) -> str:
+    """Run ``redis-cli -p port args...`` on 127.0.0.1 and return its stdout."""
+    binary = require_binary("redis-cli")
+    result = subprocess.run([binary, "-h", "127.0.0.1", "-p", str(port), *args],
+                            capture_output=True, check=True, timeout=30)
+    return result.stdout.decode()
+
+
+def calls_delta(before: dict[str, int], after: dict[str, int]) -> dict[str, int]:
+    """Commands (and how often) that ran between two :meth:`RedisServer.command_calls`."""
+    delta = {name: n - before.get(name, 0) for name, n in after.items()}
+    return {name: n for name, n in delta.items() if n}
+
+
+class ClusterServers:
+    """A Redis Cluster of *masters* masters (no replicas) on free ports."""
+
+    def __init__(self, masters: int = 3) -> None:
+        require_binary("redis-cli")
+        self.nodes = [
+            RedisServer("--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf",
+                        "--cluster-node-timeout", "5000")
+            for _ in range(masters)
+        ]
+
+    @property
+    def url(self) -> str:
+        """A redis:// URL of one node (the client discovers the others)."""
+        return self.nodes[0].url
+
+    def start(self, timeout: float = 30.0) -> ClusterServers:
+        """Start the nodes, create the cluster and wait for ``cluster_state:ok`` everywhere."""
+        try:
+            for node in self.nodes:
+                node.start()
+            addresses = [f"127.0.0.1:{node.port}" for node in self.nodes]
+            cli(self.nodes[0].port, "--cluster", "create", *addresses,
+                "--cluster-replicas", "0", "--cluster-yes")
+            deadline = time.monotonic() + timeout
+            while not all("cluster_state:ok" in node.cli("CLUSTER", "INFO")
+                          for node in self.nodes):
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"cluster not ok after {timeout}s")
+                time.sleep(0.1)
+        except BaseException:
+            self.cleanup()
+            raise
+        return self
+
+    def cleanup(self) -> None:
+        """Stop every node and remove their directories."""
+        for node in self.nodes:
+            node.cleanup()
+
+
+class SentinelServers:
+    """One master and one sentinel monitoring it as *service_name*."""
+
+    def __init__(self, service_name: str = "mymaster") -> None:
+        self.service_name = service_name
+        self.master = RedisServer()
+        self.sentinel_port = free_port()
+        self.sentinel = RedisServer(
+            "--sentinel", port=self.sentinel_port,
+            conf=(f"sentinel monitor {service_name} 127.0.0.1 {self.master.port} 1\n"
+                  f"sentinel down-after-milliseconds {service_name} 5000\n"),
+        )
+
+    def start(self, timeout: float = 10.0) -> SentinelServers:
+        """Start both and wait until the sentinel names the master."""
+        try:
+            self.master.start()
+            self.sentinel.start()
+            deadline = time.monotonic() + timeout
+            while str(self.master.port) not in self.sentinel.cli(
+                    "SENTINEL", "get-master-addr-by-name", self.service_name):
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"sentinel does not know the master after {timeout}s")
+                time.sleep(0.05)
+        except BaseException:
+            self.cleanup()
+            raise
+        return self
+
+    def cleanup(self) -> None:
+        """Stop both servers."""
+        self.sentinel.cleanup()
+        self.master.cleanup()

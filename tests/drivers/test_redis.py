@@ -1,0 +1,388 @@
+"""The Redis driver against real redis-server processes: storage, expiry, CAS, pipelining."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+import redis
+from redis.asyncio import Redis, RedisCluster
+from redis.exceptions import NoScriptError, ResponseError
+
+from aiosessmgr import (
+    ConfigError,
+    DriverError,
+    SessionDriver,
+    SessionManager,
+    SupportsCompareAndSet,
+    SupportsTouch,
+)
+from aiosessmgr.drivers.redis import CAS_SHA, RedisDriver
+
+from ..redis_server import RedisServer, calls_delta, free_port
+from .conftest import ClientFactory, redis_driver, redis_manager, session_app
+
+pytestmark = pytest.mark.redis
+
+V1, V2, V3 = b"v1------", b"v2------", b"v3------"
+
+
+def test_capabilities(redis_server: RedisServer) -> None:
+    driver = redis_driver(url=redis_server.url)
+    assert isinstance(driver, SessionDriver)
+    assert isinstance(driver, SupportsTouch)
+    assert isinstance(driver, SupportsCompareAndSet)
+
+
+async def test_round_trip_and_destroy(driver: RedisDriver) -> None:
+    assert await driver.read("a") is None
+    assert await driver.read_touch("a", 60) is None
+    await driver.write("a", V1 + b"payload", 60)
+    assert await driver.read("a") == V1 + b"payload"
+    await driver.write("a", V2 + b"replaced", 60)
+    assert await driver.read_touch("a", 60) == V2 + b"replaced"
+    await driver.destroy("a")
+    await driver.destroy("a")  # no error for a missing id
+    assert await driver.read("a") is None
+
+
+@pytest.mark.parametrize("payload", [
+    pytest.param(bytes(range(256)) * 4, id="every-byte"),
+    pytest.param(b"\x00" * 9, id="nul-bytes"),
+    pytest.param(b"\r\n$-1\r\n*3\r\n", id="resp-lookalike"),
+    pytest.param(b"\xff" * 8 + bytes(1 << 20), id="one-mebibyte"),
+])
+async def test_binary_payloads(driver: RedisDriver, payload: bytes) -> None:
+    await driver.write("bin", payload, 60)
+    assert await driver.read("bin") == payload
+    assert await driver.compare_and_set("bin", payload[::-1], 60, payload[:8])
+    assert await driver.read_touch("bin", 60) == payload[::-1]
+
+
+async def test_expiry_is_set_and_rolled_by_read_touch(driver: RedisDriver,
+                                                      inspector: Redis) -> None:
+    key = driver.key("a")
+    await driver.write("a", V1, 100)
+    assert 90 < await inspector.ttl(key) <= 100
+    assert await driver.read("a") == V1  # a plain read leaves expiry alone
+    assert await inspector.ttl(key) <= 100
+    assert await driver.read_touch("a", 5000) == V1
+    assert 4990 < await inspector.ttl(key) <= 5000
+    assert await driver.compare_and_set("a", V2, 300, V1)
+    assert 290 < await inspector.ttl(key) <= 300
+    # Redis itself expires the record; the driver then reports it absent
+    await inspector.pexpireat(key, 1)  # a deadline in the past: expired now, no sleeping
+    assert await driver.read_touch("a", 100) is None
+
+
+async def test_key_layout_and_prefix(redis_server: RedisServer, inspector: Redis) -> None:
+    driver = redis_driver(url=redis_server.url, prefix="myapp:sess:")
+    try:
+        await driver.write("abc", V1, 60)
+        assert driver.key("abc") == "myapp:sess:{abc}"
+        assert await inspector.get("myapp:sess:{abc}") == V1
+    finally:
+        await driver.destroy("abc")
+        await driver.close()
+    default = redis_driver(url=redis_server.url)
+    assert default.key("abc") == "session:{abc}"
+    await default.close()
+
+
+async def test_gc_returns_zero_and_leaves_records(driver: RedisDriver) -> None:
+    await driver.write("a", V1, 60)
+    assert await driver.gc(0) == 0
+    assert await driver.read("a") == V1
+
+
+async def test_compare_and_set(driver: RedisDriver) -> None:
+    # expected None: only if absent
+    assert await driver.compare_and_set("a", V1 + b"x", 60, None)
+    assert not await driver.compare_and_set("a", V2 + b"y", 60, None)
+    # expected version: only if it is the stored one
+    assert not await driver.compare_and_set("a", V2 + b"y", 60, V2)
+    assert not await driver.compare_and_set("a", V2 + b"y", 60, V1 + b"x")
+    assert await driver.read("a") == V1 + b"x"
+    assert await driver.compare_and_set("a", V2 + b"y", 60, V1)
+    assert await driver.read("a") == V2 + b"y"
+    # a destroyed record is absent: the old version no longer matches
+    await driver.destroy("a")
+    assert not await driver.compare_and_set("a", V3, 60, V2)
+    assert await driver.read("a") is None
+
+
+async def test_compare_and_set_is_atomic_under_concurrency(driver: RedisDriver) -> None:
+    await driver.write("a", V1, 60)
+    results = await asyncio.gather(*(
+        driver.compare_and_set("a", b"%08d" % i, 60, V1) for i in range(20)
+    ))
+    assert results.count(True) == 1
+    winner = results.index(True)
+    assert await driver.read("a") == b"%08d" % winner
+
+
+async def test_noscript_recovery(driver: RedisDriver, inspector: Redis) -> None:
+    assert await driver.compare_and_set("a", V1, 60, None)
+    await inspector.script_flush()
+    assert await inspector.script_exists(CAS_SHA) == [False]
+    assert await driver.compare_and_set("a", V2, 60, V1)
+    assert await driver.read("a") == V2
+    assert await inspector.script_exists(CAS_SHA) == [True]  # loaded again by EVAL
+    # many callers hit NOSCRIPT inside one pipeline: each one is retried and answered
+    await inspector.script_flush()
+    results = await asyncio.gather(*(
+        driver.compare_and_set(f"n{i}", V1, 60, None) for i in range(10)
+    ))
+    assert results == [True] * 10
+
+
+async def test_errors_in_a_pipeline_reach_only_their_caller(
+    redis_server: RedisServer, prefix: str, inspector: Redis
+) -> None:
+    driver = redis_driver(url=redis_server.url, prefix=prefix)
+    try:
+        await inspector.set(driver.key("good"), V1)
+        await inspector.rpush(driver.key("list"), "x")  # GET on a list: WRONGTYPE
+        before = int((await inspector.info("stats"))["total_connections_received"])
+        results: list[Any] = await asyncio.gather(
+            driver.read("good"), driver.read("list"), driver.read("missing"),
+            driver.compare_and_set("list", V2, 60, None), driver.read_touch("good", 60),
+            driver.compare_and_set("fresh", V2, 60, None),
+            return_exceptions=True,
+        )
+        after = int((await inspector.info("stats"))["total_connections_received"])
+    finally:
+        await driver.close()
+    assert after - before == 1  # all six went out on one connection, as one pipeline
+    assert results[0] == V1
+    assert isinstance(results[1], DriverError)
+    assert isinstance(results[1].__cause__, ResponseError)
+    assert "WRONGTYPE" in str(results[1])
+    assert results[2] is None
+    assert isinstance(results[3], DriverError)  # the script's GET fails the same way
+    assert "WRONGTYPE" in str(results[3])
+    assert results[4] == V1
+    assert results[5] is True
+
+
+async def test_pipelining_batches_one_turn_only(redis_server: RedisServer, prefix: str,
+                                                inspector: Redis) -> None:
+    driver = redis_driver(url=redis_server.url, prefix=prefix)
+    try:
+        await driver.write("a", V1, 60)
+        # sequential awaits are separate turns: each one goes out alone, still correct
+        for _ in range(3):
+            assert await driver.read("a") == V1
+        reads = await asyncio.gather(*(driver.read("a") for _ in range(200)))
+        assert reads == [V1] * 200
+        clients = (await inspector.info("clients"))["connected_clients"]
+    finally:
+        await driver.close()
+    assert clients <= 3  # the inspector plus at most one or two driver connections
+
+
+async def test_passing_an_existing_client(redis_server: RedisServer, prefix: str) -> None:
+    client = Redis.from_url(redis_server.url)
+    try:
+        manager = redis_manager(client=client, prefix=prefix)
+        session = await manager.driver()
+        session.put("user", "ann")
+        await session.save()
+        assert (await manager.load(session.id)).get("user") == "ann"
+        assert await client.exists(f"{prefix}{{{session.id}}}") == 1
+        await manager.close()
+        # the driver did not close the application's client
+        assert await client.ping()
+    finally:
+        await client.aclose()
+
+
+@pytest.mark.parametrize("form", ["url-db", "connection", "unix"])
+async def test_connection_forms(form: str, prefix: str) -> None:
+    server = RedisServer("--unixsocket", "redis.sock", "--unixsocketperm", "700").start()
+    try:
+        options: dict[str, Any] = {
+            "url-db": {"url": f"redis://127.0.0.1:{server.port}/3"},
+            "connection": {"connection": {"host": "127.0.0.1", "port": server.port, "db": 3}},
+            "unix": {"url": f"unix://{server.dir / 'redis.sock'}?db=3"},
+        }[form]
+        driver = redis_driver(prefix=prefix, **options)
+        try:
+            await driver.write("a", V1, 60)
+            assert await driver.read("a") == V1
+        finally:
+            await driver.close()
+        # it landed in database 3 of this server
+        assert server.cli("-n", "3", "EXISTS", f"{prefix}{{a}}").strip() == "1"
+        assert server.cli("-n", "0", "DBSIZE").strip() == "0"
+    finally:
+        server.cleanup()
+
+
+@pytest.mark.parametrize("options, message", [
+    pytest.param({"uri": "redis://x"}, "did you mean 'url'", id="typo"),
+    pytest.param({"socketTimeout": 1}, "socket_timeout", id="camel-case"),
+    pytest.param({"url": "redis://x", "connection": {}}, "one of", id="url-and-connection"),
+    pytest.param({"url": "redis://x", "sentinel": {"hosts": ["h:1"], "service_name": "m"}},
+                 "one of", id="url-and-sentinel"),
+    pytest.param({"url": "http://x"}, "invalid redis connection", id="bad-scheme"),
+    pytest.param({"url": 7}, "url must be a string", id="url-type"),
+    pytest.param({"connection": {"hots": "x"}}, "did you mean 'host'", id="connection-typo"),
+    pytest.param({"connection": {"port": "6379"}}, "port must be an integer", id="port-type"),
+    pytest.param({"prefix": "s{x}:"}, "must not contain", id="brace-prefix"),
+    pytest.param({"prefix": 3}, "prefix must be a string", id="prefix-type"),
+    pytest.param({"socket_timeout": 0}, "positive", id="zero-timeout"),
+    pytest.param({"connect_timeout": "1"}, "positive", id="timeout-type"),
+    pytest.param({"pipelining": "yes"}, "pipelining", id="pipelining-type"),
+    pytest.param({"cluster": 1}, "cluster must be", id="cluster-type"),
+    pytest.param({"cluster": True, "url": "unix:///tmp/x.sock"}, "invalid redis connection",
+                 id="cluster-unix"),
+    pytest.param({"cluster": True, "connection": {"db": 2}}, "db must be 0", id="cluster-db"),
+    pytest.param({"cluster": True, "sentinel": {"hosts": ["h:1"], "service_name": "m"}},
+                 "cannot be combined", id="cluster-sentinel"),
+    pytest.param({"sentinel": {"hosts": ["h:1"]}}, "service_name", id="sentinel-no-service"),
+    pytest.param({"sentinel": {"hosts": "h:1", "service_name": "m"}}, "list", id="hosts-str"),
+    pytest.param({"sentinel": {"hosts": ["h"], "service_name": "m"}}, "host:port",
+                 id="hosts-no-port"),
+    pytest.param({"sentinel": {"hosts": ["h:1"], "service_name": "m"},
+                  "connection": {"host": "x"}}, "only db", id="sentinel-with-host"),
+    pytest.param({"client": "redis://x"}, r"redis\.asyncio\.Redis", id="client-type"),
+])
+def test_config_errors(options: dict[str, Any], message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        SessionManager({"drivers": {"r": {"driver": "redis", **options}}})
+
+
+async def test_client_option_rejections() -> None:
+    sync_client = redis.Redis()
+    decoding = Redis(decode_responses=True)
+    try:
+        with pytest.raises(ConfigError, match=r"redis\.asyncio"):
+            redis_driver(client=sync_client)
+        with pytest.raises(ConfigError, match="decode_responses=False"):
+            redis_driver(client=decoding)
+        with pytest.raises(ConfigError, match="on the client itself"):
+            redis_driver(client=Redis(), socket_timeout=1)
+    finally:
+        sync_client.close()
+        await decoding.aclose()
+
+
+async def test_construction_does_no_network_io() -> None:
+    port = free_port()  # nothing listens here
+    for options in ({"url": f"redis://127.0.0.1:{port}"},
+                    {"cluster": True, "url": f"redis://127.0.0.1:{port}"},
+                    {"sentinel": {"hosts": [f"127.0.0.1:{port}"], "service_name": "m"}}):
+        manager = redis_manager(connect_timeout=1, socket_timeout=1, **options)
+        driver = manager.get_driver()
+        assert isinstance(driver, RedisDriver)
+        assert isinstance(driver.client, RedisCluster) == ("cluster" in options)
+        # the first use fails cleanly, as a DriverError
+        with pytest.raises(DriverError):
+            await driver.read("a")
+        await manager.close()
+
+
+async def test_close_releases_connections(redis_server: RedisServer, prefix: str,
+                                          inspector: Redis) -> None:
+    async def connected() -> int:
+        return int((await inspector.info("clients"))["connected_clients"])
+
+    baseline = await connected()
+    driver = redis_driver(url=redis_server.url, prefix=prefix, pipelining=False)
+    await asyncio.gather(*(driver.read(f"k{i}") for i in range(5)))
+    assert await connected() > baseline
+    await driver.close()
+    assert await connected() == baseline
+    with pytest.raises(DriverError, match="closed"):
+        await driver.read("a")
+    await driver.close()  # twice is fine
+
+
+# -- error mapping: every failure reaches the caller as DriverError, cause chained -------
+
+
+async def test_error_mapping_server_down(own_redis: RedisServer) -> None:
+    driver = redis_driver(url=own_redis.url)
+    try:
+        await driver.write("a", V1, 60)
+        own_redis.stop()
+        for call in (driver.read("a"), driver.read_touch("a", 60), driver.write("a", V1, 60),
+                     driver.compare_and_set("a", V1, 60, None), driver.destroy("a")):
+            with pytest.raises(DriverError, match="ConnectionError") as info:
+                await call
+            assert isinstance(info.value.__cause__, redis.ConnectionError)
+    finally:
+        await driver.close()
+
+
+@pytest.mark.parametrize("pipelining", [pytest.param(True, id="pipelined"),
+                                        pytest.param(False, id="plain")])
+async def test_error_mapping_server_hangs(own_redis: RedisServer, pipelining: bool) -> None:
+    driver = redis_driver(url=own_redis.url, socket_timeout=0.3, connect_timeout=0.3,
+                          pipelining=pipelining)
+    try:
+        await driver.write("a", V1, 60)
+        own_redis.pause()
+        try:
+            loop = asyncio.get_running_loop()
+            started = loop.time()
+            with pytest.raises(DriverError) as info:
+                await driver.read_touch("a", 60)
+            # bounded by the configured timeouts (generous margin), never a hang
+            assert loop.time() - started < 5
+            assert isinstance(info.value.__cause__, (redis.TimeoutError, TimeoutError))
+        finally:
+            own_redis.resume()
+        assert await driver.read("a") == V1  # and it works again once the server answers
+    finally:
+        await driver.close()
+
+
+async def test_error_mapping_response_error(driver: RedisDriver, inspector: Redis) -> None:
+    await inspector.hset(driver.key("h"), "f", "v")
+    with pytest.raises(DriverError, match="WRONGTYPE") as info:
+        await driver.read_touch("h", 60)
+    assert isinstance(info.value.__cause__, ResponseError)
+    assert not isinstance(info.value.__cause__, NoScriptError)
+
+
+# -- through the real middleware ---------------------------------------------------------
+
+
+async def test_sessions_through_the_middleware(aiohttp_client: ClientFactory,
+                                               redis_server: RedisServer, prefix: str,
+                                               pipelining: bool) -> None:
+    manager = redis_manager(url=redis_server.url, prefix=prefix, pipelining=pipelining)
+    client = await aiohttp_client(session_app(manager))
+    assert (await (await client.post("/incr")).json()) == {"n": 1}
+    assert (await (await client.post("/incr")).json()) == {"n": 2}
+    assert (await (await client.get("/read")).json()) == {"n": 2}
+    # concurrent requests on one session lose nothing (CAS + merge)
+    responses = await asyncio.gather(*(client.post("/incr") for _ in range(20)))
+    assert all(r.status == 200 for r in responses)
+    assert (await (await client.get("/read")).json()) == {"n": 22}
+
+
+async def test_command_counts_through_the_middleware(aiohttp_client: ClientFactory,
+                                                     own_redis: RedisServer) -> None:
+    manager = redis_manager(url=own_redis.url)
+    client = await aiohttp_client(session_app(manager))
+    # create the session and open the connection first (handshake commands are not ours)
+    assert (await client.post("/put/user", data="ann")).status == 200
+    assert (await client.get("/read")).status == 200
+
+    before = own_redis.command_calls()
+    assert await (await client.get("/read")).json() == {"user": "ann"}
+    assert calls_delta(before, own_redis.command_calls()) == {"getex": 1}
+
+    before = own_redis.command_calls()
+    assert (await client.get("/none")).status == 200
+    assert calls_delta(before, own_redis.command_calls()) == {}
+
+    # a change costs the read and one scripted compare-and-set (its GET and SET run inside)
+    before = own_redis.command_calls()
+    assert (await client.post("/put/user", data="bob")).status == 200
+    assert calls_delta(before, own_redis.command_calls()) == {"getex": 1, "evalsha": 1,
+                                                              "get": 1, "set": 1}

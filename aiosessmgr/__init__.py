@@ -26,6 +26,7 @@ from .config import (
     Serializer,
     SessionConfig,
 )
+from .csrf import csrf_exempt, csrf_middleware, csrf_token
 from .drivers.base import SessionDriver, SupportsCompareAndSet, SupportsLock, SupportsTouch
 from .drivers.memory import MemoryDriver
 from .errors import (
@@ -36,7 +37,6 @@ from .errors import (
     SessionError,
     SessionLockTimeout,
 )
-from .csrf import csrf_exempt, csrf_middleware, csrf_token
 from .events import SessionEvent, SessionEvents
 from .manager import DriverFactory, SessionManager
 from .session import Session, SessionStore, StoreContext, is_valid_session_id, new_session_id

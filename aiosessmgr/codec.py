@@ -32,6 +32,7 @@ __all__ = [
     "DecodeError",
     "JsonSerializer",
     "MsgpackSerializer",
+    "OrmsgpackSerializer",
     "make_serializer",
 ]
 
@@ -80,6 +81,48 @@ class MsgpackSerializer:
         return value
 
 
+class OrmsgpackSerializer:
+    """msgpack through ormsgpack (Rust): the same bytes as :class:`MsgpackSerializer`.
+
+    Chosen automatically for ``"msgpack"`` when ormsgpack is installed
+    (``pip install aiosessmgr[fast]``): encoding is about 4x and decoding about 2x faster
+    on a typical session (``python -m benchmarks.serializers``). Types that ormsgpack
+    would accept but msgpack would not (dataclasses, enums, UUIDs) are refused, so
+    switching implementations never changes what a session can hold or its bytes.
+    """
+
+    def __init__(self) -> None:
+        import ormsgpack
+
+        self._packb = ormsgpack.packb
+        self._unpackb = ormsgpack.unpackb
+        self._ext = ormsgpack.Ext
+        self._pack_options = (
+            ormsgpack.OPT_PASSTHROUGH_DATETIME | ormsgpack.OPT_NON_STR_KEYS
+            | ormsgpack.OPT_PASSTHROUGH_DATACLASS | ormsgpack.OPT_PASSTHROUGH_UUID
+            | ormsgpack.OPT_PASSTHROUGH_ENUM | ormsgpack.OPT_PASSTHROUGH_BIG_INT
+        )
+        self._unpack_options = ormsgpack.OPT_NON_STR_KEYS
+
+    def _default(self, obj: Any) -> Any:
+        if isinstance(obj, datetime):
+            return self._ext(_DATETIME_EXT, obj.isoformat().encode("ascii"))
+        raise TypeError(f"cannot serialize object of type {type(obj).__name__}")
+
+    def serialize(self, data: dict[str, Any]) -> bytes:
+        """Encode exactly as MsgpackSerializer does."""
+        payload: bytes = self._packb(data, default=self._default, option=self._pack_options)
+        return payload
+
+    def deserialize(self, payload: bytes) -> dict[str, Any]:
+        """Decode msgpack produced by either implementation."""
+        value = self._unpackb(payload, ext_hook=_msgpack_ext_hook,
+                              option=self._unpack_options)
+        if not isinstance(value, dict):
+            raise ValueError("session payload is not a mapping")
+        return value
+
+
 class JsonSerializer:
     """JSON, for stores that other languages read; only JSON types (no bytes, datetimes)."""
 
@@ -97,9 +140,16 @@ class JsonSerializer:
 
 
 def make_serializer(spec: str | Serializer) -> Serializer:
-    """Resolve the ``serializer`` config value to an object."""
+    """Resolve the ``serializer`` config value to an object.
+
+    ``"msgpack"`` is the format: ormsgpack when installed (faster, same bytes), else
+    msgpack-python.
+    """
     if spec == "msgpack":
-        return MsgpackSerializer()
+        try:
+            return OrmsgpackSerializer()
+        except ImportError:
+            return MsgpackSerializer()
     if spec == "json":
         return JsonSerializer()
     assert not isinstance(spec, str)

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import enum
+import uuid
 from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from aiosessmgr import (
     AesGcmCipher,
@@ -16,7 +20,7 @@ from aiosessmgr import (
     SerializationError,
     SessionManager,
 )
-from aiosessmgr.codec import DecodeError
+from aiosessmgr.codec import DecodeError, OrmsgpackSerializer, make_serializer
 
 KEY = Secret(b"k" * 32)
 OLD_KEY = Secret(b"o" * 32)
@@ -120,3 +124,37 @@ def test_codec_refuses_plain_payload_when_encryption_is_on() -> None:
     plain = Codec(MsgpackSerializer()).encode("sid", {"a": 1})
     with pytest.raises(DecodeError):
         Codec(MsgpackSerializer(), AesGcmCipher(KEY)).decode("sid", plain)
+
+
+msgpack_values = st.recursive(
+    st.none() | st.booleans() | st.integers(-(2**63), 2**64 - 1) | st.floats()
+    | st.text() | st.binary()
+    | st.datetimes(timezones=st.none() | st.timezones()),
+    lambda inner: st.lists(inner, max_size=5) | st.dictionaries(st.text(), inner, max_size=5),
+    max_leaves=20,
+)
+
+
+@settings(max_examples=300, deadline=None, database=None)
+@given(value=st.dictionaries(st.text(), msgpack_values, max_size=5))
+def test_ormsgpack_writes_the_same_bytes_as_msgpack(value: dict[str, Any]) -> None:
+    fast, reference = OrmsgpackSerializer(), MsgpackSerializer()
+    payload = reference.serialize(value)
+    assert fast.serialize(value) == payload
+    assert repr(fast.deserialize(payload)) == repr(reference.deserialize(payload))
+
+
+def test_msgpack_format_prefers_ormsgpack_when_installed() -> None:
+    assert isinstance(make_serializer("msgpack"), OrmsgpackSerializer)
+
+
+@pytest.mark.parametrize("value", [
+    pytest.param({1, 2}, id="set"),
+    pytest.param(enum.Enum("E", "A").A, id="enum"),
+    pytest.param(uuid.uuid4(), id="uuid"),
+    pytest.param(2**64, id="big-int"),
+])
+def test_ormsgpack_refuses_what_msgpack_refuses(value: Any) -> None:
+    for serializer in (OrmsgpackSerializer(), MsgpackSerializer()):
+        with pytest.raises(Exception):  # noqa: B017 - each library raises its own type
+            serializer.serialize({"v": value})

@@ -29,6 +29,20 @@ def free_port() -> int:
         return port
 
 
+def free_cluster_port() -> int:
+    """A free port whose cluster bus port (port + 10000) is a valid, free port too."""
+    while True:
+        port = free_port()
+        if port + 10000 > 65535:
+            continue
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port + 10000))
+            except OSError:
+                continue
+        return port
+
+
 def require_binary(name: str = "redis-server") -> str:
     """The binary's path; fail in CI, skip locally if it is missing."""
     path = shutil.which(name)
@@ -153,7 +167,7 @@ class ClusterServers:
         require_binary("redis-cli")
         self.nodes = [
             RedisServer("--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf",
-                        "--cluster-node-timeout", "5000")
+                        "--cluster-node-timeout", "5000", port=free_cluster_port())
             for _ in range(masters)
         ]
 

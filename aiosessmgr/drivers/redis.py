@@ -422,6 +422,8 @@ def _sentinel_client(
     sentinel_kwargs: dict[str, Any] = {
         "socket_timeout": common["socket_timeout"],
         "socket_connect_timeout": common["socket_connect_timeout"],
+        # the next sentinel is the retry: no need to hammer one that is down
+        "retry": Retry(NoBackoff(), 0),
     }
     if data.get("password") is not None:
         sentinel_kwargs["password"] = data["password"]

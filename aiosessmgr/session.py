@@ -368,7 +368,8 @@ class Session(SessionStore):
             self._id = new_session_id()
             self._meta = {"c": ctx.clock()}
         self._started = True
-        ctx.events.emit(SessionEvent(SessionEvents.STARTED, self._id, self))
+        if ctx.events.has_listeners(SessionEvents.STARTED):
+            ctx.events.emit(SessionEvent(SessionEvents.STARTED, self._id, self))
 
     def _load(self, session_id: str, raw: bytes) -> bool:
         """Adopt a stored record; False (and one WARNING) if it is unreadable."""

@@ -33,13 +33,16 @@ logger = logging.getLogger("aiosessmgr")
 class _Slot:
     """One manager's session state for one request."""
 
-    __slots__ = ("cookie", "failed", "finalized", "front", "loading", "session")
+    __slots__ = ("cookie", "failed", "finalized", "front", "loading", "ready", "session")
 
-    def __init__(self, front: _Front, cookie: str | None) -> None:
+    def __init__(self, front: _Front) -> None:
         self.front = front
-        self.cookie = cookie
+        # the raw cookie value, read when the session is first loaded
+        self.cookie: str | None = None
         self.session: SessionStore | None = None
-        self.loading: asyncio.Future[None] | None = None
+        # created only if a second task of the request waits for the first load
+        self.loading: asyncio.Event | None = None
+        self.ready = False
         self.finalized = False
         self.failed = False
 
@@ -55,6 +58,7 @@ class _Front:
         self.manager = manager
         cookie = manager.config.cookie
         self.cookie_name = cookie.name
+        self._name_eq = cookie.name + "="
         self.cookie_path = cookie.path
         self.cookie_domain = cookie.domain
         self.max_age = cookie.max_age
@@ -73,6 +77,19 @@ class _Front:
         chances, out_of = manager.config.lottery
         self.lottery = chances / out_of
         self.in_outage = False
+
+    def cookie_value(self, request: web.Request) -> str | None:
+        """This manager's cookie from the request, without parsing every other cookie."""
+        header = request.headers.get(hdrs.COOKIE)
+        if not header:
+            return None
+        name_eq, start = self._name_eq, 0
+        while (found := header.find(name_eq, start)) >= 0:
+            if found == 0 or header[found - 1] in " ;":
+                end = header.find(";", found)
+                return header[found + len(name_eq):end if end >= 0 else None].strip()
+            start = found + 1
+        return None
 
     def store_failed(self, exc: DriverError) -> web.Response:
         """Answer 503, logging once per outage rather than once per request."""
@@ -132,7 +149,6 @@ def session_middleware(manager: SessionManager) -> Middleware:
     ``on_response_prepare`` signal ``setup`` installs.
     """
     front = _Front(manager)
-    cookie_name = front.cookie_name
 
     @web.middleware
     async def aiosessmgr_middleware(
@@ -141,7 +157,7 @@ def session_middleware(manager: SessionManager) -> Middleware:
         slots = request.get(_SLOTS)
         if slots is None:
             slots = request[_SLOTS] = {}
-        slot = slots[manager] = _Slot(front, request.cookies.get(cookie_name))
+        slot = slots[manager] = _Slot(front)
         try:
             response = await handler(request)
         except web.HTTPException as exc:
@@ -292,23 +308,30 @@ async def get_session(request: web.Request, manager: SessionManager | None = Non
     first one set up.
     """
     slot = _slot(request, manager)
-    if slot.loading is not None:
-        if not slot.loading.done():
-            await asyncio.shield(slot.loading)
-        assert slot.session is not None
-        return slot.session
-    slot.loading = asyncio.get_running_loop().create_future()
+    session = slot.session
+    if session is not None:
+        if slot.ready:
+            return session
+        # another task of this request is loading it: wait, then use (or retry) its result
+        if slot.loading is None:
+            slot.loading = asyncio.Event()
+        await slot.loading.wait()
+        return await get_session(request, manager)
+    front = slot.front
+    slot.cookie = front.cookie_value(request)
     # the session checks the cookie's format: a malformed value is never looked up
-    session = slot.front.manager.session(slot.cookie)
+    session = slot.session = front.manager.session(slot.cookie)
     try:
         await session.start()
-    except BaseException as exc:
-        slot.loading.set_exception(exc)
-        slot.loading.exception()  # retrieved: concurrent waiters re-raise it themselves
-        slot.loading = None
+    except BaseException:
+        slot.session = None
         raise
-    slot.session = session
-    slot.loading.set_result(None)
+    else:
+        slot.ready = True
+    finally:
+        if slot.loading is not None:
+            slot.loading.set()
+            slot.loading = None
     return session
 
 
@@ -319,15 +342,15 @@ async def new_session(request: web.Request, manager: SessionManager | None = Non
     """
     slot = _slot(request, manager)
     mgr = slot.front.manager
-    old = slot.session
-    if old is not None and old.stored:
+    old = slot.session if slot.ready else None
+    if old is None:
+        slot.cookie = slot.front.cookie_value(request)
+        if is_valid_session_id(slot.cookie):
+            await mgr.destroy(slot.cookie)  # type: ignore[arg-type]
+    elif old.stored:
         await mgr.destroy(old.id)
-    elif old is None and is_valid_session_id(slot.cookie):
-        await mgr.destroy(slot.cookie)  # type: ignore[arg-type]
     session = mgr.session(None)
     await session.start()
     slot.session = session
-    loading = asyncio.get_running_loop().create_future()
-    loading.set_result(None)
-    slot.loading = loading
+    slot.ready = True
     return session

@@ -22,12 +22,14 @@ processes shares. Guarantees:
   an open file description, so they exclude threads of one process as well as other
   processes; the fixed stripe set means lock files never accumulate.
 
-Each operation is one hop to the default thread pool running plain ``os`` calls. This
-was measured against aiofiles (which takes one hop per call: open, stat, read, close),
-reading a 300-byte file on ext4, 2 CPUs: one hop 123 us/op at concurrency 1 and 64 us/op
-at concurrency 64; aiofiles 481 us/op and 141 us/op. So: one hop, 2-4x faster. The hop
-goes to the loop's default executor: a dedicated pool of 1-4 threads measured no better
-(reads 10-40k/s either way, within the noise) and would need care across ``fork``.
+Each operation is one thread hop running plain ``os`` calls. Measured against aiofiles
+(which takes one hop per call: open, stat, read, close) reading a 300-byte file on ext4,
+2 CPUs: one ``run_in_executor`` hop 123 us/op at concurrency 1 and 64 us/op at 64;
+aiofiles 481 and 141 us/op. So one hop, 2-4x faster. Reads go further: they run on a
+batching reader thread (see :class:`_Reader`), 11 us of CPU per read at concurrency 16
+against 28 us for ``run_in_executor``. Everything that takes a lock (writes, CAS,
+destroy, gc) uses the loop's default executor, where a wait on another process's lock
+holds up one pool thread, never the reads.
 """
 
 from __future__ import annotations
@@ -38,9 +40,11 @@ import fcntl
 import functools
 import logging
 import os
+import queue
 import re
 import secrets
 import stat
+import threading
 import time
 import zlib
 from collections.abc import Callable, Iterator
@@ -228,12 +232,11 @@ class FileDriver(SessionDriver):
             finally:
                 os.close(dir_fd)
 
-    def _open_record(self, path: str, ttl: float, *, locked: bool = False
-                     ) -> tuple[int, os.stat_result] | None:
-        """Open a live session file; None if absent or expired (expired ones are removed).
+    def _open_record(self, path: str, ttl: float
+                     ) -> tuple[int, os.stat_result] | os.stat_result | None:
+        """Open a live session file: (descriptor, stat); None if absent; stat if expired.
 
-        *locked*: the caller holds the id's stripe lock. Raises OSError for a file that
-        cannot be used (the callers sort out which kind).
+        Raises OSError for a file that cannot be used (the callers sort out which kind).
         """
         try:
             fd = os.open(path, _READ_FLAGS)
@@ -250,28 +253,29 @@ class FileDriver(SessionDriver):
             raise
         if time.time() - st.st_mtime > ttl:
             os.close(fd)
-            if locked:
-                with suppress(OSError):
-                    os.unlink(path)
-            else:
-                self._remove_expired(path, st, ttl)
-            return None
+            return st
         return fd, st
 
-    def _remove_expired(self, path: str, seen: os.stat_result, ttl: float) -> None:
-        session_id = os.path.basename(path)[len(self.prefix):]
+    def _remove_expired(self, session_id: str, seen: os.stat_result, ttl: float) -> None:
+        path = self._file(session_id)
         with self._locked(session_id), suppress(OSError):
             now = os.lstat(path)
             # unlink only the file we judged expired, not one a writer just replaced it with
             if now.st_ino == seen.st_ino and time.time() - now.st_mtime > ttl:
                 os.unlink(path)
 
-    def _read(self, session_id: str, ttl: float, touch: bool) -> bytes | None:
+    def _read(self, session_id: str, ttl: float, touch: bool
+              ) -> bytes | os.stat_result | None:
+        """The record; None if absent or unusable; the file's stat if it expired.
+
+        Runs on the reader thread, which never waits for a lock: removing an expired
+        file (which locks) is left to the caller.
+        """
         path = self._file(session_id)
         try:
             opened = self._open_record(path, ttl)
-            if opened is None:
-                return None
+            if opened is None or isinstance(opened, os.stat_result):
+                return opened
             fd, st = opened
             try:
                 data = _read_all(fd, st.st_size)
@@ -307,14 +311,14 @@ class FileDriver(SessionDriver):
             with self._locked(session_id):
                 current: bytes | None
                 try:
-                    opened = self._open_record(path, ttl, locked=True)
+                    opened = self._open_record(path, ttl)
                 except OSError as exc:
                     if exc.errno not in _FILE_ERRNOS:
                         raise
                     current = b""  # unusable file: matches no version, not even "absent"
                 else:
-                    if opened is None:
-                        current = None
+                    if opened is None or isinstance(opened, os.stat_result):
+                        current = None  # absent or expired (then replaced or left to gc)
                     else:
                         fd, _ = opened
                         try:
@@ -384,17 +388,26 @@ class FileDriver(SessionDriver):
 
     # -- the driver contract ------------------------------------------------------------------
 
+    async def _read_on_reader(self, session_id: str, ttl: float, touch: bool
+                              ) -> bytes | None:
+        result = await _READER.run(self._read, session_id, ttl, touch)
+        if isinstance(result, os.stat_result):
+            # expired: remove it (under the lock, so on the pool, not the reader thread)
+            await self._run(self._remove_expired, session_id, result, ttl)
+            return None
+        return result
+
     async def read(self, session_id: str) -> bytes | None:
         """The record, or None if absent, expired (older than ``ttl``), or unreadable."""
         if not _valid_id(session_id):
             return None
-        return await self._run(self._read, session_id, self.ttl, False)
+        return await self._read_on_reader(session_id, self.ttl, False)
 
     async def read_touch(self, session_id: str, ttl: int) -> bytes | None:
         """Read, and extend expiry by bumping the mtime if it is ``touch_interval`` old."""
         if not _valid_id(session_id):
             return None
-        return await self._run(self._read, session_id, ttl, True)
+        return await self._read_on_reader(session_id, ttl, True)
 
     async def write(self, session_id: str, payload: bytes, ttl: int) -> None:
         """Replace the record atomically; it expires ``ttl`` seconds after its mtime."""
@@ -455,6 +468,75 @@ class FileDriver(SessionDriver):
             for fd in lock_fds.values():
                 os.close(fd)
         return removed
+
+
+class _Reader:
+    """One thread per process that runs reads, answering each batch with one loop wakeup.
+
+    Under load, reads queue up while the thread works; it then runs them all and wakes
+    each waiting event loop once per batch instead of once per read. Measured on 2 CPUs
+    (cached 200-byte files): 11 us of CPU per read at concurrency 16, against 28 us via
+    ``run_in_executor``, and about twice the reads per second. Only reads run here: they
+    never wait for a lock, so one slow writer cannot hold them up.
+    """
+
+    def __init__(self) -> None:
+        self._queue: queue.SimpleQueue[_Job] = queue.SimpleQueue()
+        self._pid = 0
+        self._start_lock = threading.Lock()
+
+    def run(self, func: Callable[..., _T], *args: Any) -> asyncio.Future[_T]:
+        """Queue ``func(*args)``; the future completes on the calling loop."""
+        if self._pid != os.getpid():
+            self._start()
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[_T] = loop.create_future()
+        self._queue.put((loop, future, func, args))
+        return future
+
+    def _start(self) -> None:
+        with self._start_lock:
+            # after fork() the thread (and anything queued for it) exists only in the parent
+            if self._pid != os.getpid():
+                self._queue = queue.SimpleQueue()
+                threading.Thread(target=self._serve, args=(self._queue,), daemon=True,
+                                 name="aiosessmgr-file-reader").start()
+                self._pid = os.getpid()
+
+    @staticmethod
+    def _serve(jobs: queue.SimpleQueue[_Job]) -> None:
+        while True:
+            batch = [jobs.get()]
+            with suppress(queue.Empty):
+                while True:
+                    batch.append(jobs.get_nowait())
+            answers: dict[asyncio.AbstractEventLoop, list[_Answer]] = {}
+            for loop, future, func, args in batch:
+                try:
+                    answer: _Answer = (future, True, func(*args))
+                except BaseException as exc:
+                    answer = (future, False, exc)
+                answers.setdefault(loop, []).append(answer)
+            for loop, done in answers.items():
+                with suppress(RuntimeError):  # that loop is closed: nobody is waiting
+                    loop.call_soon_threadsafe(_deliver, done)
+
+
+_Job = tuple[asyncio.AbstractEventLoop, "asyncio.Future[Any]", Callable[..., Any], tuple[Any, ...]]
+_Answer = tuple["asyncio.Future[Any]", bool, Any]
+
+
+def _deliver(answers: list[_Answer]) -> None:
+    for future, ok, value in answers:
+        if future.done():  # the reader was cancelled
+            continue
+        if ok:
+            future.set_result(value)
+        else:
+            future.set_exception(value)
+
+
+_READER: Final = _Reader()
 
 
 def _prepare_directory(path: str) -> str:

@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import secrets
+import signal
 import sys
+import time
 from pathlib import Path
 
 import pytest
 
 from aiosessmgr import SessionManager
+from aiosessmgr.drivers.file import FileDriver
 
 KEYS = 200
 
@@ -75,3 +80,30 @@ async def test_two_processes_saving_one_session_keep_every_key(tmp_path: Path) -
     expected = {"owner": "test"} | {f"p{n}-{i}": i for n in (1, 2) for i in range(KEYS)}
     assert final.all() == expected
     await manager.close()
+
+
+def test_reads_work_in_a_forked_child(tmp_path: Path) -> None:
+    """The reader thread does not survive fork(); a child must start its own, not hang."""
+    driver = FileDriver(tmp_path / "sessions")
+    sid, record = secrets.token_urlsafe(32), b"v" * 8 + b"forked"
+
+    async def write_and_read() -> bytes | None:
+        await driver.write(sid, record, 60)
+        return await driver.read(sid)
+
+    assert asyncio.run(write_and_read()) == record  # the parent's reader thread now runs
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child reports through its exit code
+        try:
+            code = 0 if asyncio.run(asyncio.wait_for(driver.read(sid), 10)) == record else 1
+        except BaseException:
+            code = 2
+        os._exit(code)
+    deadline = time.monotonic() + 60
+    while (done := os.waitpid(pid, os.WNOHANG))[0] == 0:
+        if time.monotonic() > deadline:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+            pytest.fail("the forked child hung reading a session")
+        time.sleep(0.05)
+    assert os.waitstatus_to_exitcode(done[1]) == 0

@@ -369,7 +369,11 @@ def _driver_error(operation: str, exc: BaseException, timeout: float) -> DriverE
     """The DriverError for a redis, OS or timeout failure (the cause stays chained)."""
     if isinstance(exc, TimeoutError):
         return DriverError(f"redis {operation} got no answer within {timeout:g}s")
-    return DriverError(f"redis {operation} failed: {type(exc).__name__}: {exc}")
+    detail = str(exc)
+    if len(detail) > 300:
+        # some redis-py messages embed a whole client repr; the cause keeps all of it
+        detail = detail[:300] + "…"
+    return DriverError(f"redis {operation} failed: {type(exc).__name__}: {detail}")
 
 
 def _check_prefix(prefix: Any) -> None:

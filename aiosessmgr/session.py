@@ -49,8 +49,11 @@ __all__ = [
 logger = logging.getLogger("aiosessmgr")
 
 _ID_RE: Final = re.compile(r"[A-Za-z0-9_-]{43}")
-#: how often save() re-reads and replays its delta before giving up
-MAX_SAVE_ATTEMPTS: Final = 16
+#: how often save() re-reads and replays its delta before giving up (conflicts with
+#: other processes only: saves of one id within a process take turns)
+MAX_SAVE_ATTEMPTS: Final = 32
+#: seconds a save waits for its turn behind saves of the same id in this process
+SAVE_TURN_WAIT: Final = 30.0
 
 
 def new_session_id() -> str:
@@ -81,6 +84,8 @@ class StoreContext:
     can_cas: bool = field(init=False)
     #: the driver's cross-process lock, or process-local locks for drivers without one
     locks: SupportsLock = field(init=False)
+    #: saves of one id in this process take turns, so they never conflict with each other
+    save_turns: LocalLocks = field(init=False, default_factory=LocalLocks)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "can_touch", isinstance(self.driver, SupportsTouch))
@@ -427,28 +432,45 @@ class Session(SessionStore):
         if not ctx.can_cas:
             await ctx.driver.write(self._id, record, ctx.ttl)
         else:
-            cas = ctx.driver.compare_and_set  # type: ignore[attr-defined]
-            for attempt in range(MAX_SAVE_ATTEMPTS):
-                if await cas(self._id, record, ctx.ttl, self._version):
-                    break
-                fresh = await ctx.driver.read(self._id)
-                if fresh is None and self._version is not None:
-                    self._end()
-                    return
-                self._rebase(fresh)
-                version, record = self._encode()
-                if attempt:
-                    # jittered backoff: spread out writers that keep colliding
-                    await asyncio.sleep(random.uniform(0, 0.001 * (1 << min(attempt, 6))))
-            else:
-                raise SessionError(
-                    f"could not save session after {MAX_SAVE_ATTEMPTS} conflicting attempts"
-                )
+            sid = self._id
+            turn = await ctx.save_turns.acquire_lock(sid, SAVE_TURN_WAIT, SAVE_TURN_WAIT)
+            if turn is None:
+                raise SessionError(f"session save waited {SAVE_TURN_WAIT} s for its turn")
+            try:
+                written = await self._compare_and_set(version, record)
+            finally:
+                await ctx.save_turns.release_lock(sid, turn)
+            if written is None:
+                return
+            version = written
         self._version = version
         self._stored = True
         self._clear_delta()
         if ctx.events.has_listeners(SessionEvents.SAVED):
             ctx.events.emit(SessionEvent(SessionEvents.SAVED, self._id, self))
+
+    async def _compare_and_set(self, version: bytes, record: bytes) -> bytes | None:
+        """Write with compare-and-set, replaying the delta after each conflict.
+
+        Returns the version written, or None if the record ended under us.
+        """
+        ctx = self._ctx
+        cas = ctx.driver.compare_and_set  # type: ignore[attr-defined]
+        for attempt in range(MAX_SAVE_ATTEMPTS):
+            if await cas(self._id, record, ctx.ttl, self._version):
+                return version
+            fresh = await ctx.driver.read(self._id)
+            if fresh is None and self._version is not None:
+                self._end()
+                return None
+            self._rebase(fresh)
+            version, record = self._encode()
+            if attempt:
+                # jittered backoff: spread out processes that keep colliding
+                await asyncio.sleep(random.uniform(0, 0.001 * (1 << min(attempt, 6))))
+        raise SessionError(
+            f"could not save session after {MAX_SAVE_ATTEMPTS} conflicting attempts"
+        )
 
     def _end(self) -> None:
         logger.info("session %s… ended while a request used it; its changes were not "

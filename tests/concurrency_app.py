@@ -1,0 +1,68 @@
+"""The app the concurrency tests drive, in-process or as a server in another process.
+
+As a process: ``python -m tests.concurrency_app PORT CONFIG_JSON`` serves on
+127.0.0.1:PORT with a SessionManager built from CONFIG_JSON, until terminated.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+
+from aiohttp import web
+
+from aiosessmgr import SessionManager, get_session, setup
+
+
+def app_for(manager: SessionManager) -> web.Application:
+    async def set_key(request: web.Request) -> web.Response:
+        session = await get_session(request)
+        await asyncio.sleep(0.005)  # read, wait, write: the pattern that loses data elsewhere
+        session[request.query["key"]] = request.query.get("value", True)
+        return web.Response(text="ok")
+
+    async def incr(request: web.Request) -> web.Response:
+        session = await get_session(request)
+        await asyncio.sleep(0.005)
+        session.increment("n")
+        return web.Response(text="ok")
+
+    async def push(request: web.Request) -> web.Response:
+        session = await get_session(request)
+        await asyncio.sleep(0.005)
+        session.push("items", int(request.query["i"]))
+        return web.Response(text="ok")
+
+    async def forget(request: web.Request) -> web.Response:
+        session = await get_session(request)
+        await asyncio.sleep(0.005)
+        session.forget(request.query["key"])
+        return web.Response(text="ok")
+
+    async def dump(request: web.Request) -> web.Response:
+        return web.Response(text=repr((await get_session(request)).all()))
+
+    async def logout(request: web.Request) -> web.Response:
+        await (await get_session(request)).invalidate()
+        return web.Response(text="bye")
+
+    async def slow_write(request: web.Request) -> web.Response:
+        session = await get_session(request)
+        await asyncio.sleep(float(request.query["sleep"]))
+        session["late"] = True
+        return web.Response(text="ok")
+
+    app = web.Application()
+    for name, handler in [("set", set_key), ("incr", incr), ("push", push),
+                          ("forget", forget), ("dump", dump), ("logout", logout),
+                          ("slow_write", slow_write)]:
+        app.router.add_get(f"/{name}", handler)
+    setup(app, manager)
+    return app
+
+
+if __name__ == "__main__":
+    port, config = int(sys.argv[1]), json.loads(sys.argv[2])
+    web.run_app(app_for(SessionManager(config)), host="127.0.0.1", port=port, print=None,
+                access_log=None)

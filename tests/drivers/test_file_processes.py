@@ -82,6 +82,63 @@ async def test_two_processes_saving_one_session_keep_every_key(tmp_path: Path) -
     await manager.close()
 
 
+# Increments a counter record with read + compare_and_set, retrying on conflict.
+COUNTER = r"""
+import asyncio, os, sys
+from aiosessmgr.drivers.file import FileDriver
+
+async def main() -> None:
+    driver = FileDriver(sys.argv[1])
+    sid, rounds = sys.argv[2], int(sys.argv[3])
+    print("ready", flush=True)
+    sys.stdin.readline()
+    conflicts = 0
+    for _ in range(rounds):
+        while True:
+            current = await driver.read(sid)
+            assert current is not None
+            count = int(current[8:])
+            if await driver.compare_and_set(sid, os.urandom(8) + b"%d" % (count + 1), 60,
+                                            current[:8]):
+                break
+            conflicts += 1
+    print(conflicts, flush=True)
+
+asyncio.run(main())
+"""
+
+
+@pytest.mark.slow
+async def test_compare_and_set_is_atomic_across_processes(tmp_path: Path) -> None:
+    """Three processes increment one counter; any lost update shows in the total."""
+    store, sid, rounds = tmp_path / "sessions", secrets.token_urlsafe(32), 300
+    driver = FileDriver(store)
+    await driver.write(sid, b"v" * 8 + b"0", 60)
+    workers = [
+        await asyncio.create_subprocess_exec(
+            sys.executable, "-c", COUNTER, str(store), sid, str(rounds),
+            stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        for _ in range(3)
+    ]
+    for worker in workers:
+        assert worker.stdout is not None
+        assert await asyncio.wait_for(worker.stdout.readline(), 60) == b"ready\n"
+    for worker in workers:
+        assert worker.stdin is not None
+        worker.stdin.write(b"go\n")
+        await worker.stdin.drain()
+    results = await asyncio.wait_for(
+        asyncio.gather(*(w.communicate() for w in workers)), 300)
+    for worker, (_, err) in zip(workers, results, strict=True):
+        assert worker.returncode == 0, err.decode()
+    final = await driver.read(sid)
+    assert final is not None and int(final[8:]) == 3 * rounds
+    conflicts = sum(int(out) for out, _ in results)
+    print(f"{conflicts} conflicts retried")
+
+
 def test_reads_work_in_a_forked_child(tmp_path: Path) -> None:
     """The reader thread does not survive fork(); a child must start its own, not hang."""
     driver = FileDriver(tmp_path / "sessions")

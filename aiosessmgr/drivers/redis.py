@@ -86,19 +86,27 @@ class _AutoPipeline:
         self._timeout = timeout
         self._queue: list[tuple[Command, asyncio.Future[Any]]] = []
         self._tasks: set[asyncio.Task[None]] = set()
+        self._submitting = False
 
     def submit(self, command: Command) -> asyncio.Future[Any]:
         """Queue *command* for this turn's pipeline; the future gets its reply."""
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Any] = loop.create_future()
-        if not self._queue:
-            task = loop.create_task(self._flush())
+        self._queue.append((command, future))
+        if len(self._queue) == 1:
+            self._submitting = True
+            try:
+                task = loop.create_task(self._flush())
+            finally:
+                self._submitting = False
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
-        self._queue.append((command, future))
         return future
 
     async def _flush(self) -> None:
+        if self._submitting:
+            # started eagerly (an eager task factory, Python 3.12+): wait for the turn's end
+            await asyncio.sleep(0)
         batch, self._queue = self._queue, []
         commands = [command for command, _ in batch]
         try:

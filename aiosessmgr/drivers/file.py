@@ -99,8 +99,13 @@ class FileDriver(SessionDriver):
 
     Usage (normally through the config dict, ``{"driver": "file", "path": ...}``)::
 
-        driver = FileDriver("/var/lib/myapp/sessions", ttl=7200)
-        await driver.write(session_id, record, 7200)
+        import secrets, tempfile
+        from aiosessmgr.drivers.file import FileDriver
+
+        driver = FileDriver(tempfile.mkdtemp(), ttl=7200)  # e.g. /var/lib/myapp/sessions
+        session_id = secrets.token_urlsafe(32)
+        await driver.write(session_id, b"version1" + b"record", 7200)
+        assert await driver.read(session_id) == b"version1record"
 
     *ttl* (seconds) is the expiry ``read`` applies; *touch_interval* (seconds, default
     ``ttl / 10``) is how stale the mtime must be before ``read_touch`` updates it.

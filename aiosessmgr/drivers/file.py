@@ -415,7 +415,11 @@ class FileDriver(SessionDriver):
         return await self._read_on_reader(session_id, ttl, True)
 
     async def write(self, session_id: str, payload: bytes, ttl: int) -> None:
-        """Replace the record atomically; it expires ``ttl`` seconds after its mtime."""
+        """Replace the record atomically; it expires one lifetime after its mtime.
+
+        The mtime is the only clock a file has, so *ttl* is not stored: ``read`` and
+        ``gc`` apply the driver's lifetime (the same value the manager passes here).
+        """
         if not _valid_id(session_id):
             raise ValueError("not a session id; refusing to name a file after it")
         await self._run(self._write, session_id, bytes(payload))

@@ -214,6 +214,10 @@ class RedisDriver(SessionDriver):
         self._sentinel = sentinel
         self._pipeline = _AutoPipeline(client, self.timeout) if pipelining else None
         self._closed = False
+        # redis-py's RedisCluster discovers the topology on first use; commands racing
+        # that discovery can hit connections it is replacing, so the first use waits for it
+        self._ready = not isinstance(client, RedisCluster)
+        self._ready_lock = asyncio.Lock()
 
     @property
     def pipelining(self) -> bool:
@@ -296,10 +300,19 @@ class RedisDriver(SessionDriver):
         """Run one command (pipelined or not); redis errors are left to the caller."""
         if self._closed:
             raise DriverError("the redis driver is closed")
+        if not self._ready:
+            await self._discover_cluster()
         if self._pipeline is not None:
             return await self._pipeline.submit(command)
         async with asyncio.timeout(self.timeout):
             return await self.client.execute_command(*command)
+
+    async def _discover_cluster(self) -> None:
+        async with self._ready_lock:
+            if not self._ready and isinstance(self.client, RedisCluster):
+                async with asyncio.timeout(self.timeout):
+                    await self.client.initialize()
+                self._ready = True
 
     async def _call(self, command: Command) -> Any:
         try:

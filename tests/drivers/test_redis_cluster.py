@@ -126,3 +126,21 @@ async def test_an_existing_cluster_client_is_left_open(cluster: ClusterServers,
         assert await client.get(f"{prefix}{{a}}") == b"v1------"
     finally:
         await client.aclose()
+
+
+@pytest.mark.parametrize("pipelining", [pytest.param(True, id="pipelined"),
+                                        pytest.param(False, id="plain")])
+async def test_first_use_by_many_requests_at_once(cluster: ClusterServers, prefix: str,
+                                                  pipelining: bool) -> None:
+    # redis-py discovers the topology on first use; commands racing it used to fail
+    for _ in range(3):
+        driver = redis_driver(url=cluster.url, cluster=True, prefix=prefix,
+                              pipelining=pipelining)
+        try:
+            results = await asyncio.gather(*(
+                driver.compare_and_set(f"id{i}", b"v1------", 60, None) for i in range(30)
+            ))
+            assert results == [True] * 30
+        finally:
+            await driver.close()
+        prefix += "x"

@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import errno
 import logging
 import os
@@ -341,15 +342,37 @@ async def test_unreadable_file_gives_a_fresh_session(
     assert await (await client.get("/")).text() == "Visits: 2"
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root reads files whatever their mode")
+_READ_AS_SCRIPT = """
+import asyncio, logging, sys
+from aiosessmgr.drivers.file import FileDriver
+logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
+async def main():
+    driver = FileDriver(sys.argv[1], ttl=int(sys.argv[3]))
+    print("RESULT", await driver.read(sys.argv[2]))
+asyncio.run(main())
+"""
+
+
 async def test_permission_denied_reads_as_absent(driver: FileDriver, store: Path,
                                                  caplog: pytest.LogCaptureFixture) -> None:
     sid = new_id()
     await driver.write(sid, record(), TTL)
     os.chmod(store / f"sess_{sid}", 0)
-    with caplog.at_level(logging.WARNING, logger="aiosessmgr"):
-        assert await driver.read(sid) is None
-    assert len(caplog.records) == 1 and "Permission denied" in caplog.text
+    if os.geteuid() != 0:
+        with caplog.at_level(logging.WARNING, logger="aiosessmgr"):
+            assert await driver.read(sid) is None
+        assert len(caplog.records) == 1 and "Permission denied" in caplog.text
+        return
+    # root reads any file; in a fresh user namespace it keeps its uid but loses the
+    # capability that overrides file modes, so the read really meets EACCES
+    proc = await asyncio.create_subprocess_exec(
+        "unshare", "--user", "--", sys.executable, "-c", _READ_AS_SCRIPT, str(store), sid,
+        str(TTL), stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    out, err = await proc.communicate()
+    assert proc.returncode == 0, err.decode()
+    assert out.decode().strip() == "RESULT None"
+    warnings = [line for line in err.decode().splitlines() if line.startswith("WARNING")]
+    assert len(warnings) == 1 and "Permission denied" in warnings[0], err.decode()
 
 
 # -- a broken store is a DriverError -----------------------------------------------------------

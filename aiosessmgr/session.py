@@ -460,6 +460,10 @@ class Session(SessionStore):
             if await cas(self._id, record, ctx.ttl, self._version):
                 return version
             fresh = await ctx.driver.read(self._id)
+            if fresh is not None and fresh[:VERSION_SIZE] == version:
+                # our write landed but its reply was lost (a client that retried):
+                # replaying the delta now would apply increments twice
+                return version
             if fresh is None and self._version is not None:
                 self._end()
                 return None

@@ -282,3 +282,33 @@ async def test_custom_store_class() -> None:
     await s.save()
     assert Audited.saves == 1
     await manager.close()
+
+
+async def test_cas_whose_reply_was_lost_is_not_replayed() -> None:
+    """A compare-and-set that landed but reported failure (a retried command whose first
+    reply was lost) must not replay increments a second time."""
+    from aiosessmgr import MemoryDriver
+
+    class LostReply(MemoryDriver):
+        lose_next = False
+
+        async def compare_and_set(self, session_id: str, payload: bytes, ttl: int,
+                                  expected: bytes | None) -> bool:
+            written = await super().compare_and_set(session_id, payload, ttl, expected)
+            if self.lose_next:
+                self.lose_next = False
+                return False  # it was written; the caller just never heard
+            return written
+
+    driver = LostReply()
+    manager = SessionManager({"default": "l", "drivers": {"l": {"driver": "lost"}}})
+    manager.extend("lost", lambda cfg: driver)
+    s = await manager.driver()
+    s.increment("n")
+    await s.save()
+    again = await manager.load(s.id)
+    again.increment("n")
+    driver.lose_next = True
+    await again.save()
+    assert (await manager.load(s.id))["n"] == 2
+    await manager.close()

@@ -2,8 +2,8 @@
 
 Run ``python -m benchmarks.drivers`` (``--help`` for options). Every driver is built
 through ``SessionManager`` from a config entry (see ``driver_entries``), so adding a
-driver to the comparison is one entry; redis joins when ``--redis-url`` is given or
-its driver module exists and a server answers at the default URL.
+driver to the comparison is one entry. Redis is measured on a ``redis-server`` the
+benchmark starts on a free port (or on ``--redis-url``; ``--no-redis`` leaves it out).
 
 Operations, each at concurrency 1 and 64 (one session id per concurrent worker):
 
@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import importlib.util
 import os
 import shutil
 import sys
@@ -36,13 +35,12 @@ from aiohttp import web
 
 from aiosessmgr import SessionDriver, SessionManager, get_session, setup
 from aiosessmgr.drivers.base import VERSION_SIZE, SupportsCompareAndSet, SupportsTouch
-from benchmarks._common import progress, setup_line, table, write_json
+from benchmarks._common import progress, redis_server, setup_line, table, write_json
 
 OPERATIONS = ("read", "write", "cas-save")
 CONCURRENCY = (1, 64)
 RECORD_SIZE = 200
 TTL = 7200
-DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 
 
 def driver_entries(path: str, redis_url: str | None) -> dict[str, dict[str, Any]]:
@@ -193,14 +191,6 @@ async def bench_http(entry: dict[str, Any], seconds: float, concurrency: int
 # -- running it all -----------------------------------------------------------------------------
 
 
-def _redis_url(given: str | None) -> str | None:
-    if given is not None:
-        return given
-    if importlib.util.find_spec("aiosessmgr.drivers.redis") is None:
-        return None
-    return DEFAULT_REDIS_URL
-
-
 def file_system(path: str) -> str:
     """The type of the file system holding *path* (from /proc/mounts; Linux only)."""
     best, kind = "", "unknown"
@@ -264,8 +254,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="duration of each HTTP measurement (default 3)")
     parser.add_argument("--http-concurrency", type=int, default=16,
                         help="concurrent HTTP requests (default 16)")
-    parser.add_argument("--redis-url", help=f"also measure redis (default {DEFAULT_REDIS_URL} "
-                                            "if the redis driver exists)")
+    parser.add_argument("--redis-url", help="measure redis on this server (default: start a "
+                                            "redis-server on a free port)")
+    parser.add_argument("--no-redis", action="store_true", help="leave the redis driver out")
     parser.add_argument("--path", help="directory in which the file driver's sessions go "
                                        "(default: the system temp directory)")
     parser.add_argument("--no-json", action="store_true", help="do not write the JSON file")
@@ -274,9 +265,14 @@ def main(argv: Sequence[str] | None = None) -> int:
              "concurrency": "/".join(map(str, CONCURRENCY)),
              "http_seconds": args.http_seconds, "http_concurrency": args.http_concurrency,
              "file_fs": file_system(os.path.realpath(args.path or tempfile.gettempdir()))}
-    print(setup_line(**facts))
-    results = asyncio.run(run(args.seconds, args.http_seconds, args.http_concurrency,
-                              _redis_url(args.redis_url), args.path))
+    with contextlib.ExitStack() as stack:
+        redis_url = args.redis_url
+        if redis_url is None and not args.no_redis:
+            # our own throwaway server: a benchmark never writes into someone's Redis
+            redis_url, facts["redis"] = stack.enter_context(redis_server())
+        print(setup_line(**facts))
+        results = asyncio.run(run(args.seconds, args.http_seconds, args.http_concurrency,
+                                  redis_url, args.path))
     print()
     print(table(["driver", "operation", "concurrency", "ops/s", "vs memory"],
                 [[r["driver"], r["operation"], r["concurrency"], r["ops_per_s"],

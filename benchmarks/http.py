@@ -31,7 +31,6 @@ import json
 import os
 import re
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -44,7 +43,16 @@ from typing import Any
 
 from aiohttp import ClientSession, ClientTimeout, TCPConnector, web
 
-from benchmarks._common import progress, setup_line, table, write_json
+from benchmarks._common import (
+    free_port,
+    progress,
+    redis_server,
+    setup_line,
+    stop,
+    table,
+    wait_listening,
+    write_json,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 SCENARIOS = ("read", "write")
@@ -251,58 +259,6 @@ def serve(opts: argparse.Namespace) -> None:
 
 
 # -- processes ----------------------------------------------------------------------------
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-def wait_listening(port: int, process: subprocess.Popen[bytes], timeout: float = 15) -> None:
-    """Wait until *port* accepts connections; fail if *process* dies or time runs out."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"process exited with {process.returncode} before listening")
-        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.2):
-            return
-        time.sleep(0.05)
-    raise RuntimeError(f"nothing listens on port {port} after {timeout}s")
-
-
-def stop(process: subprocess.Popen[bytes]) -> None:
-    """SIGTERM, then SIGKILL after 10 s; always reaped."""
-    if process.poll() is None:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(5)
-
-
-@contextlib.contextmanager
-def redis_server() -> Iterator[tuple[str, str]]:
-    """A throwaway redis-server on a free loopback port: yields (url, version)."""
-    binary = shutil.which("redis-server")
-    if binary is None:
-        raise SystemExit("redis-server not found: apt-get install redis-server")
-    version = subprocess.run([binary, "--version"], capture_output=True, text=True,
-                             check=True).stdout.split("v=")[1].split()[0]
-    port = free_port()
-    workdir = tempfile.mkdtemp(prefix="aiosessmgr-bench-redis-")
-    process = subprocess.Popen(
-        [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-         "--dir", workdir], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        wait_listening(port, process)
-        yield f"redis://127.0.0.1:{port}/0", version
-    finally:
-        stop(process)
-        shutil.rmtree(workdir, ignore_errors=True)
 
 
 def flush_redis(url: str) -> None:

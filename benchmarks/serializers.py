@@ -11,6 +11,7 @@ Times are per session record, in microseconds; ratios are against msgpack.
 from __future__ import annotations
 
 import argparse
+import functools
 import secrets
 import timeit
 from collections.abc import Callable, Sequence
@@ -84,7 +85,7 @@ def measure(repeat: int) -> list[dict[str, Any]]:
     serializers: dict[str, Serializer] = {"msgpack": MsgpackSerializer(),
                                           "json": JsonSerializer(), **optional_serializers()}
     cipher = AesGcmCipher(Secret(secrets.token_bytes(32)))
-    rows = []
+    rows: list[dict[str, Any]] = []
     for payload_name, data in payloads().items():
         for encrypted in (False, True):
             for name, serializer in serializers.items():
@@ -98,14 +99,17 @@ def measure(repeat: int) -> list[dict[str, Any]]:
                 except Exception as exc:  # a serializer that cannot take this payload
                     progress(f"{name} cannot encode {payload_name}: {exc}")
                     continue
-                rows.append({
+                encode = functools.partial(codec.encode, "sid", record)
+                decode = functools.partial(codec.decode, "sid", blob)
+                row: dict[str, Any] = {
                     "payload": payload_name,
                     "aes_gcm": encrypted,
                     "serializer": name,
                     "bytes": len(blob),
-                    "encode_us": _time(lambda c=codec, d=record: c.encode("sid", d), repeat),
-                    "decode_us": _time(lambda c=codec, b=blob: c.decode("sid", b), repeat),
-                })
+                    "encode_us": _time(encode, repeat),
+                    "decode_us": _time(decode, repeat),
+                }
+                rows.append(row)
             progress(f"measured {payload_name} payload, aes_gcm={encrypted}")
     baseline = {(r["payload"], r["aes_gcm"]): r for r in rows if r["serializer"] == "msgpack"}
     for row in rows:

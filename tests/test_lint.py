@@ -14,7 +14,8 @@ ROOT = Path(__file__).resolve().parent.parent
 @pytest.mark.parametrize(
     "command",
     [
-        pytest.param([sys.executable, "-m", "mypy", "--strict", "aiosessmgr"], id="mypy"),
+        pytest.param([sys.executable, "-m", "mypy", "--strict", "aiosessmgr", "benchmarks",
+                      "examples"], id="mypy"),
         pytest.param([sys.executable, "-m", "ruff", "check", "aiosessmgr", "tests", "examples",
                       "benchmarks"], id="ruff"),
     ],

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,8 @@ from hypothesis import strategies as st
 from aiosessmgr import AesGcmCipher, Secret, SessionManager, get_session, new_session_id, setup
 from aiosessmgr.drivers.base import VERSION_SIZE
 
+from .redis_server import RedisServer
+
 KEY = base64.b64encode(b"f" * 32).decode()
 WRONG_KEY = base64.b64encode(b"w" * 32).decode()
 COOKIE = "aiosessmgr_session"
@@ -26,20 +29,22 @@ FUZZ = settings(max_examples=2000, deadline=None, database=None,
                                        HealthCheck.function_scoped_fixture])
 
 
-def driver_entry(kind: str, tmp: Path) -> dict[str, Any]:
+def driver_entry(kind: str, tmp: Path, redis_url: str | None) -> dict[str, Any]:
     if kind == "memory":
         return {"driver": "memory"}
-    raise AssertionError(kind)
+    if kind == "file":
+        return {"driver": "file", "path": str(tmp)}
+    return {"driver": "redis", "url": redis_url, "prefix": f"fz{uuid.uuid4().hex[:8]}:"}
 
 
 class Harness:
     """One app on one driver, served by a real aiohttp server on its own loop."""
 
-    def __init__(self, kind: str, tmp: Path, key: str) -> None:
+    def __init__(self, kind: str, tmp: Path, key: str, redis_url: str | None = None) -> None:
         self.loop = asyncio.new_event_loop()
         self.tmp = tmp
         self.manager = SessionManager({
-            "default": kind, "drivers": {kind: driver_entry(kind, tmp)},
+            "default": kind, "drivers": {kind: driver_entry(kind, tmp, redis_url)},
             "encryption": {"enabled": True, "key": key}, "lottery": (0, 1)})
 
         async def handler(request: web.Request) -> web.Response:
@@ -87,9 +92,13 @@ class Harness:
         self.loop.close()
 
 
-@pytest.fixture(params=["memory"])
+@pytest.fixture(params=["memory", "file", "redis"])
 def harness(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Harness]:
-    h = Harness(request.param, tmp_path / "sessions", KEY)
+    redis_url = None
+    if request.param == "redis":
+        server: RedisServer = request.getfixturevalue("redis_server")
+        redis_url = server.url
+    h = Harness(request.param, tmp_path / "sessions", KEY, redis_url)
     yield h
     h.close()
     outside = {p.name for p in tmp_path.iterdir()}

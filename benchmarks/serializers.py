@@ -59,7 +59,8 @@ def optional_serializers() -> dict[str, Serializer]:
 
         class OrjsonSerializer:
             def serialize(self, data: dict[str, Any]) -> bytes:
-                return orjson.dumps(data)
+                payload: bytes = orjson.dumps(data)
+                return payload
 
             def deserialize(self, payload: bytes) -> dict[str, Any]:
                 value: dict[str, Any] = orjson.loads(payload)

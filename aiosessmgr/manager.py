@@ -162,7 +162,7 @@ class SessionManager:
 
     async def destroy(self, session_id: str, name: str | None = None) -> None:
         """Remove a stored session by id (for example from an admin "log out everywhere")."""
-        await self.context(name).driver.destroy(session_id)
+        await self.context(name).destroy(session_id)
         self.events.emit(SessionEvent(SessionEvents.DESTROYED, session_id))
 
     # -- events ----------------------------------------------------------------------------

@@ -21,6 +21,7 @@ import re
 import secrets
 import time
 from abc import ABC, abstractmethod
+from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping, MutableMapping
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass, field
@@ -42,6 +43,7 @@ __all__ = [
     "Session",
     "SessionStore",
     "StoreContext",
+    "Tombstones",
     "is_valid_session_id",
     "new_session_id",
 ]
@@ -66,6 +68,31 @@ def is_valid_session_id(value: object) -> bool:
     return isinstance(value, str) and len(value) == 43 and _ID_RE.fullmatch(value) is not None
 
 
+class Tombstones:
+    """Ids this process destroyed, remembered for one session lifetime.
+
+    Used only for drivers without compare-and-set (whose saves cannot notice that a
+    record is gone): a slower request that loaded such an id does not write it back.
+    The memory is bounded: at most ``limit`` ids, the oldest forgotten first.
+    """
+
+    def __init__(self, ttl: float, limit: int = 100_000) -> None:
+        self._ttl = ttl
+        self._limit = limit
+        self._ids: OrderedDict[str, float] = OrderedDict()
+
+    def add(self, session_id: str, now: float) -> None:
+        """Remember *session_id* as destroyed at *now*."""
+        self._ids[session_id] = now
+        self._ids.move_to_end(session_id)
+        while self._ids and (len(self._ids) > self._limit
+                             or next(iter(self._ids.values())) < now - self._ttl):
+            self._ids.popitem(last=False)
+
+    def __contains__(self, session_id: object) -> bool:
+        return session_id in self._ids
+
+
 @dataclass(frozen=True, slots=True)
 class StoreContext:
     """Everything a session needs from its manager, built once per named driver."""
@@ -86,6 +113,8 @@ class StoreContext:
     locks: SupportsLock = field(init=False)
     #: saves of one id in this process take turns, so they never conflict with each other
     save_turns: LocalLocks = field(init=False, default_factory=LocalLocks)
+    #: ids destroyed here, for drivers without compare-and-set (see Tombstones)
+    tombstones: Tombstones = field(init=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "can_touch", isinstance(self.driver, SupportsTouch))
@@ -93,6 +122,13 @@ class StoreContext:
         driver = self.driver
         object.__setattr__(self, "locks",
                            driver if isinstance(driver, SupportsLock) else LocalLocks())
+        object.__setattr__(self, "tombstones", Tombstones(self.ttl))
+
+    async def destroy(self, session_id: str) -> None:
+        """Remove a record, remembering the id where the driver cannot refuse stale saves."""
+        await self.driver.destroy(session_id)
+        if not self.can_cas:
+            self.tombstones.add(session_id, self.clock())
 
 
 class SessionStore(ABC, MutableMapping[str, Any]):
@@ -358,7 +394,7 @@ class Session(SessionStore):
                 if ctx.absolute_ttl is not None and \
                         ctx.clock() - self._meta.get("c", 0) > ctx.absolute_ttl:
                     # past the absolute lifetime: the record ends however active it was
-                    await ctx.driver.destroy(sid)
+                    await ctx.destroy(sid)
                     self._data, self._meta, self._version = {}, {}, None
                     self._rewrite = False
                     ctx.events.emit(SessionEvent(SessionEvents.EXPIRED, sid))
@@ -430,6 +466,9 @@ class Session(SessionStore):
         self._meta_changed.add("t")
         version, record = self._encode()
         if not ctx.can_cas:
+            if self._version is not None and self._id in ctx.tombstones:
+                self._end()  # destroyed while this request ran: last-writer-wins would revive it
+                return
             await ctx.driver.write(self._id, record, ctx.ttl)
         else:
             sid = self._id
@@ -590,7 +629,7 @@ class Session(SessionStore):
         self._flushed = True
         self._meta_changed = set(self._meta)
         if destroy and was_stored:
-            await self._ctx.driver.destroy(old_id)
+            await self._ctx.destroy(old_id)
             self._ctx.events.emit(SessionEvent(SessionEvents.DESTROYED, old_id, self))
 
     def _require_started(self) -> None:

@@ -312,3 +312,37 @@ async def test_cas_whose_reply_was_lost_is_not_replayed() -> None:
     await again.save()
     assert (await manager.load(s.id))["n"] == 2
     await manager.close()
+
+
+async def test_drivers_without_cas_do_not_revive_a_destroyed_session() -> None:
+    """Last-writer-wins drivers get an in-process tombstone for one lifetime."""
+    from aiosessmgr import MemoryDriver
+
+    class NoCas(MemoryDriver):
+        compare_and_set = None  # type: ignore[assignment]
+
+    driver = NoCas()
+    manager = SessionManager({"default": "n", "drivers": {"n": {"driver": "nocas"}}})
+    manager.extend("nocas", lambda cfg: driver)
+    assert not manager.context().can_cas
+    s = await manager.driver()
+    s["user"] = 1
+    await s.save()
+    slow = await manager.load(s.id)
+    logout = await manager.load(s.id)
+    await logout.invalidate()
+    slow["late"] = True
+    await slow.save()
+    assert await driver.read(s.id) is None
+    await manager.close()
+
+
+def test_tombstones_are_bounded_and_expire() -> None:
+    from aiosessmgr.session import Tombstones
+
+    stones = Tombstones(ttl=10, limit=3)
+    for i in range(5):
+        stones.add(f"id{i}", now=100 + i)
+    assert "id0" not in stones and "id1" not in stones and "id4" in stones
+    stones.add("late", now=200)
+    assert "id4" not in stones and "late" in stones

@@ -5,7 +5,7 @@ from __future__ import annotations
 import ast
 import asyncio
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -55,7 +55,7 @@ async def started(aiohttp_client: ClientFactory, manager: SessionManager) -> Cli
     return client
 
 
-async def all_ok(requests: list[Awaitable[Any]]) -> None:
+async def all_ok(requests: Sequence[Awaitable[Any]]) -> None:
     responses = await asyncio.gather(*requests)
     assert [r.status for r in responses] == [200] * len(responses)
 

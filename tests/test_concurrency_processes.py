@@ -39,7 +39,8 @@ def wait_for_port(port: int, process: subprocess.Popen[bytes], timeout: float = 
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process.poll() is not None:
-            raise RuntimeError(f"server exited: {process.stderr.read() if process.stderr else ''}")
+            err = process.stderr.read().decode() if process.stderr else ""
+            raise RuntimeError(f"server exited: {err}")
         try:
             socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
             return

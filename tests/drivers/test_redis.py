@@ -145,12 +145,12 @@ async def test_errors_in_a_pipeline_reach_only_their_caller(
         await inspector.set(driver.key("good"), V1)
         await inspector.rpush(driver.key("list"), "x")  # GET on a list: WRONGTYPE
         before = int((await inspector.info("stats"))["total_connections_received"])
-        results: list[Any] = await asyncio.gather(
+        results: list[Any] = [*await asyncio.gather(
             driver.read("good"), driver.read("list"), driver.read("missing"),
             driver.compare_and_set("list", V2, 60, None), driver.read_touch("good", 60),
             driver.compare_and_set("fresh", V2, 60, None),
             return_exceptions=True,
-        )
+        )]
         after = int((await inspector.info("stats"))["total_connections_received"])
     finally:
         await driver.close()
@@ -202,11 +202,12 @@ async def test_passing_an_existing_client(redis_server: RedisServer, prefix: str
 async def test_connection_forms(form: str, prefix: str) -> None:
     server = RedisServer("--unixsocket", "redis.sock", "--unixsocketperm", "700").start()
     try:
-        options: dict[str, Any] = {
+        forms: dict[str, dict[str, Any]] = {
             "url-db": {"url": f"redis://127.0.0.1:{server.port}/3"},
             "connection": {"connection": {"host": "127.0.0.1", "port": server.port, "db": 3}},
             "unix": {"url": f"unix://{server.dir / 'redis.sock'}?db=3"},
-        }[form]
+        }
+        options = forms[form]
         driver = redis_driver(prefix=prefix, **options)
         try:
             await driver.write("a", V1, 60)

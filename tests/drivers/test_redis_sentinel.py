@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
@@ -20,7 +21,7 @@ def sentinel() -> Iterator[SentinelServers]:
     servers.cleanup()
 
 
-def sentinel_options(servers: SentinelServers) -> dict[str, object]:
+def sentinel_options(servers: SentinelServers) -> dict[str, Any]:
     return {"sentinel": {"hosts": [f"127.0.0.1:{servers.sentinel_port}"],
                          "service_name": servers.service_name}}
 

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import re
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 
+import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient
 
-from examples import csrf_form, login
+from aiosessmgr import ConfigError, SessionEvents
+from examples import csrf_form, encryption, events, flash_messages, login, multiple_contexts
 
 Client = TestClient[web.Request, web.Application]
 ClientFactory = Callable[[web.Application], Awaitable[Client]]
@@ -171,3 +174,173 @@ async def test_csrf_json_api(aiohttp_client: ClientFactory) -> None:
     bad = await client.post("/api/echo", data=b"{not json",
                             headers={"X-CSRF-Token": token, "Content-Type": "application/json"})
     assert bad.status == 400
+
+
+# -- flash_messages.py -----------------------------------------------------------------------
+
+
+async def test_flash_message_shows_once_after_the_redirect(aiohttp_client: ClientFactory) -> None:
+    client = await aiohttp_client(flash_messages.make_app())
+    first = await (await client.get("/")).text()
+    assert "Saved!" not in first
+
+    resp = await client.post("/save", data={"_token": hidden_token(first), "note": "milk"},
+                             allow_redirects=False)
+    assert resp.status == 303 and resp.headers["Location"] == "/"
+
+    shown = await (await client.get("/")).text()
+    assert '<p class="flash">Saved!</p>' in shown and "Your note: milk" in shown
+    again = await (await client.get("/")).text()
+    assert "Saved!" not in again and "Your note: milk" in again
+
+
+async def test_flash_survives_the_redirect_when_followed(aiohttp_client: ClientFactory) -> None:
+    client = await aiohttp_client(flash_messages.make_app())
+    token = hidden_token(await (await client.get("/")).text())
+    resp = await client.post("/save", data={"_token": token, "note": "eggs"})
+    assert resp.status == 200 and "Saved!" in await resp.text()  # the page after the 303
+    assert "Saved!" not in await (await client.get("/")).text()
+
+
+# -- multiple_contexts.py --------------------------------------------------------------------
+
+
+def session_files(directory: Path) -> list[str]:
+    """Names of the session files in a file-driver directory (not its lock files)."""
+    return sorted(p.name for p in directory.iterdir() if p.name.startswith("sess_"))
+
+
+def directory_exists(directory: Path) -> bool:
+    return directory.exists()
+
+
+async def test_two_managers_keep_separate_sessions(
+    aiohttp_client: ClientFactory, tmp_path: Path,
+) -> None:
+    app = multiple_contexts.make_app(str(tmp_path))
+    client = await aiohttp_client(app)
+
+    assert await (await client.get("/")).text() == "Page views: 1\n"
+    first = await client.get("/api/count")
+    assert await first.json() == {"calls": 1}
+    assert "web_session" not in first.cookies  # the API handler never loaded the web session
+    assert await (await client.get("/api/count")).json() == {"calls": 2}
+    assert await (await client.get("/")).text() == "Page views: 2\n"
+
+    jar = client.session.cookie_jar
+    web_id = jar.filter_cookies(client.make_url("/"))["web_session"].value
+    api_cookies = jar.filter_cookies(client.make_url("/api/count"))
+    api_id = api_cookies["api_session"].value
+    assert web_id != api_id
+    assert "api_session" not in jar.filter_cookies(client.make_url("/"))  # path=/api
+
+    # each session lives in its own store: the API one on disk, the web one in memory
+    assert session_files(tmp_path) == [f"sess_{api_id}"]
+    web_session = await app[multiple_contexts.WEB_MANAGER].load(web_id)
+    api_session = await app[multiple_contexts.API_MANAGER].load(api_id)
+    assert web_session.all() == {"page_views": 2}
+    assert api_session.all() == {"api_calls": 2}
+    assert (await app[multiple_contexts.API_MANAGER].load(web_id)).new
+
+
+async def test_multiple_contexts_removes_its_temp_dir(aiohttp_client: ClientFactory) -> None:
+    app = multiple_contexts.make_app()
+    client = await aiohttp_client(app)
+    await client.get("/api/count")
+    directory = Path(app[multiple_contexts.API_MANAGER].config.drivers["api"].options["path"])
+    assert len(session_files(directory)) == 1
+    await client.close()
+    assert not directory_exists(directory)
+
+
+# -- events.py -------------------------------------------------------------------------------
+
+
+async def test_events_audit_a_login_logout_cycle(aiohttp_client: ClientFactory) -> None:
+    app = events.make_app()
+    client = await aiohttp_client(app)
+    log = app[events.AUDIT_LOG]
+
+    home = await (await client.get("/")).text()
+    anonymous = cookie(client, "events_session")
+    assert anonymous is not None
+    await client.post("/login", data={"_token": hidden_token(home), "username": "ann"})
+    logged_in = cookie(client, "events_session")
+    page = await (await client.get("/")).text()
+    assert "Logged in as ann" in page
+    await client.post("/logout", data={"_token": hidden_token(page)}, allow_redirects=False)
+    assert cookie(client, "events_session") is None
+    await client.get("/")
+    assert logged_in is not None and logged_in != anonymous
+
+    kinds = [entry.event for entry in log]
+    E = SessionEvents
+    # the visits after the first load a stored session: no STARTED for them; the page
+    # after logout starts a new (anonymous) session again
+    assert kinds == [E.STARTED, E.DESTROYED, E.REGENERATED, E.DESTROYED, E.INVALIDATED,
+                     E.STARTED]
+    started, destroyed1, regenerated, destroyed2, invalidated, _ = log
+    assert started.session_id == destroyed1.session_id == regenerated.old_id == anonymous
+    assert regenerated.session_id == destroyed2.session_id == invalidated.old_id == logged_in
+    assert invalidated.session_id not in (anonymous, logged_in)
+
+    audit = await (await client.get("/audit")).text()
+    assert len(log) == 6  # reading the audit log touches no session
+    lines = audit.splitlines()
+    assert [line.split()[1] for line in lines] == [k.value for k in kinds]
+    assert f"regenerated {logged_in[:8]}… (was {anonymous[:8]}…)" in lines[2]
+    assert anonymous not in audit  # only id prefixes are logged
+
+
+# -- encryption.py ---------------------------------------------------------------------------
+
+
+def record_of(directory: Path, session_id: str) -> bytes:
+    """The stored bytes of *session_id* in a file-driver directory."""
+    return (directory / f"sess_{session_id}").read_bytes()
+
+
+async def readable_with(environ: dict[str, str], directory: Path, session_id: str) -> bool:
+    """True if a manager with exactly these keys can load the stored session."""
+    manager = encryption.make_manager(environ, directory)
+    try:
+        return not (await manager.load(session_id)).new
+    finally:
+        await manager.close()
+
+
+async def test_encryption_keeps_no_plaintext_and_survives_rotation(
+    aiohttp_client: ClientFactory, tmp_path: Path,
+) -> None:
+    old_key, new_key = encryption.new_key(), encryption.new_key()
+    before = await aiohttp_client(encryption.make_app({"AIOSESSMGR_KEY": old_key}, tmp_path))
+    await before.get("/")
+    assert (await (await before.get("/")).text()).startswith("Visits: 2 since ")
+    session_id = cookie(before, "enc_session")
+    assert session_id is not None
+    await before.close()
+
+    record = record_of(tmp_path, session_id)
+    assert record[8:9] == b"\x01"  # after the 8-byte version: the aes-256-gcm marker
+    for plaintext in (b"visits", b"first_seen", b"UTC", session_id.encode()):
+        assert plaintext not in record
+
+    new_only = {"AIOSESSMGR_KEY": new_key}
+    assert not await readable_with(new_only, tmp_path, session_id)
+
+    rotated = {"AIOSESSMGR_KEY": new_key, "AIOSESSMGR_PREVIOUS_KEYS": f" {old_key} ,"}
+    after = await aiohttp_client(encryption.make_app(rotated, tmp_path))
+    resp = await after.get("/peek", headers={"Cookie": f"enc_session={session_id}"})
+    assert await resp.text() == "Visits: 2\n"  # written under the old key, still loads
+    assert "Set-Cookie" not in resp.headers    # same session, same id
+    await after.close()
+
+    # the read-only request re-encrypted the record under the new key
+    assert record_of(tmp_path, session_id) != record
+    assert await readable_with(new_only, tmp_path, session_id)
+    assert not await readable_with({"AIOSESSMGR_KEY": old_key}, tmp_path, session_id)
+
+
+def test_encryption_without_a_key_says_how_to_make_one(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"set AIOSESSMGR_KEY .*secrets\.token_bytes\(32\)"):
+        encryption.make_app({}, tmp_path)

@@ -70,9 +70,9 @@ class PostgresDriver(SessionDriver):
     """
 
     def __init__(self, dsn: str, *, table: str = "sessions", timeout: float = 5.0) -> None:
-        if not isinstance(dsn, str) or not dsn:
-            raise ConfigError("the database driver needs a 'dsn' option, e.g. "
-                              f"{DEFAULT_DSN!r}")
+        if not isinstance(dsn, str) or not dsn.startswith(("postgresql://", "postgres://")):
+            raise ConfigError("the database driver needs a 'dsn' option, a postgresql:// "
+                              f"URL such as {DEFAULT_DSN!r}")
         if not isinstance(table, str) or not _TABLE_RE.fullmatch(table):
             raise ConfigError(f"table must match {_TABLE_RE.pattern}, got {table!r}")
         if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout <= 0:
@@ -145,6 +145,9 @@ class PostgresDriver(SessionDriver):
                 except BaseException:
                     pool.terminate()
                     raise
+                if self._closed:  # close() ran while the pool was being set up
+                    pool.terminate()
+                    raise DriverError("the PostgreSQL session driver is closed")
                 self._pool = pool
         return self._pool
 

@@ -264,6 +264,7 @@ async def test_concurrent_increments_through_the_middleware_lose_nothing(
 
 @pytest.mark.parametrize(("options", "message"), [
     pytest.param({}, "needs a 'dsn' option", id="no-dsn"),
+    pytest.param({"dsn": "127.0.0.1:5432"}, "a postgresql:// URL", id="not-a-url"),
     pytest.param({"dsn": "postgresql://x", "table": "a; DROP TABLE b"}, "table must match",
                  id="bad-table"),
     pytest.param({"dsn": "postgresql://x", "table": "t" * 49}, "table must match",

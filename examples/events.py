@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import html
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -49,10 +50,12 @@ class AuditEntry:
         return f"{stamp} {self.event.value} {self.session_id[:8]}…{moved}"
 
 
-AUDIT_LOG = web.AppKey("audit_log", list[AuditEntry])
+#: the newest entries kept in memory (a real app would write them to a log or table)
+AUDIT_LIMIT = 1_000
+AUDIT_LOG = web.AppKey("audit_log", deque[AuditEntry])
 
 
-def audit_to(log: list[AuditEntry]) -> Callable[[SessionEvent], None]:
+def audit_to(log: deque[AuditEntry]) -> Callable[[SessionEvent], None]:
     """A listener appending events to *log*; STARTED only when a new session begins."""
 
     def listener(event: SessionEvent) -> None:
@@ -111,7 +114,7 @@ def make_app() -> web.Application:
         "cookie": {"name": "events_session", "same_site": "lax"},
     })
     app = web.Application()
-    app[AUDIT_LOG] = []
+    app[AUDIT_LOG] = deque(maxlen=AUDIT_LIMIT)
     listener = audit_to(app[AUDIT_LOG])
     for event_type in AUDITED:
         manager.on(event_type, listener)

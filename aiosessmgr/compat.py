@@ -305,8 +305,8 @@ _REPLACEMENTS = {
                               '{"enabled": True, "key": KEY} (data stays on the server)',
     "NaClCookieStorage": 'the "file" or "redis" driver with "encryption": '
                          '{"enabled": True, "key": KEY} (data stays on the server)',
-    "RedisStorage": 'the "redis" driver: {"driver": "redis", "connection": '
-                    '{"url": "redis://..."}}',
+    "RedisStorage": 'the "redis" driver: {"driver": "redis", "url": "redis://..."} '
+                    '(or "client": your_redis to reuse a client)',
     "MemcachedStorage": "a custom driver registered with manager.extend(name, factory)",
 }
 

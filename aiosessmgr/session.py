@@ -165,6 +165,11 @@ class SessionStore(ABC, MutableMapping[str, Any]):
 
     @property
     @abstractmethod
+    def created_at(self) -> float:
+        """When the session was first created (seconds since the epoch)."""
+
+    @property
+    @abstractmethod
     def token(self) -> str:
         """The per-session CSRF secret (created on first use)."""
 

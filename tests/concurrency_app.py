@@ -12,7 +12,7 @@ import sys
 
 from aiohttp import web
 
-from aiosessmgr import SessionManager, get_session, setup
+from aiosessmgr import SessionManager, get_session, session_lock, setup
 
 
 def app_for(manager: SessionManager) -> web.Application:
@@ -53,7 +53,19 @@ def app_for(manager: SessionManager) -> web.Application:
         session["late"] = True
         return web.Response(text="ok")
 
+    async def bump(request: web.Request) -> web.Response:
+        # a read-modify-write no delta can express: correct only under the session lock
+        session = await get_session(request)
+        current = session.get("count", 0)
+        await asyncio.sleep(0.002)
+        session["count"] = current + 1
+        return web.Response(text=str(session["count"]))
+
+    locked_bump = session_lock(lock_seconds=10, wait_seconds=10)(bump)
+
     app = web.Application()
+    app.router.add_get("/bump", bump)
+    app.router.add_get("/locked_bump", locked_bump)
     for name, handler in [("set", set_key), ("incr", incr), ("push", push),
                           ("forget", forget), ("dump", dump), ("logout", logout),
                           ("slow_write", slow_write)]:

@@ -21,6 +21,16 @@ processes shares. Guarantees:
   :data:`LOCK_STRIPES` lock files (chosen by a hash of the id). ``flock`` locks belong to
   an open file description, so they exclude threads of one process as well as other
   processes; the fixed stripe set means lock files never accumulate.
+* **Session locks** (``acquire_lock`` / ``release_lock``, behind ``session.lock()``): an
+  exclusive ``flock`` on a per-session file ``.<prefix>lock-<id>``, separate from the
+  stripe locks (a lock holder saves under the stripe lock). Attempts never block: each
+  is a non-blocking ``flock`` in a worker thread, repeated after short jittered sleeps
+  until ``wait`` runs out; tasks of one process queue on an asyncio lock first, so only
+  one of them polls. The lock dies with its holder's process (the kernel drops the
+  ``flock``), so ``ttl`` is not needed and not applied: a holder that is alive keeps
+  the lock until it releases it. Releasing unlinks the file while still holding it;
+  whoever locks a file checks that it is still the one at that name, so an unlink never
+  lets two holders in. ``gc`` removes lock files left by dead processes.
 
 Each operation is one thread hop running plain ``os`` calls. Measured against aiofiles
 (which takes one hop per call: open, stat, read, close) reading a 300-byte file on ext4,
@@ -41,6 +51,7 @@ import functools
 import logging
 import os
 import queue
+import random
 import re
 import secrets
 import stat
@@ -54,8 +65,9 @@ from typing import Any, Final, TypeVar
 from ..config import DriverConfig
 from ..errors import ConfigError, DriverError
 from .base import VERSION_SIZE, SessionDriver
+from .memory import LocalLocks
 
-__all__ = ["LOCK_STRIPES", "TEMP_MAX_AGE", "FileDriver"]
+__all__ = ["LOCK_POLL_MAX", "LOCK_POLL_MIN", "LOCK_STRIPES", "TEMP_MAX_AGE", "FileDriver"]
 
 logger = logging.getLogger("aiosessmgr")
 
@@ -67,11 +79,16 @@ LOCK_STRIPES: Final = 64
 TEMP_MAX_AGE: Final = 300
 #: directory entries examined per thread hop during gc()
 GC_BATCH: Final = 2_000
+#: seconds between attempts to take a session lock held by another process: the first
+#: sleep, and the longest (each sleep is jittered and grows between them)
+LOCK_POLL_MIN: Final = 0.005
+LOCK_POLL_MAX: Final = 0.05
 
 _ID_RE: Final = re.compile(r"[A-Za-z0-9_-]{43}")
 _PREFIX_RE: Final = re.compile(r"[A-Za-z0-9_-]{0,64}")
 _READ_FLAGS: Final = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
 _TEMP_FLAGS: Final = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+_LOCK_FLAGS: Final = os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC
 # errors that concern one session file, not the store: the record is treated as unreadable
 _FILE_ERRNOS: Final = frozenset({errno.EACCES, errno.EPERM, errno.ELOOP, errno.EISDIR,
                                  errno.ENXIO})
@@ -142,6 +159,11 @@ class FileDriver(SessionDriver):
         self.touch_interval = float(touch_interval)
         self._session_re = re.compile(re.escape(prefix) + r"([A-Za-z0-9_-]{43})")
         self._temp_re = re.compile(r"\." + re.escape(prefix) + r"[0-9a-f]{16}\.tmp")
+        self._session_lock_re = re.compile(r"\." + re.escape(prefix) + r"lock-[A-Za-z0-9_-]{43}")
+        # session locks: tasks of this process queue here before trying the flock
+        self._local_locks = LocalLocks()
+        # token -> (session id, descriptor holding the flock)
+        self._held: dict[str, tuple[str, int]] = {}
         self._check_writable()
 
     @classmethod
@@ -171,6 +193,10 @@ class FileDriver(SessionDriver):
 
     def _lock_file(self, stripe: int) -> str:
         return os.path.join(self.path, f".{self.prefix}lock-{stripe:02d}")
+
+    def _session_lock_file(self, session_id: str) -> str:
+        """The lock file of a session's lock (only called with an id that passed _valid_id)."""
+        return os.path.join(self.path, f".{self.prefix}lock-{session_id}")
 
     @staticmethod
     def _stripe(session_id: str) -> int:
@@ -349,6 +375,57 @@ class FileDriver(SessionDriver):
         except OSError as exc:
             raise self._broken("remove a session", exc) from exc
 
+    def _try_lock(self, session_id: str) -> int | None:
+        """One non-blocking attempt at the session lock: the descriptor holding it, or None.
+
+        The flock only counts if the locked file is still the one named by the lock path:
+        a releasing holder (or gc) unlinks it while holding it, and a file unlinked
+        between our open and our flock is a lock nobody else will ever look at.
+        """
+        path = self._session_lock_file(session_id)
+        for _ in range(8):  # each retry means another holder released meanwhile
+            fd = os.open(path, _LOCK_FLAGS | os.O_CREAT, 0o600)
+            try:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    os.close(fd)
+                    return None
+                if _same_file(fd, path):
+                    return fd
+            except BaseException:
+                os.close(fd)
+                raise
+            os.close(fd)
+        return None
+
+    def _unlock(self, session_id: str, fd: int) -> None:
+        """Remove the lock file while still holding it, then let go (closing unlocks)."""
+        path = self._session_lock_file(session_id)
+        try:
+            if _same_file(fd, path):
+                os.unlink(path)
+        except OSError as exc:
+            # the lock is released by the close all the same; gc removes the file later
+            logger.warning("cannot remove session lock file %s: %s", path, exc)
+        finally:
+            os.close(fd)
+
+    def _gc_lock_file(self, path: str) -> None:
+        """Remove a session lock file nobody holds (its holder died); never waits."""
+        try:
+            fd = os.open(path, _LOCK_FLAGS)
+        except OSError:
+            return
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            if _same_file(fd, path):
+                os.unlink(path)
+        except OSError:
+            pass  # held (BlockingIOError), or already gone: either way not ours to remove
+        finally:
+            os.close(fd)
+
     def _gc_batch(self, entries: Iterator[os.DirEntry[str]], max_lifetime: float,
                   lock_fds: dict[int, int]) -> tuple[int, bool]:
         """Examine up to GC_BATCH entries; return (sessions removed, more to come)."""
@@ -369,6 +446,8 @@ class FileDriver(SessionDriver):
                 elif (self._temp_re.fullmatch(name)
                       and now - entry.stat(follow_symlinks=False).st_mtime > TEMP_MAX_AGE):
                     os.unlink(entry.path)
+                elif self._session_lock_re.fullmatch(name):
+                    self._gc_lock_file(entry.path)
             except FileNotFoundError:
                 continue  # removed meanwhile (another worker's gc, a destroy)
         return removed, True
@@ -443,12 +522,74 @@ class FileDriver(SessionDriver):
             raise ValueError("not a session id; refusing to name a file after it")
         await self._run(self._destroy, session_id)
 
+    async def acquire_lock(self, session_id: str, ttl: float, wait: float) -> str | None:
+        """Take the session's lock within *wait* seconds; a release token, or None.
+
+        Excludes every other holder: tasks of this process and other processes on this
+        directory. *ttl* is not applied: the lock is an ``flock``, which the kernel drops
+        when the holding process dies, and a living holder keeps it until
+        :meth:`release_lock`.
+        """
+        if not _valid_id(session_id):
+            raise ValueError("not a session id; refusing to name a file after it")
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + max(wait, 0.0)
+        local = await self._local_locks.acquire_lock(session_id, ttl, max(wait, 0.0))
+        if local is None:
+            return None
+        try:
+            delay = LOCK_POLL_MIN
+            while True:
+                fd = await self._lock_attempt(session_id)
+                if fd is not None:
+                    token = secrets.token_hex(16)
+                    self._held[token] = (session_id, fd)
+                    return token
+                remaining = deadline - loop.time()
+                if remaining <= 0:
+                    await self._local_locks.release_lock(session_id, local)
+                    return None
+                await asyncio.sleep(min(remaining, random.uniform(delay / 2, delay)))
+                delay = min(delay * 2, LOCK_POLL_MAX)
+        except BaseException:
+            await self._local_locks.release_lock(session_id, local)
+            raise
+
+    async def _lock_attempt(self, session_id: str) -> int | None:
+        attempt = asyncio.get_running_loop().run_in_executor(None, self._try_lock, session_id)
+        try:
+            return await asyncio.shield(attempt)
+        except asyncio.CancelledError:
+            # the thread may take the lock after all: wait for it and let go, or the lock
+            # would stay held (and the descriptor open) until this process exits
+            await asyncio.wait({attempt})
+            if not attempt.cancelled() and attempt.exception() is None:
+                fd = attempt.result()
+                if fd is not None:
+                    asyncio.get_running_loop().run_in_executor(None, self._unlock,
+                                                               session_id, fd)
+            raise
+        except OSError as exc:
+            raise self._broken("lock a session", exc) from exc
+
+    async def release_lock(self, session_id: str, token: str) -> None:
+        """Release a lock taken with :meth:`acquire_lock`; an unknown token does nothing."""
+        held = self._held.get(token)
+        if held is None or held[0] != session_id:
+            return
+        del self._held[token]
+        try:
+            await asyncio.shield(self._run(self._unlock, session_id, held[1]))
+        finally:
+            await self._local_locks.release_lock(session_id, session_id)
+
     async def gc(self, max_lifetime: int) -> int:
         """Remove sessions idle for more than *max_lifetime* s and stale temp files.
 
         Scans in batches of GC_BATCH entries, each in a worker thread, so the event loop
         never waits on the disk and a cancelled run stops between batches. Returns the
-        number of sessions removed.
+        number of sessions removed. Session lock files that nobody holds any more (their
+        holder died) are removed too, without waiting for any lock.
         """
         try:
             scan = await self._run(os.scandir, self.path)
@@ -546,6 +687,16 @@ def _deliver(answers: list[_Answer]) -> None:
 
 
 _READER: Final = _Reader()
+
+
+def _same_file(fd: int, path: str) -> bool:
+    """True if *path* names the file open as *fd* (False if the name is gone)."""
+    try:
+        named = os.lstat(path)
+    except FileNotFoundError:
+        return False
+    opened = os.fstat(fd)
+    return (named.st_dev, named.st_ino) == (opened.st_dev, opened.st_ino)
 
 
 def _prepare_directory(path: str) -> str:

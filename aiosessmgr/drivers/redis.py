@@ -7,6 +7,13 @@ is ``GETEX key EX ttl`` (read and extend in one round trip), and ``gc()`` has no
 to do. ``compare_and_set`` is a Lua script run with ``EVALSHA`` (one round trip; on
 ``NOSCRIPT`` it is sent once more with ``EVAL``, which also caches it on that node).
 
+Session locks (``acquire_lock`` / ``release_lock``, behind ``session.lock()``) are a key
+``prefix + "{" + id + "}:lock"`` in the record's slot, taken with ``SET key token NX PX
+ttl`` (retried after short jittered sleeps until ``wait`` runs out) and released by a
+Lua script that deletes it only if it still holds the holder's random token. Redis
+expires the lock after ``ttl`` whatever happens to its holder: a holder that dies frees
+it then, and one that is still working after ``ttl`` no longer excludes anyone.
+
 Auto-pipelining (``pipelining: true``, the default): every command issued while the
 event loop runs one turn - typically the reads of all requests that arrived together -
 is written to one connection in one send, and each reply (or error) is handed back to
@@ -26,7 +33,11 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import math
+import random
+import secrets
 from collections.abc import Mapping, Sequence
+from contextlib import suppress
 from typing import Any, Final
 
 from redis.asyncio import Redis, RedisCluster
@@ -39,13 +50,17 @@ from ..config import DriverConfig, check_keys
 from ..errors import ConfigError, DriverError
 from .base import VERSION_SIZE, SessionDriver
 
-__all__ = ["RedisDriver"]
+__all__ = ["LOCK_POLL_MAX", "LOCK_POLL_MIN", "RedisDriver"]
 
 #: seconds to wait for a reply before the command fails
 DEFAULT_SOCKET_TIMEOUT: Final = 3.0
 #: seconds to wait for a TCP (or TLS, or unix socket) connection to be established
 DEFAULT_CONNECT_TIMEOUT: Final = 3.0
 DEFAULT_PREFIX: Final = "session:"
+#: seconds between attempts to take a session lock held by someone else: the first
+#: sleep, and the longest (each sleep is jittered and grows between them)
+LOCK_POLL_MIN: Final = 0.005
+LOCK_POLL_MAX: Final = 0.05
 
 _OPTIONS: Final = ("client", "cluster", "connect_timeout", "connection", "pipelining", "prefix",
                    "sentinel", "socket_timeout", "url")
@@ -65,6 +80,16 @@ redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
 return 1
 """
 CAS_SHA: Final = hashlib.sha1(CAS_SCRIPT.encode()).hexdigest()
+
+# KEYS[1] a session's lock; ARGV[1] the holder's token. Deletes the lock only if that
+# holder still has it (after its ttl ran out it may belong to someone else).
+RELEASE_SCRIPT: Final = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('DEL', KEYS[1])
+end
+return 0
+"""
+RELEASE_SHA: Final = hashlib.sha1(RELEASE_SCRIPT.encode()).hexdigest()
 
 Command = tuple[str | bytes | int, ...]
 RedisClient = Redis | RedisCluster
@@ -218,6 +243,8 @@ class RedisDriver(SessionDriver):
         # that discovery can hit connections it is replacing, so the first use waits for it
         self._ready = not isinstance(client, RedisCluster)
         self._ready_lock = asyncio.Lock()
+        # releases of locks whose acquiring caller was cancelled mid-SET (see acquire_lock)
+        self._releases: set[asyncio.Task[None]] = set()
 
     @property
     def pipelining(self) -> bool:
@@ -296,6 +323,10 @@ class RedisDriver(SessionDriver):
         """The Redis key of a session: prefix, then the id as a hash tag (one Cluster slot)."""
         return f"{self.prefix}{{{session_id}}}"
 
+    def lock_key(self, session_id: str) -> str:
+        """The Redis key of a session's lock: in the same Cluster slot as its record."""
+        return f"{self.prefix}{{{session_id}}}:lock"
+
     async def _send(self, command: Command) -> Any:
         """Run one command (pipelined or not); redis errors are left to the caller."""
         if self._closed:
@@ -344,14 +375,68 @@ class RedisDriver(SessionDriver):
             self.key(session_id), payload, int(ttl),
             "0" if expected is None else "1", b"" if expected is None else expected,
         )
+        return bool(await self._script("compare-and-set", CAS_SCRIPT, CAS_SHA, args))
+
+    async def _script(self, operation: str, script: str, sha: str,
+                      args: tuple[str | bytes | int, ...]) -> Any:
+        """Run a one-key Lua script: EVALSHA, and EVAL if the node does not know it."""
         try:
             try:
-                result = await self._send(("EVALSHA", CAS_SHA, 1, *args))
+                return await self._send(("EVALSHA", sha, 1, *args))
             except NoScriptError:
-                result = await self._send(("EVAL", CAS_SCRIPT, 1, *args))
+                return await self._send(("EVAL", script, 1, *args))
         except (RedisError, RedisClusterException, OSError) as exc:
-            raise _driver_error("compare-and-set", exc, self.timeout) from exc
-        return bool(result)
+            raise _driver_error(operation, exc, self.timeout) from exc
+
+    async def acquire_lock(self, session_id: str, ttl: float, wait: float) -> str | None:
+        """Take the session's lock within *wait* seconds; a release token, or None.
+
+        ``SET lock token NX PX ttl``, tried again after short jittered sleeps (growing
+        from LOCK_POLL_MIN to LOCK_POLL_MAX seconds) until *wait* runs out. Redis expires
+        the lock *ttl* seconds after it was taken, whether or not its holder is done.
+        """
+        key = self.lock_key(session_id)
+        token = secrets.token_hex(16)
+        ttl_ms = max(1, math.ceil(ttl * 1000))
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + max(wait, 0.0)
+        delay = LOCK_POLL_MIN
+        while True:
+            attempt = loop.create_task(self._call(("SET", key, token, "NX", "PX", ttl_ms)))
+            try:
+                taken = await asyncio.shield(attempt)
+            except asyncio.CancelledError:
+                # the SET may have gone out and may succeed: do not leave the session
+                # locked for a whole ttl by a caller that is gone
+                self._release_if_taken(attempt, session_id, token)
+                raise
+            if taken:  # b"OK" (pipelined) or True; None when someone else holds it
+                return token
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                return None
+            await asyncio.sleep(min(remaining, random.uniform(delay / 2, delay)))
+            delay = min(delay * 2, LOCK_POLL_MAX)
+
+    async def release_lock(self, session_id: str, token: str) -> None:
+        """Delete the session's lock if *token* still holds it (one script round trip)."""
+        await self._script("lock release", RELEASE_SCRIPT, RELEASE_SHA,
+                           (self.lock_key(session_id), token))
+
+    def _release_if_taken(self, attempt: asyncio.Task[Any], session_id: str,
+                          token: str) -> None:
+        """Once *attempt* (a SET NX whose caller is gone) has its answer, undo it if it won."""
+
+        async def release() -> None:
+            # waiting for the SET's reply first: a release sent on another connection
+            # could otherwise overtake it and leave the lock set for a whole ttl
+            with suppress(Exception):  # DriverError: the lock expires after its ttl anyway
+                if await attempt:
+                    await self.release_lock(session_id, token)
+
+        task = asyncio.get_running_loop().create_task(release())
+        self._releases.add(task)
+        task.add_done_callback(self._releases.discard)
 
     async def destroy(self, session_id: str) -> None:
         """DEL the record."""
@@ -368,6 +453,8 @@ class RedisDriver(SessionDriver):
         """
         if self._closed:
             return
+        if self._releases:
+            await asyncio.gather(*self._releases, return_exceptions=True)
         self._closed = True
         if self._pipeline is not None:
             await self._pipeline.drain()

@@ -36,7 +36,7 @@ from .drivers.base import (
     SupportsTouch,
 )
 from .drivers.memory import LocalLocks
-from .errors import SessionError, SessionLockTimeout
+from .errors import DriverError, SessionError, SessionLockTimeout
 from .events import EventRegistry, SessionEvent, SessionEvents
 
 __all__ = [
@@ -564,7 +564,13 @@ class Session(SessionStore):
             yield self
             await self.save()
         finally:
-            await locks.release_lock(locked_id, token)
+            try:
+                await locks.release_lock(locked_id, token)
+            except DriverError as exc:
+                # the work is done (or failed on its own): do not hide that behind the
+                # release; a lock the store could not release expires by itself
+                logger.warning("could not release the lock of session %s…: %s",
+                               locked_id[:6], exc)
 
     def _rebase(self, raw: bytes | None) -> None:
         """Replay this request's delta on the record another request just wrote."""

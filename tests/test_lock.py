@@ -152,3 +152,25 @@ async def test_drivers_without_lock_support_fall_back_to_local_locks() -> None:
         s["x"] = 1
     assert (await manager.load(s.id))["x"] == 1
     await manager.close()
+
+
+async def test_a_failing_release_does_not_hide_the_outcome(
+        caplog: pytest.LogCaptureFixture) -> None:
+    from aiosessmgr import DriverError
+
+    class FlakyRelease(MemoryDriver):
+        async def release_lock(self, session_id: str, token: str) -> None:
+            await super().release_lock(session_id, token)
+            raise DriverError("store went away")
+
+    manager = SessionManager({"default": "f", "drivers": {"f": {"driver": "flaky"}}})
+    manager.extend("flaky", lambda cfg: FlakyRelease())
+    s = await manager.driver()
+    async with s.lock():
+        s["x"] = 1
+    assert (await manager.load(s.id))["x"] == 1
+    with pytest.raises(ValueError, match="handler bug"):
+        async with s.lock():
+            raise ValueError("handler bug")
+    assert sum("could not release" in r.getMessage() for r in caplog.records) == 2
+    await manager.close()

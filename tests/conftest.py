@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
+import aiohttp
 import pytest
 
 from aiosessmgr import MemoryDriver, SessionManager
@@ -52,6 +53,13 @@ async def clocked_manager(clock: FakeClock) -> AsyncIterator[SessionManager]:
     mgr.extend("clocked", lambda cfg: MemoryDriver(clock=clock))
     yield mgr
     await mgr.close()
+
+
+@pytest.fixture
+async def http() -> AsyncIterator[aiohttp.ClientSession]:
+    """A plain HTTP client for tests that talk to server processes."""
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=60)) as session:
+        yield session
 
 
 @pytest.fixture(scope="session")

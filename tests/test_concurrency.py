@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import ast
 import asyncio
-import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -16,7 +15,7 @@ from aiohttp.test_utils import TestClient
 from aiosessmgr import SessionManager
 
 from .concurrency_app import app_for
-from .redis_server import RedisServer
+from .stores import store_entry
 
 Client = TestClient[web.Request, web.Application]
 ClientFactory = Callable[[web.Application], Awaitable[Client]]
@@ -26,14 +25,7 @@ COOKIE = "aiosessmgr_session"
 @pytest.fixture(params=["memory", "file", "redis"])
 def driver_entry(request: pytest.FixtureRequest, tmp_path: Path) -> dict[str, Any]:
     """One config entry per built-in driver (redis on the test run's own server)."""
-    kind = request.param
-    if kind == "memory":
-        return {"driver": "memory", "lifetime": 5}
-    if kind == "file":
-        return {"driver": "file", "lifetime": 5, "path": str(tmp_path / "sessions")}
-    server: RedisServer = request.getfixturevalue("redis_server")
-    return {"driver": "redis", "lifetime": 5, "url": server.url,
-            "prefix": f"c{uuid.uuid4().hex[:8]}:"}
+    return store_entry(request.param, request, tmp_path)
 
 
 @pytest.fixture

@@ -15,7 +15,7 @@ ROOT = Path(__file__).resolve().parent.parent
     "command",
     [
         pytest.param([sys.executable, "-m", "mypy", "--strict", "aiosessmgr", "benchmarks",
-                      "examples"], id="mypy"),
+                      "examples", "tests"], id="mypy"),
         pytest.param([sys.executable, "-m", "ruff", "check", "aiosessmgr", "tests", "examples",
                       "benchmarks"], id="ruff"),
     ],

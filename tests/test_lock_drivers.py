@@ -5,11 +5,7 @@ from __future__ import annotations
 
 import ast
 import asyncio
-import json
 import os
-import subprocess
-import sys
-import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -22,12 +18,10 @@ from aiohttp.test_utils import TestClient
 from aiosessmgr import SessionManager, get_session, session_lock
 
 from .concurrency_app import app_for
-from .redis_server import RedisServer, free_port
-from .test_concurrency_processes import wait_for_port
+from .stores import store_entry, two_servers
 
 Client = TestClient[web.Request, web.Application]
 ClientFactory = Callable[[web.Application], Awaitable[Client]]
-ROOT = Path(__file__).resolve().parent.parent
 COOKIE = "aiosessmgr_session"
 REQUESTS = 50
 
@@ -35,11 +29,7 @@ REQUESTS = 50
 @pytest.fixture(params=["file", "redis"])
 def driver_entry(request: pytest.FixtureRequest, tmp_path: Path) -> dict[str, Any]:
     """One config entry per driver with a cross-process lock (redis on the run's server)."""
-    if request.param == "file":
-        return {"driver": "file", "lifetime": 5, "path": str(tmp_path / "sessions")}
-    server: RedisServer = request.getfixturevalue("redis_server")
-    return {"driver": "redis", "lifetime": 5, "url": server.url,
-            "prefix": f"l{uuid.uuid4().hex[:8]}:"}
+    return store_entry(request.param, request, tmp_path)
 
 
 @pytest.fixture
@@ -124,32 +114,8 @@ async def test_lock_wait_timeout_is_423(aiohttp_client: ClientFactory,
 @pytest.fixture
 def servers(driver_entry: dict[str, Any]) -> Iterator[list[str]]:
     """Two ``tests.concurrency_app`` server processes on one store; their base URLs."""
-    config = {"default": "main", "drivers": {"main": driver_entry}, "lottery": [0, 1]}
-    procs: list[subprocess.Popen[bytes]] = []
-    urls = []
-    try:
-        for _ in range(2):
-            port = free_port()
-            proc = subprocess.Popen(
-                [sys.executable, "-m", "tests.concurrency_app", str(port), json.dumps(config)],
-                cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-            procs.append(proc)
-            wait_for_port(port, proc)
-            urls.append(f"http://127.0.0.1:{port}")
+    with two_servers(driver_entry) as urls:
         yield urls
-    finally:
-        for proc in procs:
-            proc.terminate()
-        for proc in procs:
-            proc.wait(10)
-            if proc.stderr:
-                proc.stderr.close()
-
-
-@pytest.fixture
-async def http() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=60)) as session:
-        yield session
 
 
 async def test_two_processes_locked_read_modify_write_counts_exactly(

@@ -5,6 +5,8 @@ from __future__ import annotations
 import ast
 import inspect
 import re
+import subprocess
+import sys
 import textwrap
 from pathlib import Path
 from typing import Any
@@ -89,3 +91,60 @@ async def test_docstring_examples_run(block: str) -> None:
 
 def test_docstring_examples_were_found() -> None:
     assert len(docstring_examples()) >= 3
+
+
+def test_readme_shell_blocks_are_all_known() -> None:
+    """Every shell block is run by one of the tests below, or by CI itself."""
+    blocks = readme_blocks("sh")
+    assert len(blocks) == 5
+    assert any("aiosessmgr demo" in b for b in blocks)
+    assert any("curl" in b for b in blocks)
+    assert any("token_bytes(32)" in b for b in blocks)
+
+
+def test_readme_install_blocks_name_real_extras() -> None:
+    # the pip lines themselves are what .ci/run executes (see test_ci_runs_...)
+    setup_cfg = (ROOT / "setup.cfg").read_text()
+    for block in readme_blocks("sh"):
+        for extra in re.findall(r"\.\[(\w+)\]", block):
+            assert re.search(rf"^{extra} =$", setup_cfg, re.M), extra
+
+
+def test_readme_key_command_makes_a_valid_key() -> None:
+    block = next(b for b in readme_blocks("sh") if "token_bytes(32)" in b)
+    command = block.strip().replace("python ", f"{sys.executable} ", 1)
+    key = subprocess.run(["bash", "-c", command], capture_output=True, text=True,
+                         check=True, timeout=30).stdout.strip()
+    config = aiosessmgr.EncryptionConfig.from_dict({"enabled": True, "key": key})
+    assert config.key is not None and len(config.key.reveal()) == 32
+
+
+def test_readme_demo_and_curl_blocks(tmp_path: Path) -> None:
+    """Start the demo as the README says, then run the README's curl lines against it."""
+    from .redis_server import free_port
+    from .stores import wait_for_port
+
+    demo = next(b for b in readme_blocks("sh") if "aiosessmgr demo" in b)
+    command = demo.strip().split("&&")[-1].strip()
+    assert command == "python -m aiosessmgr demo"
+    port = free_port()
+    server = subprocess.Popen(
+        [sys.executable, "-m", "aiosessmgr", "demo", "--port", str(port), "--path",
+         str(tmp_path / "sessions")], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        wait_for_port(port, server)
+        curl = next(b for b in readme_blocks("sh") if "curl" in b)
+        outputs = []
+        for line in curl.strip().splitlines():
+            cmd, _, expected = line.partition("#")
+            cmd = cmd.replace("8080", str(port)).replace("jar.txt", str(tmp_path / "jar"))
+            out = subprocess.run(["bash", "-c", cmd], capture_output=True, text=True,
+                                 check=True, timeout=30).stdout
+            outputs.append((out.splitlines()[0], expected.strip()))
+        assert outputs == [("Visits: 1", "Visits: 1"), ("Visits: 2", "Visits: 2")]
+    finally:
+        server.terminate()
+        server.wait(10)
+        for pipe in (server.stdout, server.stderr):
+            if pipe:
+                pipe.close()

@@ -270,8 +270,8 @@ def flush_redis(url: str) -> None:
 
 
 @contextlib.contextmanager
-def app_server(row: Row, opts: argparse.Namespace) -> Iterator[int]:
-    """Run *row*'s app in its own process on a free port; yield the port."""
+def app_server(row: Row, opts: argparse.Namespace) -> Iterator[tuple[int, int]]:
+    """Run *row*'s app in its own process on a free port; yield (port, pid)."""
     port = free_port()
     args = [sys.executable, "-m", "benchmarks.http", "--serve", row.name, "--port", str(port),
             "--redis-url", opts.redis_url, "--file-path", opts.file_path]
@@ -279,7 +279,7 @@ def app_server(row: Row, opts: argparse.Namespace) -> Iterator[int]:
     process = subprocess.Popen(args, cwd=ROOT, env=env)
     try:
         wait_listening(port, process)
-        yield port
+        yield port, process.pid
     finally:
         stop(process)
 
@@ -340,11 +340,13 @@ def run_wrk(url: str, cookies: list[str], concurrency: int, seconds: float
     rate = re.search(r"Requests/sec:\s+([\d.]+)", out)
     if rate is None:
         raise RuntimeError(f"cannot read wrk output:\n{out}")
+    total = re.search(r"(\d+) requests in", out)
     failed = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", out)
     sock = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
     errors = int(failed.group(1)) if failed else 0
     errors += sum(int(n) for n in sock.groups()) if sock else 0
-    return {"rps": float(rate.group(1)), "errors": errors}
+    return {"rps": float(rate.group(1)), "errors": errors,
+            "requests": float(total.group(1)) if total else 0.0}
 
 
 async def load_loop(url: str, cookies: list[str], concurrency: int, seconds: float
@@ -368,7 +370,8 @@ async def load_loop(url: str, cookies: list[str], concurrency: int, seconds: flo
 
         started = time.perf_counter()
         await asyncio.gather(*(worker(n) for n in range(concurrency)))
-    return {"rps": done / (time.perf_counter() - started), "errors": errors}
+    return {"rps": done / (time.perf_counter() - started), "errors": errors,
+            "requests": float(done + errors)}
 
 
 def run_python_load(url: str, cookies: list[str], concurrency: int, seconds: float
@@ -388,7 +391,13 @@ def run_python_load(url: str, cookies: list[str], concurrency: int, seconds: flo
     return result
 
 
-def measure(port: int, path: str, cookies: list[str], opts: argparse.Namespace
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time a process has used so far (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def measure(port: int, pid: int, path: str, cookies: list[str], opts: argparse.Namespace
             ) -> dict[str, float]:
     """Warm up, then measure *path* for ``--duration`` seconds, best of ``--repeat`` runs.
 
@@ -397,8 +406,19 @@ def measure(port: int, path: str, cookies: list[str], opts: argparse.Namespace
     url = f"http://127.0.0.1:{port}{path}"
     run = run_wrk if opts.load_generator == "wrk" else run_python_load
     run(url, cookies, opts.concurrency, opts.warmup)
-    runs = [run(url, cookies, opts.concurrency, opts.duration) for _ in range(opts.repeat)]
-    return max(runs, key=lambda r: r["rps"])
+    runs = []
+    for _ in range(opts.repeat):
+        before = cpu_seconds(pid)
+        result = run(url, cookies, opts.concurrency, opts.duration)
+        used = cpu_seconds(pid) - before
+        # the app server's own CPU per request: steadier than requests/s when the load
+        # generator, Redis and the server share two CPUs
+        result["cpu_us"] = used / result["requests"] * 1e6 if result["requests"] else 0.0
+        runs.append(result)
+    best = max(runs, key=lambda r: r["rps"])
+    best["cpu_us"] = min(r["cpu_us"] for r in runs if r["cpu_us"]) if any(
+        r["cpu_us"] for r in runs) else 0.0
+    return best
 
 
 # -- report ---------------------------------------------------------------------------------
@@ -429,14 +449,21 @@ def report(results: dict[str, dict[str, dict[str, float]]]) -> tuple[str, list[s
                 value = ratio(results, name, scenario, baseline)
                 line.append("-" if value is None else f"{value:.2f}x")
         rows.append(line)
+    cpu_rows = [[name] + [f"{by_scenario[s]['cpu_us']:.1f}" for s in SCENARIOS]
+                for name, by_scenario in results.items()]
+    cpu_table = table(["app", "read: server CPU us/request", "write: server CPU us/request"],
+                      cpu_rows)
     targets = []
     for row, scenario, baseline, minimum in TARGETS:
         value = ratio(results, row, scenario, baseline)
         if value is None:
             continue
         verdict = "met" if value >= minimum else f"MISSED by {minimum - value:.2f}x"
-        targets.append(f"{row} {scenario} >= {minimum}x {baseline}: {value:.2f}x, {verdict}")
-    return table(headers, rows), targets
+        mine, theirs = results[row][scenario]["cpu_us"], results[baseline][scenario]["cpu_us"]
+        capacity = f"; by server CPU per request {theirs / mine:.2f}x" if mine and theirs else ""
+        targets.append(f"{row} {scenario} >= {minimum}x {baseline}: {value:.2f}x, {verdict}"
+                       f"{capacity}")
+    return table(headers, rows) + "\n\n" + cpu_table, targets
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -491,12 +518,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         for name in names:
             row = ROWS[name]
             flush_redis(url)
-            with app_server(row, opts) as port:
+            with app_server(row, opts) as (port, pid):
                 cookies = asyncio.run(make_sessions(port, row, opts.sessions))
                 results[name] = {}
                 for scenario in SCENARIOS:
                     progress(f"{name} {scenario}: {opts.repeat} x {opts.duration:g}s ...")
-                    results[name][scenario] = measure(port, f"/{scenario}", cookies, opts)
+                    results[name][scenario] = measure(port, pid, f"/{scenario}", cookies,
+                                                      opts)
     setup = {"concurrency": opts.concurrency, "duration_s": opts.duration,
              "repeat": opts.repeat, "warmup_s": opts.warmup, "sessions": opts.sessions,
              "load": "wrk -t1" if opts.load_generator == "wrk" else "python (separate process)",

@@ -34,9 +34,14 @@ class LocalLocks:
 
     async def acquire_lock(self, session_id: str, ttl: float, wait: float) -> str | None:
         """Wait up to *wait* seconds for the id's lock; None on timeout."""
-        lock, users = self._locks.get(session_id, (None, 0))
-        if lock is None:
+        entry = self._locks.get(session_id)
+        if entry is None:
+            # nobody holds or waits for this id: take a fresh lock without arming a timer
             lock = asyncio.Lock()
+            self._locks[session_id] = (lock, 1)
+            await lock.acquire()
+            return session_id
+        lock, users = entry
         self._locks[session_id] = (lock, users + 1)
         try:
             async with asyncio.timeout(wait):

@@ -96,7 +96,7 @@ def test_docstring_examples_were_found() -> None:
 def test_readme_shell_blocks_are_all_known() -> None:
     """Every shell block is run by one of the tests below, or by CI itself."""
     blocks = readme_blocks("sh")
-    assert len(blocks) == 5
+    assert len(blocks) == 6
     assert any("aiosessmgr demo" in b for b in blocks)
     assert any("curl" in b for b in blocks)
     assert any("token_bytes(32)" in b for b in blocks)
@@ -148,3 +148,15 @@ def test_readme_demo_and_curl_blocks(tmp_path: Path) -> None:
         for pipe in (server.stdout, server.stderr):
             if pipe:
                 pipe.close()
+
+
+def test_readme_benchmark_command_runs() -> None:
+    """The README's one-part benchmark line, cut short (speed is never asserted here)."""
+    block = next(b for b in readme_blocks("sh") if "benchmarks.http" in b)
+    line = next(x for x in block.splitlines() if "benchmarks.http" in x).split("#")[0].split()
+    assert line[:3] == ["python", "-m", "benchmarks.http"]
+    result = subprocess.run(
+        [sys.executable, *line[1:], "--duration", "1", "--warmup", "0.2", "--sessions", "8",
+         "--no-json"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert "| aiosessmgr-memory |" in result.stdout

@@ -16,6 +16,7 @@ import difflib
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from http.cookies import CookieError, Morsel
 from typing import Any, Literal, Protocol, cast, runtime_checkable
 
 from .errors import ConfigError
@@ -35,6 +36,8 @@ __all__ = [
 BUILTIN_DRIVERS = ("file", "memory", "redis")
 
 SameSite = Literal["lax", "strict", "none"]
+_COOKIE_ATTRIBUTE = re.compile(r"[\x21-\x3a\x3c-\x7e]+")
+_COOKIE_DOMAIN = re.compile(r"\.?[A-Za-z0-9](?:[A-Za-z0-9.-]*[A-Za-z0-9])?")
 _SAME_SITE = ("lax", "strict", "none")
 _KEY_HELP = (
     'generate one with: python -c "import secrets, base64; '
@@ -154,6 +157,13 @@ class CookieConfig:
         if not isinstance(self.name, str) or not re.fullmatch(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+",
                                                                self.name):
             raise ConfigError(f"cookie.name must be a non-empty cookie token, got {self.name!r}")
+        try:
+            morsel: Morsel[str] = Morsel()
+            morsel.set(self.name, "", "")  # names the stdlib cannot send ("path", ...)
+        except CookieError as exc:
+            raise ConfigError(
+                f"cookie.name {self.name!r} cannot be sent as a Set-Cookie header: {exc}"
+            ) from exc
         if self.same_site is not None and self.same_site not in _SAME_SITE:
             raise ConfigError(
                 f"cookie.same_site must be one of 'lax', 'strict', 'none' (or None), "
@@ -174,7 +184,25 @@ class CookieConfig:
             raise ConfigError("cookie.name with the '__Secure-' prefix requires secure=True")
         if self.partitioned and not self.secure:
             raise ConfigError("cookie.partitioned=True requires cookie.secure=True")
-        _number("cookie.max_age", self.max_age, allow_none=True)
+        if self.max_age is not None and (isinstance(self.max_age, bool)
+                                         or not isinstance(self.max_age, int)
+                                         or self.max_age <= 0):
+            raise ConfigError(f"cookie.max_age must be a positive whole number of seconds or "
+                              f"None, got {self.max_age!r}")
+        for name in ("secure", "http_only", "expire_on_close", "partitioned"):
+            if not isinstance(getattr(self, name), bool):
+                raise ConfigError(f"cookie.{name} must be true or false, got "
+                                  f"{getattr(self, name)!r}")
+        # RFC 6265 section 4.1.1: attribute values are printable ASCII without ';'
+        # (anything else would end up in the Set-Cookie header as written)
+        if not isinstance(self.path, str) or not _COOKIE_ATTRIBUTE.fullmatch(self.path) \
+                or not self.path.startswith("/"):
+            raise ConfigError(f"cookie.path must be an absolute path of printable ASCII without "
+                              f"';', got {self.path!r}")
+        if self.domain is not None and (not isinstance(self.domain, str)
+                                        or not _COOKIE_DOMAIN.fullmatch(self.domain)):
+            raise ConfigError(f"cookie.domain must be a host name (letters, digits, '-', '.') or "
+                              f"None, got {self.domain!r}")
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> CookieConfig:
@@ -300,8 +328,14 @@ class SessionConfig:
     lifetime: float = 120
     #: minutes after creation when a session ends however active it is; None: no cap
     absolute_lifetime: float | None = None
+    #: save the changes of requests answered with a 5xx status (Django never does: a
+    #: request that failed half-way would store half its work); False by default
+    save_on_server_error: bool = False
 
     def __post_init__(self) -> None:
+        if not isinstance(self.save_on_server_error, bool):
+            raise ConfigError(f"save_on_server_error must be true or false, got "
+                              f"{self.save_on_server_error!r}")
         if not self.drivers:
             raise ConfigError("drivers must name at least one driver")
         if self.default not in self.drivers:

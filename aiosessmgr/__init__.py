@@ -36,6 +36,7 @@ from .errors import (
     SerializationError,
     SessionError,
     SessionLockTimeout,
+    SessionSaveTimeout,
 )
 from .events import SessionEvent, SessionEvents
 from .manager import DriverFactory, SessionManager
@@ -68,6 +69,7 @@ __all__ = [
     "SessionEvents",
     "SessionLockTimeout",
     "SessionManager",
+    "SessionSaveTimeout",
     "SessionStore",
     "StoreContext",
     "SupportsCompareAndSet",

@@ -9,7 +9,8 @@ Every exception derives from :class:`AiosessmgrError`, so one ``except`` catches
     ├── SerializationError   a session value the serializer cannot encode
     ├── DriverError          the store is unreachable, timed out or failed
     └── SessionError         a session operation that cannot be done
-        └── SessionLockTimeout   a session lock could not be taken in time
+        ├── SessionLockTimeout   a session lock could not be taken in time
+        └── SessionSaveTimeout   a save kept meeting concurrent writers until its deadline
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ __all__ = [
     "SerializationError",
     "SessionError",
     "SessionLockTimeout",
+    "SessionSaveTimeout",
 ]
 
 
@@ -46,3 +48,10 @@ class SessionError(AiosessmgrError):
 
 class SessionLockTimeout(SessionError):
     """A session lock was not acquired within its wait time."""
+
+
+class SessionSaveTimeout(SessionError):
+    """A save met concurrent writers of the same session until its deadline (HTTP 503).
+
+    Retrying later succeeds: nothing is wrong with the session or the store.
+    """

@@ -22,7 +22,7 @@ import secrets
 import time
 from abc import ABC, abstractmethod
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping, MutableMapping
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping, MutableMapping
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any, Final
@@ -36,7 +36,7 @@ from .drivers.base import (
     SupportsTouch,
 )
 from .drivers.memory import LocalLocks
-from .errors import DriverError, SessionError, SessionLockTimeout
+from .errors import DriverError, SessionError, SessionLockTimeout, SessionSaveTimeout
 from .events import EventRegistry, SessionEvent, SessionEvents
 
 __all__ = [
@@ -51,11 +51,18 @@ __all__ = [
 logger = logging.getLogger("aiosessmgr")
 
 _ID_RE: Final = re.compile(r"[A-Za-z0-9_-]{43}")
-#: how often save() re-reads and replays its delta before giving up (conflicts with
-#: other processes only: saves of one id within a process take turns)
-MAX_SAVE_ATTEMPTS: Final = 32
+#: seconds a save keeps re-reading and replaying its delta while other processes keep
+#: winning the compare-and-set (saves of one id within a process take turns instead)
+SAVE_DEADLINE: Final = 10.0
+#: seconds: the first and the longest jittered pause before a re-read after a conflict
+SAVE_BACKOFF_MIN: Final = 0.0005
+SAVE_BACKOFF_MAX: Final = 0.05
 #: seconds a save waits for its turn behind saves of the same id in this process
-SAVE_TURN_WAIT: Final = 30.0
+SAVE_TURN_WAIT: Final = 10.0
+#: seconds after another request of this process destroyed or moved an id during which
+#: a request that arrives with that id (sent before the browser saw the new cookie) is
+#: detached: it gets an empty session that saves nothing and leaves the cookie alone
+DETACHED_WINDOW: Final = 60.0
 
 
 def new_session_id() -> str:
@@ -69,10 +76,12 @@ def is_valid_session_id(value: object) -> bool:
 
 
 class Tombstones:
-    """Ids this process destroyed, remembered for one session lifetime.
+    """Ids this process destroyed or moved, remembered for one session lifetime.
 
-    Used only for drivers without compare-and-set (whose saves cannot notice that a
-    record is gone): a slower request that loaded such an id does not write it back.
+    A slower request that loaded such an id does not write it back on drivers without
+    compare-and-set (whose saves cannot notice that a record is gone), and on every
+    driver it does not re-send the cookie of an id that was moved away under it, nor
+    decide the cookie when it arrives just after the move (see DETACHED_WINDOW).
     The memory is bounded: at most ``limit`` ids, the oldest forgotten first.
     """
 
@@ -91,6 +100,10 @@ class Tombstones:
 
     def __contains__(self, session_id: object) -> bool:
         return session_id in self._ids
+
+    def destroyed_at(self, session_id: str) -> float | None:
+        """When *session_id* was destroyed here (clock seconds), or None."""
+        return self._ids.get(session_id)
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,10 +138,9 @@ class StoreContext:
         object.__setattr__(self, "tombstones", Tombstones(self.ttl))
 
     async def destroy(self, session_id: str) -> None:
-        """Remove a record, remembering the id where the driver cannot refuse stale saves."""
+        """Remove a record and remember its id (see Tombstones)."""
         await self.driver.destroy(session_id)
-        if not self.can_cas:
-            self.tombstones.add(session_id, self.clock())
+        self.tombstones.add(session_id, self.clock())
 
 
 class SessionStore(ABC, MutableMapping[str, Any]):
@@ -164,6 +176,21 @@ class SessionStore(ABC, MutableMapping[str, Any]):
         """True if a record for ``id`` exists in the store as far as this session knows."""
 
     @property
+    def ended(self) -> bool:
+        """True if another request ended or moved this session while this one used it."""
+        return False
+
+    @property
+    def moved(self) -> bool:
+        """True if this request gave the session a new id or ended the record it loaded."""
+        return False
+
+    @property
+    def store_answered(self) -> bool:
+        """True once the store answered an operation of this session (outage tracking)."""
+        return self.stored
+
+    @property
     @abstractmethod
     def created_at(self) -> float:
         """When the session was first created (seconds since the epoch)."""
@@ -194,8 +221,8 @@ class SessionStore(ABC, MutableMapping[str, Any]):
         """Clear the data, give the session a new id and destroy the old record."""
 
     @abstractmethod
-    def lock(self, lock_seconds: float = 10.0,
-             wait_seconds: float = 10.0) -> AbstractAsyncContextManager[SessionStore]:
+    def lock(self, lock_seconds: float = 10.0, wait_seconds: float = 10.0, *,
+             save: bool = True) -> AbstractAsyncContextManager[SessionStore]:
         """Serialize read-modify-write work on this session across requests."""
 
     # the data API handlers use
@@ -258,7 +285,7 @@ class SessionStore(ABC, MutableMapping[str, Any]):
 
     @abstractmethod
     def flash(self, key: str, value: Any) -> None:
-        """Set *key* for this and the next request only."""
+        """Set *key* until a later request reads it; it is gone after that request."""
 
     @abstractmethod
     def now(self, key: str, value: Any) -> None:
@@ -266,11 +293,11 @@ class SessionStore(ABC, MutableMapping[str, Any]):
 
     @abstractmethod
     def reflash(self) -> None:
-        """Keep all flash data for one more request."""
+        """Keep all flash data this request read for a later request."""
 
     @abstractmethod
     def keep(self, *keys: str) -> None:
-        """Keep the named flash keys for one more request."""
+        """Keep the named flash keys this request read for a later request."""
 
 
 # Delta markers: a key's final local value is written as is, or the key is deleted.
@@ -296,10 +323,10 @@ class Session(SessionStore):
 
     Usage (normally through ``get_session(request)``)::
 
-        session = await manager.driver()      # a started session on the default driver
+        session = await manager.driver()      # a new, started session
         session.put("user_id", 42)
         session.increment("visits")
-        session.flash("status", "Saved!")     # readable on the next request only
+        session.flash("status", "Saved!")     # kept until a later request reads it
         await session.save()
 
     Values must be serializable (msgpack: str, int, float, bool, None, bytes, list, dict,
@@ -313,19 +340,34 @@ class Session(SessionStore):
         self._id = self._cookie_id or ""
         self._data: dict[str, Any] = {}
         # meta: c = created (epoch s), t = last write (epoch s), k = CSRF token,
-        # f = [new flash keys, old flash keys]
+        # f = {flashed key: token of that flash}
         self._meta: dict[str, Any] = {}
         self._version: bytes | None = None
         self._started = False
         self._stored = False
         self._new = True
-        self._aged = False
         self._rewrite = False
-        # the record was destroyed or expired under us: never write this id again
+        # the record was destroyed or expired under us (or this request arrived with an
+        # id moved away just before): never write this id again, never decide the cookie
         self._ended = False
+        # this request gave the session a new id or ended the record it was loaded from
+        self._moved = False
+        # the store answered at least one operation of this request
+        self._answered = False
         self._changes: dict[str, str | _Ops] = {}
         self._flushed = False
+        # the record is written whole (a new id): nothing to merge with
+        self._whole = False
         self._meta_changed: set[str] = set()
+        # "created" (lazily, on first use) or "rotated" (regenerate_token, regenerate)
+        self._token_change: str | None = None
+        # flash keys read by this request (key -> token of the flash it read), flashed by
+        # it (key -> new token) and set with now() (gone at the end of this request)
+        self._flash_read: dict[str, str] = {}
+        self._flash_new: dict[str, str] = {}
+        self._flash_now: set[str] = set()
+        # pending flashes this request flashed over (key -> their token)
+        self._flash_replaced: dict[str, str] = {}
 
     # -- state -----------------------------------------------------------------------------
 
@@ -357,12 +399,32 @@ class Session(SessionStore):
     @property
     def modified(self) -> bool:
         """True if there are changes that ``save()`` would write."""
-        return bool(self._changes or self._flushed or self._meta_changed or self._rewrite)
+        return bool(self._changes or self._flushed or self._meta_changed or self._rewrite
+                    or self._token_change or self._flash_read or self._flash_now)
 
     @property
     def stored(self) -> bool:
         """True if a record for ``id`` exists in the store as far as this session knows."""
         return self._stored
+
+    @property
+    def ended(self) -> bool:
+        """True if another request ended or moved this session while this one used it.
+
+        Its changes are dropped and the middleware leaves the cookie alone: only the
+        request that moved or ended a session decides its cookie.
+        """
+        return self._ended
+
+    @property
+    def moved(self) -> bool:
+        """True if this request gave the session a new id or ended the record it loaded."""
+        return self._moved
+
+    @property
+    def store_answered(self) -> bool:
+        """True once the store answered an operation of this session (outage tracking)."""
+        return self._answered
 
     @property
     def created_at(self) -> float:
@@ -386,15 +448,20 @@ class Session(SessionStore):
         if self._started:
             return
         ctx = self._ctx
+        detached = False
         if self._cookie_id is not None:
             sid = self._cookie_id
             if ctx.can_touch:
                 raw = await ctx.driver.read_touch(sid, ctx.ttl)  # type: ignore[attr-defined]
             else:
                 raw = await ctx.driver.read(sid)
+            self._answered = True
             if raw is None:
                 if ctx.events.has_listeners(SessionEvents.EXPIRED):
                     ctx.events.emit(SessionEvent(SessionEvents.EXPIRED, sid))
+                destroyed = ctx.tombstones.destroyed_at(sid)
+                # sent before the browser saw the response that moved or ended this id
+                detached = destroyed is not None and ctx.clock() - destroyed < DETACHED_WINDOW
             elif self._load(sid, raw):
                 if ctx.absolute_ttl is not None and \
                         ctx.clock() - self._meta.get("c", 0) > ctx.absolute_ttl:
@@ -402,6 +469,7 @@ class Session(SessionStore):
                     await ctx.destroy(sid)
                     self._data, self._meta, self._version = {}, {}, None
                     self._rewrite = False
+                    self._moved = True
                     ctx.events.emit(SessionEvent(SessionEvents.EXPIRED, sid))
                 else:
                     self._id = sid
@@ -413,6 +481,11 @@ class Session(SessionStore):
         if self._new:
             self._id = new_session_id()
             self._meta = {"c": ctx.clock()}
+            self._whole = True
+            if detached:
+                logger.info("session %s… was moved or ended by another request just "
+                            "before; this request's changes will not be saved", sid[:6])
+                self._ended = True
         self._started = True
         if ctx.events.has_listeners(SessionEvents.STARTED):
             ctx.events.emit(SessionEvent(SessionEvents.STARTED, self._id, self))
@@ -440,6 +513,9 @@ class Session(SessionStore):
             logger.warning("discarding unreadable session record on driver %r: %s",
                            self._ctx.name, exc)
             return None
+        if isinstance(meta.get("f"), list):
+            # written by aiosessmgr 0.1 ([new keys, old keys]): every key is still unread
+            meta["f"] = {key: "0" for part in meta["f"] for key in part}
         return data, meta, stale
 
     def _encode(self) -> tuple[bytes, bytes]:
@@ -454,13 +530,14 @@ class Session(SessionStore):
         """Write this request's changes; on a concurrent save, merge and retry.
 
         Does nothing if nothing changed. A session whose record was destroyed (logout
-        elsewhere) or expired while this request ran is not written back.
+        elsewhere) or expired while this request ran is not written back. Raises
+        :class:`SessionSaveTimeout` if other processes kept winning for SAVE_DEADLINE
+        seconds (the middleware answers 503 with ``Retry-After``), and
+        :class:`DriverError` if the store fails.
         """
         if not self._started or self._ended:
             return
-        if not self._aged:
-            self._aged = True
-            self._age_flash()
+        self._age_flash()
         if not self.modified:
             return
         if not self._worth_storing():
@@ -479,7 +556,10 @@ class Session(SessionStore):
             sid = self._id
             turn = await ctx.save_turns.acquire_lock(sid, SAVE_TURN_WAIT, SAVE_TURN_WAIT)
             if turn is None:
-                raise SessionError(f"session save waited {SAVE_TURN_WAIT} s for its turn")
+                raise SessionSaveTimeout(
+                    f"session save waited {SAVE_TURN_WAIT:g} s for its turn behind other "
+                    f"saves of the same session"
+                )
             try:
                 written = await self._compare_and_set(version, record)
             finally:
@@ -487,8 +567,10 @@ class Session(SessionStore):
             if written is None:
                 return
             version = written
+        self._answered = True
         self._version = version
         self._stored = True
+        self._whole = False
         self._clear_delta()
         if ctx.events.has_listeners(SessionEvents.SAVED):
             ctx.events.emit(SessionEvent(SessionEvents.SAVED, self._id, self))
@@ -500,9 +582,27 @@ class Session(SessionStore):
         """
         ctx = self._ctx
         cas = ctx.driver.compare_and_set  # type: ignore[attr-defined]
-        for attempt in range(MAX_SAVE_ATTEMPTS):
+        loop = asyncio.get_running_loop()
+        deadline = 0.0
+        conflicts = 0
+        while True:
             if await cas(self._id, record, ctx.ttl, self._version):
                 return version
+            conflicts += 1
+            if conflicts == 1:
+                # the first conflict re-reads at once: the winner has just written
+                deadline = loop.time() + SAVE_DEADLINE
+            else:
+                # back off *before* re-reading, never between the re-read and the write:
+                # the snapshot the delta is replayed on is then as fresh as it can be
+                delay = random.uniform(0, min(SAVE_BACKOFF_MAX,
+                                              SAVE_BACKOFF_MIN * (1 << min(conflicts, 16))))
+                if loop.time() + delay > deadline:
+                    raise SessionSaveTimeout(
+                        f"could not save session {self._id[:6]}…: other writers kept saving "
+                        f"it first for {SAVE_DEADLINE:g} s ({conflicts} attempts)"
+                    )
+                await asyncio.sleep(delay)
             fresh = await ctx.driver.read(self._id)
             if fresh is not None and fresh[:VERSION_SIZE] == version:
                 # our write landed but its reply was lost (a client that retried):
@@ -513,12 +613,6 @@ class Session(SessionStore):
                 return None
             self._rebase(fresh)
             version, record = self._encode()
-            if attempt:
-                # jittered backoff: spread out processes that keep colliding
-                await asyncio.sleep(random.uniform(0, 0.001 * (1 << min(attempt, 6))))
-        raise SessionError(
-            f"could not save session after {MAX_SAVE_ATTEMPTS} conflicting attempts"
-        )
 
     def _end(self) -> None:
         logger.info("session %s… ended while a request used it; its changes were not "
@@ -533,21 +627,23 @@ class Session(SessionStore):
         if not self._stored or self._ended:
             return
         raw = await self._ctx.driver.read(self._id)
+        self._answered = True
         if raw is None:
             self._end()
         else:
             self._rebase(raw)
 
     @asynccontextmanager
-    async def lock(self, lock_seconds: float = 10.0,
-                   wait_seconds: float = 10.0) -> AsyncIterator[Session]:
+    async def lock(self, lock_seconds: float = 10.0, wait_seconds: float = 10.0,
+                   *, save: bool = True) -> AsyncIterator[Session]:
         """Hold this session's lock: no other ``lock()`` holder runs meanwhile.
 
         For a read-modify-write that ``increment``/``push`` cannot express. On entry the
         session is refreshed from the store; on a normal exit it is saved while the
-        lock is still held. Waiting longer than *wait_seconds* raises
-        :class:`SessionLockTimeout`; *lock_seconds* bounds how long a crashed holder can
-        keep the lock (where the store needs it, e.g. Redis)::
+        lock is still held (unless *save* is False: then the caller saves, or not).
+        Waiting longer than *wait_seconds* raises :class:`SessionLockTimeout`;
+        *lock_seconds* bounds how long a crashed holder can keep the lock (where the
+        store needs it, e.g. Redis)::
 
             async with session.lock():
                 session.put("seats", session.get("seats", 0) - 1)
@@ -562,7 +658,8 @@ class Session(SessionStore):
         try:
             await self.refresh()
             yield self
-            await self.save()
+            if save:
+                await self.save()
         finally:
             try:
                 await locks.release_lock(locked_id, token)
@@ -573,11 +670,18 @@ class Session(SessionStore):
                                locked_id[:6], exc)
 
     def _rebase(self, raw: bytes | None) -> None:
-        """Replay this request's delta on the record another request just wrote."""
+        """Replay this request's delta on the record another request just wrote.
+
+        Data: keys set or deleted here win, operations replay on the fresh value.
+        Metadata by meaning: flash keys read here are dropped only if they still hold
+        the flash that was read (a newer flash of the same key stays), flashes made here
+        are added; a CSRF token created here yields to one already stored (the page that
+        showed it keeps working) unless this request rotated it.
+        """
         decoded = None if raw is None else self._decode(self._id, raw)
         self._version = None if raw is None else raw[:VERSION_SIZE]
-        if decoded is None:
-            # unreadable or absent: our full local state is the best record there is
+        if decoded is None or self._whole:
+            # unreadable or absent, or a new id written whole: our state is the record
             return
         fresh, fresh_meta, _ = decoded
         merged: dict[str, Any] = {} if self._flushed else fresh
@@ -596,6 +700,20 @@ class Session(SessionStore):
                 fresh_meta[name] = self._meta[name]
             else:
                 fresh_meta.pop(name, None)
+        token = self._meta.get("k")
+        if token is not None and (self._token_change == "rotated" or (
+                self._token_change == "created" and "k" not in fresh_meta)):
+            fresh_meta["k"] = token
+        flash: dict[str, str] = {} if self._flushed else dict(fresh_meta.get("f") or {})
+        for key, read_token in self._flash_read.items():
+            if flash.get(key) == read_token:
+                del flash[key]
+                merged.pop(key, None)
+        flash.update(self._flash_new)
+        if flash:
+            fresh_meta["f"] = flash
+        else:
+            fresh_meta.pop("f", None)
         self._data, self._meta = merged, fresh_meta
 
     def _clear_delta(self) -> None:
@@ -603,6 +721,11 @@ class Session(SessionStore):
         self._flushed = False
         self._meta_changed = set()
         self._rewrite = False
+        self._token_change = None
+        self._flash_read = {}
+        self._flash_new = {}
+        self._flash_now = set()
+        self._flash_replaced = {}
 
     async def regenerate(self, destroy: bool = True) -> None:
         """Move the data to a new id (call it at login); by default destroy the old record.
@@ -623,6 +746,7 @@ class Session(SessionStore):
         old_id = self._id
         self.flush()
         self._meta.pop("k", None)
+        self._token_change = None
         self._meta["c"] = self._ctx.clock()  # a new session: the absolute lifetime restarts
         await self._move(True)
         self._ctx.events.emit(
@@ -635,12 +759,15 @@ class Session(SessionStore):
         self._version = None
         self._stored = False
         self._ended = False
+        self._moved = True
         # the new record is written whole
+        self._whole = True
         self._changes = {key: _SET for key in self._data}
         self._flushed = True
         self._meta_changed = set(self._meta)
         if destroy and was_stored:
             await self._ctx.destroy(old_id)
+            self._answered = True
             self._ctx.events.emit(SessionEvent(SessionEvents.DESTROYED, old_id, self))
 
     def _require_started(self) -> None:
@@ -654,17 +781,18 @@ class Session(SessionStore):
         """The per-session CSRF secret, created on first use."""
         token = self._meta.get("k")
         if not isinstance(token, str):
-            token = self._new_token()
+            token = self._new_token(rotate=False)
         return token
 
     def regenerate_token(self) -> str:
         """Replace the CSRF secret (done automatically on ``regenerate()``)."""
         return self._new_token()
 
-    def _new_token(self) -> str:
+    def _new_token(self, rotate: bool = True) -> str:
         token = secrets.token_urlsafe(32)
         self._meta["k"] = token
-        self._meta_changed.add("k")
+        if rotate or self._token_change is None:
+            self._token_change = "rotated" if rotate else "created"
         return token
 
     # -- change tracking primitives ----------------------------------------------------------
@@ -676,6 +804,8 @@ class Session(SessionStore):
     def _delete(self, key: str) -> None:
         del self._data[key]
         self._changes[key] = _DEL
+        if "f" in self._meta:
+            self._unflash(key)
 
     def _op(self, key: str, op: str, arg: Any) -> Any:
         value = _apply(op, self._data.get(key), arg)
@@ -693,6 +823,8 @@ class Session(SessionStore):
     # -- mapping protocol ------------------------------------------------------------------
 
     def __getitem__(self, key: str) -> Any:
+        if "f" in self._meta:
+            self._seen(key)
         return self._data[key]
 
     def __setitem__(self, key: str, value: Any) -> None:
@@ -722,6 +854,8 @@ class Session(SessionStore):
 
     def get(self, key: str, default: Any = None) -> Any:
         """The value of *key*, or *default*."""
+        if "f" in self._meta:
+            self._seen(key)
         return self._data.get(key, default)
 
     def put(self, key: str | Mapping[str, Any], value: Any = None) -> None:
@@ -741,7 +875,10 @@ class Session(SessionStore):
         return value
 
     def has(self, *keys: str) -> bool:
-        """True if every key is present and not None."""
+        """True if every key is present and not None (reading a flashed key consumes it)."""
+        if "f" in self._meta:
+            for key in keys:
+                self._seen(key)
         return all(self._data.get(k) is not None for k in keys)
 
     def exists(self, *keys: str) -> bool:
@@ -763,21 +900,33 @@ class Session(SessionStore):
         self._data.clear()
         self._changes.clear()
         self._flushed = True
-        if "f" in self._meta:
-            del self._meta["f"]
-            self._meta_changed.add("f")
+        self._meta.pop("f", None)
+        self._flash_read = {}
+        self._flash_new = {}
+        self._flash_now = set()
+        self._flash_replaced = {}
 
     def all(self) -> dict[str, Any]:
-        """A shallow copy of all data."""
+        """A shallow copy of all data (this reads, and so consumes, every flashed key)."""
+        if "f" in self._meta:
+            for key in list(self._meta["f"]):
+                self._seen(key)
         return dict(self._data)
 
     def only(self, *keys: str) -> dict[str, Any]:
         """The present keys among *keys*, with their values."""
+        if "f" in self._meta:
+            for key in keys:
+                self._seen(key)
         return {k: self._data[k] for k in keys if k in self._data}
 
     def except_(self, *keys: str) -> dict[str, Any]:
         """All data except *keys* (named with an underscore: ``except`` is a keyword)."""
         skip = set(keys)
+        if "f" in self._meta:
+            for key in list(self._meta["f"]):
+                if key not in skip:
+                    self._seen(key)
         return {k: v for k, v in self._data.items() if k not in skip}
 
     def increment(self, key: str, by: int | float = 1) -> int | float:
@@ -800,59 +949,80 @@ class Session(SessionStore):
         self._op(key, "push", value)
 
     # -- flash data ------------------------------------------------------------------------
+    #
+    # A flashed key lasts until a later request reads it (get, [], pull, has, all, only,
+    # except_) and is removed when that request saves; requests that never read it
+    # (a background poll between a POST and its redirect) leave it alone. Each flash has
+    # a token, so a request removes only the flash it read, never a newer one.
 
-    def _flash_lists(self) -> tuple[list[str], list[str]]:
-        flash = self._meta.get("f")
-        if flash is None:
-            return [], []
-        return list(flash[0]), list(flash[1])
+    def _seen(self, key: str) -> None:
+        """A read of *key*: if it holds a flash of an earlier request, this consumes it."""
+        token = self._meta["f"].get(key)
+        if token is not None and key not in self._flash_new and key not in self._flash_read:
+            self._flash_read[key] = token
 
-    def _set_flash(self, new: list[str], old: list[str]) -> None:
-        if new or old:
-            self._meta["f"] = [new, old]
-        else:
-            self._meta.pop("f", None)
-        self._meta_changed.add("f")
+    def _unflash(self, key: str) -> None:
+        """*key* is removed: its pending flash goes too (conditionally, by its token)."""
+        flash = self._meta["f"]
+        if key in self._flash_new:
+            del self._flash_new[key]
+            flash.pop(key, None)
+            if key in self._flash_replaced:  # the flash it had replaced goes as well
+                self._flash_read.setdefault(key, self._flash_replaced.pop(key))
+        elif key in flash:
+            self._flash_read.setdefault(key, flash[key])
 
     def flash(self, key: str, value: Any) -> None:
-        """Set *key* for this and the next request only."""
+        """Set *key* until a later request reads it (the next page after a redirect)."""
         self._set(key, value)
-        new, old = self._flash_lists()
-        self._set_flash(_add(new, [key]), [k for k in old if k != key])
+        token = secrets.token_hex(4)
+        flash = self._meta.setdefault("f", {})
+        if key in flash and key not in self._flash_new:
+            self._flash_replaced[key] = flash[key]
+        flash[key] = token
+        self._flash_new[key] = token
+        self._flash_read.pop(key, None)
+        self._flash_now.discard(key)
 
     def now(self, key: str, value: Any) -> None:
         """Set *key* for this request only."""
+        if "f" in self._meta:
+            self._unflash(key)
         self._set(key, value)
-        new, old = self._flash_lists()
-        self._set_flash(new, _add(old, [key]))
+        self._flash_now.add(key)
 
     def reflash(self) -> None:
-        """Keep all flash data for one more request."""
-        new, old = self._flash_lists()
-        self._set_flash(_add(new, old), [])
+        """Keep all flash data this request read (or set with ``now``) for a later request."""
+        self.keep(*self._flash_read, *self._flash_now)
 
     def keep(self, *keys: str) -> None:
-        """Keep the named flash keys for one more request."""
-        new, old = self._flash_lists()
-        self._set_flash(_add(new, keys), [k for k in old if k not in keys])
+        """Keep the named flash keys that this request read (or set with ``now``) for later."""
+        for key in keys:
+            if key in self._flash_read:
+                del self._flash_read[key]  # still pending, with the flash's own token
+            elif key in self._flash_now and key in self._data:
+                self._flash_now.discard(key)
+                self.flash(key, self._data[key])
 
     def _age_flash(self) -> None:
-        """End of request: drop last request's flash data, age this request's."""
-        if "f" not in self._meta:
-            return
-        new, old = self._flash_lists()
-        for key in old:
-            if key in self._data and key not in new:
-                self._delete(key)
-        self._set_flash([], new)
+        """At save: drop the flashes this request read and the keys it set with ``now``.
 
-
-def _add(items: list[str], more: Iterable[str]) -> list[str]:
-    out = list(items)
-    for key in more:
-        if key not in out:
-            out.append(key)
-    return out
+        A flashed key this request read goes, with whatever this request wrote to it;
+        whether the stored key goes too is decided at the merge, by the flash's token
+        (another request may have flashed that key again meanwhile).
+        """
+        if self._flash_read:
+            flash = self._meta.get("f") or {}
+            for key, token in self._flash_read.items():
+                if flash.get(key) == token:
+                    del flash[key]
+                self._data.pop(key, None)
+                self._changes.pop(key, None)
+            if not flash:
+                self._meta.pop("f", None)
+        for key in self._flash_now:
+            self._data.pop(key, None)
+            self._changes[key] = _DEL
 
 
 def _valid_meta(meta: dict[str, Any]) -> bool:
@@ -865,6 +1035,9 @@ def _valid_meta(meta: dict[str, Any]) -> bool:
         return False
     if "f" in meta:
         flash = meta["f"]
+        if isinstance(flash, dict):
+            return all(isinstance(k, str) and isinstance(v, str) for k, v in flash.items())
+        # aiosessmgr 0.1: [new keys, old keys]
         if not (isinstance(flash, list) and len(flash) == 2
                 and all(isinstance(part, list) and all(isinstance(k, str) for k in part)
                         for part in flash)):

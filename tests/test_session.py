@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 
 import pytest
 
@@ -116,17 +117,21 @@ async def test_unknown_or_malformed_id_gets_a_new_id(manager: SessionManager) ->
     assert s2.new and is_valid_session_id(s2.id)
 
 
-async def test_flash_data_lives_exactly_one_more_request(manager: SessionManager) -> None:
+async def test_flash_data_lives_until_a_request_reads_it(manager: SessionManager) -> None:
     s = await manager.driver()
     s.flash("status", "saved")
     s.now("only_now", 1)
     assert s.get("status") == "saved" and s.get("only_now") == 1
     await s.save()
-    r2 = await manager.load(s.id)
-    assert r2.get("status") == "saved" and "only_now" not in r2
-    await r2.save()
-    r3 = await manager.load(s.id)
-    assert "status" not in r3
+    poll = await manager.load(s.id)  # never reads it: a background poll
+    assert "only_now" not in poll
+    poll.increment("polls")
+    await poll.save()
+    page = await manager.load(s.id)
+    assert page.get("status") == "saved"  # the redirect target reads it ...
+    await page.save()
+    after = await manager.load(s.id)
+    assert "status" not in after and after.get("polls") == 1  # ... and it is gone after
 
 
 async def test_reflash_and_keep(manager: SessionManager) -> None:
@@ -135,6 +140,7 @@ async def test_reflash_and_keep(manager: SessionManager) -> None:
     s.flash("b", 2)
     await s.save()
     r2 = await manager.load(s.id)
+    assert r2.all() == {"a": 1, "b": 2}  # reads (and so consumes) both
     r2.keep("a")
     await r2.save()
     r3 = await manager.load(s.id)
@@ -346,3 +352,336 @@ def test_tombstones_are_bounded_and_expire() -> None:
     assert "id0" not in stones and "id1" not in stones and "id4" in stones
     stones.add("late", now=200)
     assert "id4" not in stones and "late" in stones
+
+
+# -- merges keep everything, metadata included -----------------------------------------------
+
+
+async def test_a_flash_survives_a_concurrent_request_that_consumes_older_flash_data(
+        manager: SessionManager) -> None:
+    s = await manager.driver()
+    s.flash("old", "Welcome back")
+    await s.save()
+    post = await manager.load(s.id)  # the form POST that will flash "Saved!"
+    page = await manager.load(s.id)  # a page loaded before the POST saved: shows old flash
+    post.flash("status", "Saved!")
+    await post.save()
+    assert page.get("old") == "Welcome back"
+    await page.save()  # conflicts with the POST: replays its delta on the POST's record
+    redirect = await manager.load(s.id)
+    assert redirect.get("status") == "Saved!" and "old" not in redirect
+    await redirect.save()
+    assert "status" not in await manager.load(s.id)  # a flash, not a permanent key
+
+
+async def test_a_newer_flash_of_the_same_key_is_not_consumed(manager: SessionManager) -> None:
+    s = await manager.driver()
+    s.flash("status", "first")
+    await s.save()
+    reader = await manager.load(s.id)
+    assert reader.get("status") == "first"
+    again = await manager.load(s.id)
+    again.flash("status", "second")
+    await again.save()
+    await reader.save()  # consumes the flash it read, not the one flashed after it
+    assert (await manager.load(s.id)).get("status") == "second"
+
+
+async def test_the_first_stored_csrf_token_wins(manager: SessionManager) -> None:
+    s = await stored(manager, x=1)
+    first_page = await manager.load(s.id)
+    second_page = await manager.load(s.id)
+    token = first_page.token
+    await first_page.save()
+    assert second_page.token != token  # made lazily, before the first page was stored
+    await second_page.save()
+    assert (await manager.load(s.id)).token == token  # the first page's form still works
+
+
+async def test_a_rotated_csrf_token_wins_over_the_stored_one(manager: SessionManager) -> None:
+    s = await stored(manager, x=1)
+    old = s.token
+    await s.save()
+    rotating = await manager.load(s.id)
+    other = await manager.load(s.id)
+    new = rotating.regenerate_token()
+    other["y"] = 2
+    await other.save()
+    await rotating.save()
+    final = await manager.load(s.id)
+    assert final.token == new != old and final.get("y") == 2
+
+
+async def test_records_with_old_flash_metadata_still_load(manager: SessionManager) -> None:
+    sid = new_session_id()
+    record = manager.codec.encode(sid, {"d": {"a": 1, "b": 2},
+                                        "m": {"c": 1.0, "f": [["a"], ["b"]]}})
+    await manager.get_driver().write(sid, b"version1" + record, 60)
+    loaded = await manager.load(sid)
+    assert not loaded.new and loaded.get("a") == 1 and loaded.get("b") == 2
+    await loaded.save()
+    assert "a" not in await manager.load(sid)  # read above, so consumed
+
+
+# -- a stateful model: interleaved requests on one session vs. the same requests in order ---
+
+from dataclasses import dataclass, field  # noqa: E402
+from typing import Any  # noqa: E402
+
+from hypothesis import settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+from hypothesis.stateful import (  # noqa: E402
+    Bundle,
+    RuleBasedStateMachine,
+    consumes,
+    initialize,
+    invariant,
+    precondition,
+    rule,
+)
+
+KEYS = st.sampled_from(["a", "b", "c"])
+VALUES = st.one_of(st.integers(-3, 3), st.sampled_from(["x", "y"]), st.lists(st.integers(0, 2),
+                                                                            max_size=2))
+
+
+@dataclass
+class Request:
+    """One request's session, and what it did, as the model replays it at its save."""
+
+    session: Session
+    # the flashes this request saw when it loaded (key -> instance), as the model knew them
+    seen_flash: dict[str, int]
+    ops: list[tuple[Any, ...]] = field(default_factory=list)
+    consumed: dict[str, int] = field(default_factory=dict)
+    flashed: dict[str, int] = field(default_factory=dict)
+    now: set[str] = field(default_factory=set)
+    token: tuple[str, str] | None = None  # ("created" | "rotated", value)
+    loaded_token: str | None = None
+
+
+def _apply_op(data: dict[str, Any], op: tuple[Any, ...]) -> None:
+    kind, key, *arg = op
+    if kind == "put":
+        data[key] = arg[0]
+    elif kind == "del":
+        data.pop(key, None)
+    elif kind == "incr":
+        current = data.get(key)
+        number = isinstance(current, (int, float)) and not isinstance(current, bool)
+        data[key] = (current if number else 0) + arg[0]
+    elif kind == "push":
+        current = data.get(key)
+        data[key] = [*current, arg[0]] if isinstance(current, list) else [arg[0]]
+    elif kind == "flush":
+        data.clear()
+
+
+class InterleavedRequests(RuleBasedStateMachine):
+    """Two or three requests load one session, change it, and save in any order.
+
+    The stored result must equal the serial model: each request's operations applied by
+    meaning, in the order the requests saved, to what was stored before (sets, deletes,
+    increments, pushes, flushes; flashes made, flashes read and so consumed, ``now``
+    keys; a lazily created CSRF token that yields to a stored one, a rotated one that wins).
+    """
+
+    requests = Bundle("requests")
+
+    @initialize()
+    def start(self) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.manager = SessionManager({"lottery": (0, 1)})
+        first = self.run(self.manager.driver())
+        first["seed"] = 0
+        self.run(first.save())
+        self.sid = first.id
+        self.data: dict[str, Any] = {"seed": 0}
+        self.flash: dict[str, int] = {}  # pending flash key -> instance
+        self.token: str | None = None
+        self.instances = 0
+        self.open = 0
+
+    def teardown(self) -> None:
+        if hasattr(self, "loop"):
+            self.run(self.manager.close())
+            self.loop.close()
+
+    def run(self, coro: Any) -> Any:
+        return self.loop.run_until_complete(coro)
+
+    @precondition(lambda self: self.open < 3)
+    @rule(target=requests)
+    def begin(self) -> Request:
+        session = self.run(self.manager.load(self.sid))
+        assert isinstance(session, Session) and not session.new
+        self.open += 1
+        return Request(session, dict(self.flash), loaded_token=self.token)
+
+    @rule(request=requests, key=KEYS, value=VALUES)
+    def put(self, request: Request, key: str, value: Any) -> None:
+        request.session[key] = value
+        request.ops.append(("put", key, value))
+
+    @rule(request=requests, key=KEYS)
+    def forget(self, request: Request, key: str) -> None:
+        present = key in request.session
+        request.session.forget(key)
+        if present:
+            request.ops.append(("del", key))
+            request.flashed.pop(key, None)
+            self._consume(request, key)  # the key's pending flash goes with it
+            # a key set with now() stays "this request only" (as in Laravel)
+
+    @rule(request=requests, key=KEYS, by=st.integers(-2, 2))
+    def increment(self, request: Request, key: str, by: int) -> None:
+        try:
+            request.session.increment(key, by)
+        except SessionError:
+            return  # refused locally (not a number): nothing to replay
+        request.ops.append(("incr", key, by))
+
+    @rule(request=requests, key=KEYS, value=st.integers(0, 2))
+    def push(self, request: Request, key: str, value: int) -> None:
+        try:
+            request.session.push(key, value)
+        except SessionError:
+            return
+        request.ops.append(("push", key, value))
+
+    @rule(request=requests)
+    def flush(self, request: Request) -> None:
+        request.session.flush()
+        request.ops.append(("flush", ""))
+        request.consumed.clear()
+        request.flashed.clear()
+        request.now.clear()
+        request.seen_flash.clear()
+
+    @rule(request=requests, key=KEYS, value=VALUES)
+    def flash(self, request: Request, key: str, value: Any) -> None:
+        request.session.flash(key, value)
+        request.ops.append(("put", key, value))
+        self.instances += 1
+        request.flashed[key] = self.instances
+        request.consumed.pop(key, None)
+        request.now.discard(key)
+
+    @rule(request=requests, key=KEYS, value=VALUES)
+    def now(self, request: Request, key: str, value: Any) -> None:
+        request.session.now(key, value)
+        request.ops.append(("put", key, value))
+        request.flashed.pop(key, None)
+        self._consume(request, key)  # a pending flash of the key is overridden
+        request.now.add(key)
+
+    @rule(request=requests, key=KEYS)
+    def keep(self, request: Request, key: str) -> None:
+        present = key in request.session
+        request.session.keep(key)
+        if key in request.consumed:
+            del request.consumed[key]  # still pending, the same flash
+        elif key in request.now and present:
+            request.now.discard(key)  # a now() value becomes a flash for a later request
+            self.instances += 1
+            request.flashed[key] = self.instances
+
+    @rule(request=requests, key=KEYS)
+    def read(self, request: Request, key: str) -> None:
+        request.session.get(key)
+        self._consume(request, key)
+
+    @rule(request=requests)
+    def use_token(self, request: Request) -> None:
+        value = request.session.token
+        if request.token is None and value != request.loaded_token:
+            request.token = ("created", value)
+
+    @rule(request=requests)
+    def rotate_token(self, request: Request) -> None:
+        request.token = ("rotated", request.session.regenerate_token())
+
+    def _consume(self, request: Request, key: str) -> None:
+        if key in request.seen_flash and key not in request.flashed:
+            request.consumed.setdefault(key, request.seen_flash[key])
+
+    @rule(request=consumes(requests))
+    def save(self, request: Request) -> None:
+        self.run(request.session.save())
+        self.open -= 1
+        # the serial model: this request's operations, by meaning, on what is stored now;
+        # a flashed key it read goes at its end, with what it wrote to it
+        for op in request.ops:
+            if op[1] in request.consumed:
+                continue
+            _apply_op(self.data, op)
+            if op[0] == "flush":
+                self.flash.clear()
+        for key, instance in request.consumed.items():
+            if self.flash.get(key) == instance:
+                del self.flash[key]
+                self.data.pop(key, None)
+        for key in request.now:
+            self.data.pop(key, None)
+        self.flash.update(request.flashed)
+        if request.token is not None:
+            kind, value = request.token
+            if kind == "rotated" or self.token is None:
+                self.token = value
+
+    @invariant()
+    def stored_equals_model(self) -> None:
+        if not hasattr(self, "sid"):
+            return
+        raw = self.run(self.manager.get_driver().read(self.sid))
+        assert raw is not None
+        record, _ = self.manager.codec.decode(self.sid, raw[VERSION_SIZE:])
+        assert record["d"] == self.data
+        assert set(record["m"].get("f", {})) == set(self.flash)
+        assert record["m"].get("k") == self.token
+
+
+InterleavedRequests.TestCase.settings = settings(max_examples=1000, stateful_step_count=30,
+                                                 deadline=None)
+TestInterleavedRequests = InterleavedRequests.TestCase
+
+
+# -- cross-process contention: every save finishes ------------------------------------------
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", ["file", "redis"])
+async def test_heavy_cross_process_contention_loses_no_save(
+        kind: str, request: pytest.FixtureRequest, tmp_path: Path) -> None:
+    """8 processes x 8 tasks save one 1,000-key session 1,600 times: all land, none fail."""
+    import json
+    import sys
+
+    from .stores import ROOT, store_entry
+
+    workers, tasks, rounds = 8, 8, 25
+    config = {"default": "main", "drivers": {"main": store_entry(kind, request, tmp_path)},
+              "lottery": [0, 1]}
+    manager = SessionManager(config)
+    seed = await manager.driver()
+    seed.put({f"key{i}": i for i in range(1000)})
+    await seed.save()
+    procs = [await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "tests.contention_worker", json.dumps(config), seed.id,
+        str(worker), str(tasks), str(rounds), cwd=ROOT, stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+        for worker in range(workers)]
+    await asyncio.sleep(1.0)  # let them start up and wait for the go signal
+    results = []
+    outputs = await asyncio.wait_for(
+        asyncio.gather(*(proc.communicate(b"go\n") for proc in procs)), 300)
+    for proc, (out, err) in zip(procs, outputs, strict=True):
+        assert proc.returncode == 0, err.decode()
+        results.append(json.loads(out))
+    failures = [f for r in results for f in r["failures"]]
+    assert failures == []
+    assert sum(r["saves"] for r in results) == workers * tasks * rounds
+    final = await manager.load(seed.id)
+    assert final.get("n") == workers * tasks * rounds
+    assert len(final) == 1000 + 1 + workers * tasks * rounds  # seed keys, n, one key a save
+    await manager.close()

@@ -1,12 +1,23 @@
 """aiohttp glue: ``setup()``, ``session_middleware()``, ``get_session()``, ``new_session()``.
 
-The middleware works its settings out once. Per request it only remembers the
-cookie; the session is loaded when a handler first calls ``get_session`` (so a
-handler that never does costs no store operation), saved when it changed, and
-the cookie is set or deleted before the response headers go out. Raised
+The middleware works its settings out once. Per request it only remembers that a
+request arrived; the session is loaded when a handler first calls ``get_session`` (so
+a handler that never does costs no store operation), saved when it changed, and the
+cookie is set or deleted before the response headers go out. Raised
 ``HTTPException`` responses (redirect after login) are saved too; an unhandled
-exception saves nothing. Streaming and file responses are finalized through the
-``on_response_prepare`` signal that ``setup()`` installs.
+exception, and by default any 5xx response, saves nothing. Streaming and file
+responses are finalized through the ``on_response_prepare`` signal that ``setup()``
+installs.
+
+Which cookie: every value of our cookie name in the ``Cookie`` header, as aiohttp's
+parser reads them (see ``cookies.py``); each well-formed id is tried in header order,
+at most MAX_COOKIE_CANDIDATES of them, and the first that names a live record wins.
+Who decides the cookie: a request sets it when its session was stored under an id the
+browser did not send (a new session, or one this request moved), re-sends it for a
+rolling ``max_age``, and deletes it only when this request moved or ended the session
+(``regenerate``, ``invalidate``, ``new_session``) and nothing was stored under the new
+id. A request whose record vanished under it (another request moved or ended it)
+says nothing about the cookie, so a slow request never undoes a login or logout.
 """
 
 from __future__ import annotations
@@ -16,28 +27,35 @@ import functools
 import logging
 import random
 from collections.abc import AsyncIterator, Callable
-from typing import Any, cast
+from typing import Final, cast
 
 from aiohttp import hdrs, web
 from aiohttp.typedefs import Handler, Middleware
 
-from .errors import DriverError, SessionError, SessionLockTimeout
+from .cookies import CookieWriter, cookie_values
+from .errors import DriverError, SessionError, SessionLockTimeout, SessionSaveTimeout
 from .manager import SessionManager
 from .session import SessionStore, is_valid_session_id
 
-__all__ = ["get_session", "new_session", "session_lock", "session_middleware", "setup"]
+__all__ = ["MAX_COOKIE_CANDIDATES", "get_session", "new_session", "session_lock",
+           "session_middleware", "setup"]
 
 logger = logging.getLogger("aiosessmgr")
+
+#: well-formed ids of our cookie name tried per request (a browser sends more than one
+#: when an older or more specifically scoped cookie of the same name exists)
+MAX_COOKIE_CANDIDATES: Final = 3
 
 
 class _Slot:
     """One manager's session state for one request."""
 
-    __slots__ = ("cookie", "failed", "finalized", "front", "loading", "ready", "session")
+    __slots__ = ("cookie", "failed", "finalized", "front", "loading", "ready", "replaced",
+                 "session")
 
     def __init__(self, front: _Front) -> None:
         self.front = front
-        # the raw cookie value, read when the session is first loaded
+        # the cookie value whose record the session was loaded from, if any
         self.cookie: str | None = None
         self.session: SessionStore | None = None
         # created only if a second task of the request waits for the first load
@@ -45,6 +63,8 @@ class _Slot:
         self.ready = False
         self.finalized = False
         self.failed = False
+        # new_session() replaced the session the cookie named
+        self.replaced = False
 
 
 _SLOTS = web.RequestKey("aiosessmgr_slots", dict[SessionManager, _Slot])
@@ -58,38 +78,34 @@ class _Front:
         self.manager = manager
         cookie = manager.config.cookie
         self.cookie_name = cookie.name
-        self._name_eq = cookie.name + "="
-        self.cookie_path = cookie.path
-        self.cookie_domain = cookie.domain
-        self.max_age = cookie.max_age
-        if self.max_age is None and not cookie.expire_on_close:
-            self.max_age = manager.context().ttl
-        self.cookie_options: dict[str, Any] = {
-            "path": cookie.path,
-            "domain": cookie.domain,
-            "secure": cookie.secure,
-            "httponly": cookie.http_only,
-            "samesite": cookie.same_site.capitalize() if cookie.same_site else None,
-            "max_age": self.max_age,
-        }
-        if cookie.partitioned:
-            self.cookie_options["partitioned"] = True
+        max_age = cookie.max_age
+        if max_age is None and not cookie.expire_on_close:
+            max_age = manager.context().ttl
+        self.max_age = max_age
+        self.cookies = CookieWriter(cookie, max_age)
+        self.save_on_server_error = manager.config.save_on_server_error
+        # ids this process moved or destroyed: never re-send their cookie
+        self.tombstones = manager.context().tombstones
         chances, out_of = manager.config.lottery
         self.lottery = chances / out_of
         self.in_outage = False
 
-    def cookie_value(self, request: web.Request) -> str | None:
-        """This manager's cookie from the request, without parsing every other cookie."""
+    def cookie_ids(self, request: web.Request) -> list[str]:
+        """The well-formed ids among our cookie's values, distinct, in header order."""
         header = request.headers.get(hdrs.COOKIE)
         if not header:
-            return None
-        name_eq, start = self._name_eq, 0
-        while (found := header.find(name_eq, start)) >= 0:
-            if found == 0 or header[found - 1] in " ;":
-                end = header.find(";", found)
-                return header[found + len(name_eq):end if end >= 0 else None].strip()
-            start = found + 1
-        return None
+            return []
+        ids: list[str] = []
+        for value in cookie_values(header, self.cookie_name):
+            if is_valid_session_id(value) and value not in ids:
+                ids.append(value)
+                if len(ids) == MAX_COOKIE_CANDIDATES:
+                    break
+        return ids
+
+    def saves(self, status: int) -> bool:
+        """True if a response with *status* saves the session (5xx: only if configured)."""
+        return status < 500 or self.save_on_server_error
 
     def store_failed(self, exc: DriverError) -> web.Response:
         """Answer 503, logging once per outage rather than once per request."""
@@ -103,37 +119,54 @@ class _Front:
             self.in_outage = False
             logger.warning("session store is reachable again")
 
+    def cookie_header(self, slot: _Slot, session: SessionStore) -> str | None:
+        """The Set-Cookie value this response carries for the session, or None."""
+        if session.ended:
+            return None  # another request moved or ended it: that one decides the cookie
+        if session.stored:
+            if session.id != slot.cookie:
+                return self.cookies.set_header(session.id)
+            if self.max_age is not None and session.id not in self.tombstones:
+                return self.cookies.set_header(session.id)  # rolling max_age
+            return None
+        if slot.cookie is not None and (session.moved or slot.replaced):
+            return self.cookies.delete_header()
+        return None
+
     async def finalize(self, slot: _Slot, response: web.StreamResponse,
                        preparing: bool = False) -> None:
         """Save the session if it changed and set or delete the cookie on *response*.
 
-        *preparing*: called from ``on_response_prepare``, where aiohttp has already
-        turned ``response.cookies`` into headers, so the cookie header is added directly.
+        A 5xx response saves nothing (unless ``save_on_server_error``) and leaves the
+        cookie alone. *preparing*: called from ``on_response_prepare``, where aiohttp
+        has already turned ``response.cookies`` into headers.
         """
         slot.finalized = True
         session = slot.session
         if session is None or slot.failed:
             return
-        await session.save()
-        self.store_ok()
-        changed = False
-        if session.stored:
-            if session.id != slot.cookie or self.max_age is not None:
-                response.set_cookie(self.cookie_name, session.id, **self.cookie_options)
-                changed = True
-        elif slot.cookie is not None:
-            response.del_cookie(self.cookie_name, path=self.cookie_path,
-                                domain=self.cookie_domain)
-            changed = True
-        if changed and preparing:
-            response.headers.add(hdrs.SET_COOKIE,
-                                 response.cookies[self.cookie_name].OutputString())
         if session.accessed:
-            vary = response.headers.get("Vary")
+            vary = response.headers.get(hdrs.VARY)
             if vary is None:
-                response.headers["Vary"] = "Cookie"
+                response.headers[hdrs.VARY] = "Cookie"
             elif "cookie" not in vary.lower():
-                response.headers["Vary"] = f"{vary}, Cookie"
+                response.headers[hdrs.VARY] = f"{vary}, Cookie"
+        if not self.saves(response.status):
+            return
+        await session.save()
+        if session.store_answered:
+            self.store_ok()
+        header = self.cookie_header(slot, session)
+        if header is not None:
+            if not preparing and self.cookie_name in response.cookies:
+                del response.cookies[self.cookie_name]  # ours replaces the handler's
+            response.headers.add(hdrs.SET_COOKIE, header)
+
+    def save_timed_out(self, exc: SessionSaveTimeout) -> web.Response:
+        """Answer 503 with Retry-After: the session is busy, not broken."""
+        logger.warning("%s; answering 503", exc)
+        return web.Response(status=503, text="503: session busy, retry",
+                            headers={hdrs.RETRY_AFTER: "1"})
 
     def maybe_collect(self) -> None:
         """The GC lottery: on a hit, collect after the response went out, in the background."""
@@ -166,6 +199,8 @@ def session_middleware(manager: SessionManager) -> Middleware:
                     await front.finalize(slot, exc)
                 except DriverError as err:
                     return front.store_failed(err)
+                except SessionSaveTimeout as err:
+                    return front.save_timed_out(err)
             raise
         except DriverError as exc:
             slot.failed = True
@@ -173,19 +208,27 @@ def session_middleware(manager: SessionManager) -> Middleware:
         except SessionLockTimeout as exc:
             slot.failed = True
             return _locked(exc)
+        except SessionSaveTimeout as exc:
+            slot.failed = True
+            return front.save_timed_out(exc)
         except BaseException:
             slot.failed = True
             raise
         try:
             if not slot.finalized:
                 await front.finalize(slot, response)
-            elif slot.session is not None and slot.session.modified:
+            elif slot.session is not None and slot.session.modified \
+                    and front.saves(response.status):
                 # changed after a streamed response went out: save, the cookie cannot change
                 await slot.session.save()
         except DriverError as exc:
             if response.prepared:
                 raise
             return front.store_failed(exc)
+        except SessionSaveTimeout as exc:
+            if response.prepared:
+                raise
+            return front.save_timed_out(exc)
         front.maybe_collect()
         return response
 
@@ -205,6 +248,10 @@ async def _on_response_prepare(request: web.Request, response: web.StreamRespons
                 slot.front.store_failed(exc)
                 raise web.HTTPServiceUnavailable(text="503: session store unavailable") \
                     from exc
+            except SessionSaveTimeout as exc:
+                slot.front.save_timed_out(exc)
+                raise web.HTTPServiceUnavailable(text="503: session busy, retry",
+                                                 headers={hdrs.RETRY_AFTER: "1"}) from exc
 
 
 def setup(app: web.Application, manager: SessionManager) -> None:
@@ -275,12 +322,18 @@ def session_lock(
         @functools.wraps(handler)
         async def locked(request: web.Request) -> web.StreamResponse:
             session = await get_session(request, manager)
-            async with session.lock(lock_seconds, wait_seconds):
+            front = _slot(request, manager).front
+            async with session.lock(lock_seconds, wait_seconds, save=False):
+                # saved under the lock, on the same terms as the middleware (not on a 5xx)
                 try:
-                    return await handler(request)
-                except web.HTTPException:
-                    await session.save()  # a redirect is a normal outcome: save under lock
+                    response = await handler(request)
+                except web.HTTPException as exc:
+                    if front.saves(exc.status):
+                        await session.save()  # a redirect is a normal outcome
                     raise
+                if front.saves(response.status):
+                    await session.save()
+                return response
 
         return locked
 
@@ -302,7 +355,10 @@ def _slot(request: web.Request, manager: SessionManager | None) -> _Slot:
 
 
 async def get_session(request: web.Request, manager: SessionManager | None = None) -> SessionStore:
-    """The request's session, loaded on first call (one store read at most per request).
+    """The request's session, loaded on first call (one store read per request).
+
+    (One read per well-formed cookie tried: more only when the browser sent duplicates
+    of our cookie and the first named no live record.)
 
     With several managers on one app, pass the one you want; the default is the
     first one set up.
@@ -317,21 +373,38 @@ async def get_session(request: web.Request, manager: SessionManager | None = Non
             slot.loading = asyncio.Event()
         await slot.loading.wait()
         return await get_session(request, manager)
-    front = slot.front
-    slot.cookie = front.cookie_value(request)
-    # the session checks the cookie's format: a malformed value is never looked up
-    session = slot.session = front.manager.session(slot.cookie)
     try:
-        await session.start()
+        session = await _load(slot, request)
     except BaseException:
         slot.session = None
         raise
     else:
+        slot.session = session
         slot.ready = True
     finally:
         if slot.loading is not None:
             slot.loading.set()
             slot.loading = None
+    return session
+
+
+async def _load(slot: _Slot, request: web.Request) -> SessionStore:
+    """Start the session the cookie names: the first well-formed candidate with a record."""
+    front = slot.front
+    first: SessionStore | None = None
+    for candidate in front.cookie_ids(request):
+        # the session checks the id once more; a malformed value is never looked up
+        session = slot.session = front.manager.session(candidate)
+        await session.start()
+        if not session.new or session.moved:  # found (or found expired and ended here)
+            slot.cookie = candidate
+            return session
+        if first is None:
+            first = session
+    if first is not None:
+        return first
+    session = slot.session = front.manager.session(None)
+    await session.start()
     return session
 
 
@@ -342,15 +415,11 @@ async def new_session(request: web.Request, manager: SessionManager | None = Non
     """
     slot = _slot(request, manager)
     mgr = slot.front.manager
-    old = slot.session if slot.ready else None
-    if old is None:
-        slot.cookie = slot.front.cookie_value(request)
-        if is_valid_session_id(slot.cookie):
-            await mgr.destroy(slot.cookie)  # type: ignore[arg-type]
-    elif old.stored:
+    old = await get_session(request, manager)
+    if old.stored:
         await mgr.destroy(old.id)
     session = mgr.session(None)
     await session.start()
     slot.session = session
-    slot.ready = True
+    slot.replaced = True
     return session

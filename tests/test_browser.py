@@ -402,3 +402,44 @@ async def test_logout_posted_from_another_origin_does_not_log_out(
 
     await page.goto(f"{base}/protected")  # still logged in
     await expect(page.locator("body")).to_contain_text("Secret area for alice")
+
+
+def login_logout_app(cookie: Mapping[str, object]) -> web.Application:
+    """/in stores a session under *cookie*'s settings; /out invalidates it (logout)."""
+    from aiosessmgr import SessionManager, get_session, setup
+
+    async def sign_in(request: web.Request) -> web.Response:
+        (await get_session(request))["user"] = "alice"
+        return web.Response(text="in")
+
+    async def sign_out(request: web.Request) -> web.Response:
+        await (await get_session(request)).invalidate()
+        return web.Response(text="out")
+
+    app = web.Application()
+    app.router.add_get("/in", sign_in)
+    app.router.add_get("/out", sign_out)
+    setup(app, SessionManager({"cookie": dict(cookie), "lottery": (0, 1)}))
+    return app
+
+
+@pytest.mark.parametrize("cookie", [
+    pytest.param({"name": "__Host-sid", "secure": True}, id="host-prefix"),
+    pytest.param({"name": "__Secure-sid", "secure": True, "same_site": "none"},
+                 id="secure-prefix-samesite-none"),
+    pytest.param({"name": "sid", "secure": True, "partitioned": True, "same_site": "none"},
+                 id="partitioned"),
+    pytest.param({"name": "sid", "max_age": 3600}, id="persistent"),
+])
+async def test_logout_removes_the_cookie_from_the_browser(
+    context: BrowserContext, page: Page, serve: Serve, cookie: Mapping[str, object]
+) -> None:
+    base = await serve(login_logout_app(cookie))
+    # Chromium treats http://127.0.0.1 as a secure context: it stores Secure cookies here
+    await page.goto(f"{base}/in")
+    stored = [c for c in await context.cookies(base) if c.get("name") == cookie["name"]]
+    assert len(stored) == 1, await context.cookies()
+    assert stored[0].get("secure") is bool(cookie.get("secure"))
+    await page.goto(f"{base}/out")
+    # a deletion without the cookie's Secure / Partitioned attributes is ignored by browsers
+    assert [c for c in await context.cookies(base) if c.get("name") == cookie["name"]] == []

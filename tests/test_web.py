@@ -22,6 +22,7 @@ from aiosessmgr import (
     get_session,
     new_session,
     new_session_id,
+    session_lock,
     setup,
 )
 
@@ -468,3 +469,333 @@ async def test_periodic_gc(aiohttp_client: ClientFactory) -> None:
             break
         await asyncio.sleep(0.01)
     assert driver.calls["gc"] >= 2
+
+
+# -- which cookie a request uses (issue: duplicates, quoting) ----------------------------
+
+
+def raw_set_cookies(response: Any) -> list[str]:
+    headers: list[str] = response.headers.getall("Set-Cookie", [])
+    return headers
+
+
+async def send_cookie_header(client: Client, path: str, header: str) -> Any:
+    """GET *path* with exactly this Cookie header (the jar is emptied so it adds nothing)."""
+    client.session.cookie_jar.clear()
+    return await client.get(path, headers={"Cookie": header})
+
+
+async def destroyed_id(manager: SessionManager) -> str:
+    """A well-formed id whose session existed and was destroyed (a stale cookie)."""
+    session = await manager.driver()
+    session["old"] = True
+    await session.save()
+    await manager.destroy(session.id)
+    return session.id
+
+
+@pytest.mark.parametrize(
+    "shape",
+    [
+        pytest.param("{dead}; {live}", id="stale-first"),
+        pytest.param("{live}; {dead}", id="live-first"),
+        pytest.param("other=1; {dead};{live}; last=2", id="among-others"),
+        pytest.param('{dead}; aiosessmgr_session="{live_id}"', id="quoted-live"),
+        pytest.param("{malformed}; {dead}; {live}", id="malformed-dead-live"),
+    ],
+)
+async def test_duplicate_cookies_find_the_live_session(aiohttp_client: ClientFactory,
+                                                       shape: str) -> None:
+    manager, _ = make_manager()
+    client = await aiohttp_client(app_with(manager))
+    await client.get("/count")
+    live_id = client.session.cookie_jar.filter_cookies(client.make_url("/"))[COOKIE].value
+    dead_id = await destroyed_id(manager)
+    header = shape.format(dead=f"{COOKIE}={dead_id}", live=f"{COOKIE}={live_id}",
+                          live_id=live_id, malformed=f"{COOKIE}=../../x")
+    response = await send_cookie_header(client, "/count", header)
+    assert await response.text() == "2"  # the live session, not a fresh one
+    assert raw_set_cookies(response) == []  # same id: nothing set, and nothing deleted
+
+
+async def test_candidate_cookies_are_bounded(aiohttp_client: ClientFactory) -> None:
+    from aiosessmgr.web import MAX_COOKIE_CANDIDATES
+
+    manager, driver = make_manager()
+    client = await aiohttp_client(app_with(manager))
+    await client.get("/count")
+    live_id = client.session.cookie_jar.filter_cookies(client.make_url("/"))[COOKIE].value
+    dead = [await destroyed_id(manager) for _ in range(MAX_COOKIE_CANDIDATES)]
+    driver.calls.clear()
+    header = "; ".join(f"{COOKIE}={sid}" for sid in [*dead, live_id])
+    response = await send_cookie_header(client, "/count", header)
+    assert await response.text() == "1"  # a fresh session: the live one was too far back
+    assert driver.calls["read_touch"] == MAX_COOKIE_CANDIDATES
+
+
+# -- the cookie we send (issue: deletion attributes, Partitioned, Expires) -----------------
+
+
+async def logout(request: web.Request) -> web.Response:
+    session = await get_session(request)
+    await session.invalidate()
+    return web.Response(text="bye")
+
+
+@pytest.mark.parametrize(
+    "cookie",
+    [
+        pytest.param({"name": "__Host-sid", "secure": True}, id="host-prefix"),
+        pytest.param({"name": "__Secure-sid", "secure": True, "domain": "127.0.0.1",
+                      "path": "/"}, id="secure-prefix-domain"),
+        pytest.param({"name": "sid", "secure": True, "partitioned": True,
+                      "same_site": "none"}, id="partitioned"),
+        pytest.param({"name": "sid", "max_age": 600}, id="max-age"),
+    ],
+)
+async def test_logout_deletes_the_cookie_it_set(aiohttp_client: ClientFactory,
+                                                cookie: dict[str, Any]) -> None:
+    manager, _ = make_manager(cookie=cookie)
+    client = await aiohttp_client(app_with(manager, logout=logout))
+    login = await client.get("/count")
+    assert login.status == 200
+    [set_header] = raw_set_cookies(login)
+    response = await client.get("/logout", headers={"Cookie": set_header.split(";")[0]})
+    assert response.status == 200
+    [delete_header] = raw_set_cookies(response)
+    set_attrs, delete_attrs = attributes(set_header), attributes(delete_header)
+    for name in ("path", "domain", "secure", "httponly", "samesite", "partitioned"):
+        assert set_attrs.get(name) == delete_attrs.get(name), (name, delete_header)
+    assert delete_attrs["max-age"] == "0" and delete_header.startswith(f'{cookie["name"]}=""')
+
+
+def attributes(header: str) -> dict[str, str]:
+    _, *rest = header.split(";")
+    pairs = (part.strip().partition("=") for part in rest)
+    return {key.lower(): value or "1" for key, _, value in pairs}
+
+
+async def test_partitioned_cookie_is_sent_not_a_500(aiohttp_client: ClientFactory) -> None:
+    manager, _ = make_manager(cookie={"secure": True, "partitioned": True,
+                                           "same_site": "none"})
+    client = await aiohttp_client(app_with(manager))
+    response = await client.get("/count")
+    assert response.status == 200
+    [header] = raw_set_cookies(response)
+    assert "partitioned" in attributes(header) and "secure" in attributes(header)
+
+
+async def test_max_age_cookie_carries_expires(aiohttp_client: ClientFactory) -> None:
+    import email.utils
+    import time
+
+    manager, _ = make_manager(cookie={"max_age": 3600})
+    client = await aiohttp_client(app_with(manager))
+    before = time.time()
+    [header] = raw_set_cookies(await client.get("/count"))
+    attrs = attributes(header)
+    assert attrs["max-age"] == "3600"
+    expires = email.utils.parsedate_to_datetime(attrs["expires"]).timestamp()
+    assert before + 3600 - 2 <= expires <= time.time() + 3600 + 1
+
+
+# -- only the request that moved or ended a session decides its cookie ---------------------
+
+
+@pytest.fixture(params=["memory", "file", "redis"])
+def store_kind(request: pytest.FixtureRequest) -> str:
+    kind: str = request.param
+    return kind
+
+
+MOVES = ["regenerate", "invalidate", "new_session"]
+
+
+@pytest.mark.parametrize("move", MOVES)
+@pytest.mark.parametrize("poll", [
+    pytest.param("writes", id="poll-writes"),
+    pytest.param("reads-max-age", id="poll-reads-with-max-age"),
+    pytest.param("loads-after-the-move", id="poll-loads-late"),
+])
+async def test_a_request_whose_record_vanished_leaves_the_cookie_alone(
+        aiohttp_client: ClientFactory, request: pytest.FixtureRequest, tmp_path: Path,
+        store_kind: str, move: str, poll: str) -> None:
+    from .stores import store_entry
+
+    cookie = {"max_age": 600} if poll == "reads-max-age" else {}
+    manager = SessionManager({"default": "main", "lottery": (0, 1), "cookie": cookie,
+                              "drivers": {"main": store_entry(store_kind, request, tmp_path)}})
+    loaded, go = asyncio.Event(), asyncio.Event()
+
+    async def polling(req: web.Request) -> web.Response:
+        if poll == "loads-after-the-move":
+            loaded.set()
+            await go.wait()
+            session = await get_session(req)
+        else:
+            session = await get_session(req)
+            loaded.set()
+            await go.wait()
+        if poll != "reads-max-age":
+            session.increment("polls")
+        return web.Response(text=repr(session.get("user")))
+
+    async def login(req: web.Request) -> web.Response:
+        if move == "new_session":
+            session = await new_session(req)
+        else:
+            session = await get_session(req)
+            await getattr(session, move)()
+        if move != "invalidate":
+            session["user"] = "ada"
+        return web.Response(text="done")
+
+    client = await aiohttp_client(app_with(manager, poll=polling, login=login))
+    assert (await client.get("/count")).status == 200  # an anonymous session exists
+    pending = asyncio.ensure_future(client.get("/poll"))
+    await loaded.wait()
+    moved = await client.post("/login")  # B answers first ...
+    assert moved.status == 200
+    go.set()
+    late = await pending  # ... then A answers: the browser applies B, then A
+    assert late.status == 200
+    assert raw_set_cookies(late) == []
+    data = ast.literal_eval(await (await client.get("/peek")).text())
+    assert "polls" not in data  # A's change was dropped
+    if move == "invalidate":
+        assert data == {}  # still logged out
+    else:
+        assert data.get("user") == "ada"  # still logged in
+    await manager.close()
+
+
+async def test_a_stale_cookie_is_not_deleted_by_a_request_that_did_not_end_it(
+        aiohttp_client: ClientFactory) -> None:
+    manager, _ = make_manager()
+    client = await aiohttp_client(app_with(manager))
+    response = await send_cookie_header(client, "/peek", f"{COOKIE}={new_session_id()}")
+    assert response.status == 200 and raw_set_cookies(response) == []
+
+
+# -- 5xx responses save nothing ---------------------------------------------------------------
+
+
+def failing_handlers() -> dict[str, Any]:
+    async def returns_500(request: web.Request) -> web.Response:
+        (await get_session(request))["half"] = "done"
+        return web.Response(status=500, text="broken")
+
+    async def raises_500(request: web.Request) -> web.Response:
+        (await get_session(request))["half"] = "done"
+        raise web.HTTPInternalServerError()
+
+    async def raises_503(request: web.Request) -> web.Response:
+        (await get_session(request))["half"] = "done"
+        raise web.HTTPServiceUnavailable()
+
+    async def streams_502(request: web.Request) -> web.StreamResponse:
+        (await get_session(request))["half"] = "done"
+        response = web.StreamResponse(status=502)
+        await response.prepare(request)
+        await response.write(b"upstream broke")
+        return response
+
+    @session_lock()
+    async def locked_500(request: web.Request) -> web.Response:
+        (await get_session(request))["half"] = "done"
+        return web.Response(status=500)
+
+    @session_lock()
+    async def locked_raises_503(request: web.Request) -> web.Response:
+        (await get_session(request))["half"] = "done"
+        raise web.HTTPServiceUnavailable()
+
+    return {"returns_500": returns_500, "raises_500": raises_500, "raises_503": raises_503,
+            "streams_502": streams_502, "locked_500": locked_500,
+            "locked_raises_503": locked_raises_503}
+
+
+FAILING = list(failing_handlers())
+
+
+@pytest.mark.parametrize("path", FAILING)
+async def test_a_5xx_saves_nothing(aiohttp_client: ClientFactory, path: str) -> None:
+    manager, driver = make_manager()
+    client = await aiohttp_client(app_with(manager, **failing_handlers()))
+    await client.get("/count")
+    driver.calls.clear()
+    response = await client.get(f"/{path}")
+    assert response.status >= 500
+    assert driver.writes == 0 and raw_set_cookies(response) == []
+    assert await (await client.get("/peek")).text() == "{'n': 1}"
+
+
+@pytest.mark.parametrize("path", FAILING)
+async def test_save_on_server_error_saves_a_5xx(aiohttp_client: ClientFactory,
+                                                path: str) -> None:
+    manager, _ = make_manager(save_on_server_error=True)
+    client = await aiohttp_client(app_with(manager, **failing_handlers()))
+    await client.get("/count")
+    assert (await client.get(f"/{path}")).status >= 500
+    assert await (await client.get("/peek")).text() == "{'n': 1, 'half': 'done'}"
+
+
+RAISED: dict[int, Callable[[], web.HTTPException]] = {
+    302: lambda: web.HTTPFound("/peek"), 303: lambda: web.HTTPSeeOther("/peek"),
+    400: web.HTTPBadRequest, 404: web.HTTPNotFound, 422: web.HTTPUnprocessableEntity,
+}
+
+
+@pytest.mark.parametrize(("status", "raised"), [
+    *[pytest.param(code, False, id=f"returned-{code}") for code in (200, 201, 302, 400, 404)],
+    *[pytest.param(code, True, id=f"raised-{code}") for code in RAISED],
+])
+async def test_2xx_3xx_4xx_save(aiohttp_client: ClientFactory, status: int,
+                                raised: bool) -> None:
+    async def answer(request: web.Request) -> web.Response:
+        (await get_session(request))["seen"] = status
+        if raised:
+            raise RAISED[status]()
+        return web.Response(status=status)
+
+    manager, _ = make_manager()
+    client = await aiohttp_client(app_with(manager, answer=answer))
+    response = await client.get("/answer", allow_redirects=False)
+    assert response.status == status
+    assert await (await client.get("/peek")).text() == f"{{'seen': {status}}}"
+
+
+# -- a save that cannot finish is a 503 with Retry-After, not a 500 ---------------------------
+
+
+async def test_a_save_that_keeps_conflicting_is_a_503_with_retry_after(
+        aiohttp_client: ClientFactory, monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture) -> None:
+    import os
+
+    from aiosessmgr import session as session_module
+
+    class AlwaysConflicting(CountingDriver):
+        async def compare_and_set(self, session_id: str, payload: bytes, ttl: int,
+                                  expected: bytes | None) -> bool:
+            self._count("compare_and_set")
+            current = await MemoryDriver.read(self, session_id)
+            if current is not None:  # another process saves first, every time
+                await MemoryDriver.write(self, session_id, os.urandom(8) + current[8:], ttl)
+            return False
+
+    driver = AlwaysConflicting()
+    manager = SessionManager({"default": "c", "drivers": {"c": {"driver": "conflicting"}},
+                              "lottery": (0, 1)})
+    manager.extend("conflicting", lambda cfg: driver)
+    sid = new_session_id()
+    record = manager.codec.encode(sid, {"d": {"n": 1}, "m": {"c": 1.0}})
+    await MemoryDriver.write(driver, sid, b"version0" + record, 60)
+    monkeypatch.setattr(session_module, "SAVE_DEADLINE", 0.05)
+    client = await aiohttp_client(app_with(manager))
+    with caplog.at_level(logging.WARNING, logger="aiosessmgr"):
+        response = await send_cookie_header(client, "/count", f"{COOKIE}={sid}")
+    assert response.status == 503
+    assert response.headers["Retry-After"] == "1"
+    assert driver.calls["compare_and_set"] > 2  # it did keep trying until the deadline
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]  # not an outage

@@ -12,6 +12,16 @@ A request passes when it is not cross-site (``Sec-Fetch-Site``), its ``Origin`` 
 sent) is its own or trusted, and it carries the token in the ``X-CSRF-Token`` header,
 the ``_token`` form field, or the ``_token`` key of a JSON body. Otherwise it gets a
 403 with a short reason.
+
+The body is never consumed: the handler reads it as sent, however it reads it (see
+``aiosessmgr.body``). A header token costs no body read at all. An urlencoded or JSON
+body is read whole to find ``_token`` (above the app's ``client_max_size``: 413, as the
+handler's own ``read()`` would answer). A multipart form is read only until its
+``_token`` field is complete, so with the field before any file field (where a form's
+hidden field usually is) uploads of any size stream to the handler without being
+buffered here. A token after file fields is looked for in the first ``client_max_size``
+bytes (1 MiB when unlimited) only; past them the request gets 403 with a reason saying
+to send the token in the ``X-CSRF-Token`` header or before any file field.
 """
 
 from __future__ import annotations
@@ -20,14 +30,14 @@ import base64
 import binascii
 import fnmatch
 import hmac
-import json
 import secrets
 from collections.abc import Awaitable, Callable, Iterable
-from typing import Any, TypeVar
+from typing import TypeVar
 
 from aiohttp import web
 from aiohttp.typedefs import Handler, Middleware
 
+from .body import NotFound, find_field
 from .manager import SessionManager
 from .web import get_session
 
@@ -96,23 +106,11 @@ def _origin(url: str) -> str:
     return url.rstrip("/").lower()
 
 
-async def _submitted_token(request: web.Request) -> str | None:
+async def _submitted_token(request: web.Request) -> str | NotFound:
     header = request.headers.get(CSRF_HEADER)
     if header:
         return header
-    content_type = request.content_type
-    if content_type in ("application/x-www-form-urlencoded", "multipart/form-data"):
-        form = await request.post()
-        value = form.get(CSRF_FIELD)
-        return value if isinstance(value, str) else None
-    if content_type == "application/json" or content_type.endswith("+json"):
-        try:
-            body: Any = json.loads(await request.read() or b"null")
-        except (ValueError, UnicodeDecodeError):
-            return None
-        value = body.get(CSRF_FIELD) if isinstance(body, dict) else None
-        return value if isinstance(value, str) else None
-    return None
+    return await find_field(request, CSRF_FIELD)
 
 
 def csrf_middleware(
@@ -151,7 +149,11 @@ def csrf_middleware(
                 raise forbidden("request origin is not allowed")
         session = await get_session(request, manager)
         submitted = await _submitted_token(request)
-        if not submitted:
+        if submitted is NotFound.OUT_OF_REACH:
+            raise forbidden("CSRF token not within the multipart body's size limit: send it"
+                            " in the X-CSRF-Token header or as a form field before any file"
+                            " field")
+        if not isinstance(submitted, str) or not submitted:
             raise forbidden("CSRF token missing")
         if session.new or not verify_token(session.token, submitted):
             raise forbidden("CSRF token mismatch")

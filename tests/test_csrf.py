@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+import asyncio
+import io
+import json
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
+from urllib.parse import urlencode
 
 import pytest
 from aiohttp import web
@@ -18,6 +23,22 @@ from aiosessmgr import (
     setup,
 )
 from aiosessmgr.csrf import mask_token, verify_token
+
+from .test_body import (
+    BIG_FILE,
+    FORM,
+    JSON,
+    MULTIPART,
+    SMALL_FILE,
+    Part,
+    add_readers,
+    described,
+    echo,
+    in_pieces,
+    multipart_body,
+    via_content,
+    via_multipart,
+)
 
 Client = TestClient[web.Request, web.Application]
 ClientFactory = Callable[[web.Application], Awaitable[Client]]
@@ -51,6 +72,7 @@ def make_app() -> web.Application:
     app.router.add_post("/hook", hook)
     app.router.add_post("/webhooks/github", submit)
     app.router.add_post("/login", login)
+    add_readers(app)
     setup(app, manager)
     app.middlewares.append(csrf_middleware(
         manager, exempt=["/webhooks/*"], trusted_origins=["https://app.example"]))
@@ -149,3 +171,168 @@ async def test_token_rotates_on_login(client: Client) -> None:
     assert response.status == 403
     response = await client.post("/submit", headers={"X-CSRF-Token": await token(client)})
     assert response.status == 200
+
+
+#: a body as sent, and what a handler reading it each way answers
+Sent = tuple[str, bytes, dict[str, bytes]]
+
+
+def multipart_sent(parts: list[Part]) -> Sent:
+    body = multipart_body(*parts)
+    fields = described(parts)
+    return MULTIPART, body, {"multipart": fields, "post": fields, "read": body, "content": body}
+
+
+def form_sent(good: str) -> Sent:
+    pairs = [("name", "x y"), ("_token", good), ("note", "é")]
+    body = urlencode(pairs).encode()
+    fields = described([(name, None, value.encode()) for name, value in pairs])
+    return FORM, body, {"post": fields, "read": body, "text": body, "content": body}
+
+
+def json_sent(good: str) -> Sent:
+    document = {"name": "x", "nested": {"a": [1, 2]}, "_token": good}
+    body = json.dumps(document, indent=1).encode()
+    return JSON, body, {"json": json.dumps(document).encode(), "read": body, "text": body,
+                        "content": body}
+
+
+BODIES: dict[str, Callable[[str], Sent]] = {
+    "multipart": lambda good: multipart_sent([
+        ("_token", None, good.encode()), ("note", None, b"hello"), ("upload", "u.bin", SMALL_FILE),
+    ]),
+    "multipart-token-last": lambda good: multipart_sent([
+        ("upload", "u.bin", SMALL_FILE), ("_token", None, good.encode()),
+    ]),
+    "form": form_sent,
+    "json": json_sent,
+}
+
+
+@pytest.mark.parametrize(
+    ("kind", "reader", "chunked"),
+    [
+        *(pytest.param("multipart", reader, False, id=f"multipart-{reader}")
+          for reader in ("multipart", "post", "read", "content")),
+        *(pytest.param("multipart-token-last", reader, False, id=f"multipart-token-last-{reader}")
+          for reader in ("multipart", "read")),
+        *(pytest.param("multipart", reader, True, id=f"multipart-chunked-{reader}")
+          for reader in ("multipart", "read")),
+        *(pytest.param("form", reader, False, id=f"form-{reader}")
+          for reader in ("post", "read", "text", "content")),
+        *(pytest.param("json", reader, False, id=f"json-{reader}")
+          for reader in ("json", "read", "text", "content")),
+    ],
+)
+async def test_handler_gets_the_whole_body(client: Client, kind: str, reader: str,
+                                           chunked: bool) -> None:
+    content_type, body, answers = BODIES[kind](await token(client))
+    response = await client.post(f"/read/{reader}", data=in_pieces(body) if chunked else body,
+                                 headers={"Content-Type": content_type})
+    assert response.status == 200, await response.text()
+    assert response.headers["X-Body-Readable"] == "True"
+    assert await response.read() == answers[reader]
+
+
+async def test_streamed_upload_over_client_max_size(client: Client) -> None:
+    """The token comes first: the 2 MiB file streams to the handler, never buffered by us."""
+    parts: list[Part] = [("_token", None, (await token(client)).encode()),
+                         ("upload", "big.bin", BIG_FILE)]
+    response = await client.post("/read/multipart", data=io.BytesIO(multipart_body(*parts)),
+                                 headers={"Content-Type": MULTIPART})
+    assert response.status == 200, await response.text()
+    assert await response.read() == described(parts)
+
+
+async def test_post_handler_keeps_its_own_size_limit(client: Client) -> None:
+    parts: list[Part] = [("_token", None, (await token(client)).encode()),
+                         ("upload", "big.bin", BIG_FILE)]
+    response = await client.post("/read/post", data=io.BytesIO(multipart_body(*parts)),
+                                 headers={"Content-Type": MULTIPART})
+    assert response.status == 413
+
+
+async def test_token_after_a_big_file_is_refused_with_advice(client: Client) -> None:
+    parts: list[Part] = [("upload", "big.bin", BIG_FILE),
+                         ("_token", None, (await token(client)).encode())]
+    response = await client.post("/read/multipart", data=io.BytesIO(multipart_body(*parts)),
+                                 headers={"Content-Type": MULTIPART})
+    assert response.status == 403
+    reason = await response.text()
+    assert "X-CSRF-Token header" in reason
+    assert "before any file field" in reason
+
+
+@pytest.mark.parametrize(
+    ("content_type", "big"),
+    [
+        pytest.param(FORM, lambda good: urlencode({"_token": good, "big": "x" * 2**20}),
+                     id="form"),
+        pytest.param(JSON, lambda good: json.dumps({"_token": good, "big": "x" * 2**20}),
+                     id="json"),
+    ],
+)
+async def test_whole_body_over_client_max_size(client: Client, content_type: str,
+                                               big: Callable[[str], str]) -> None:
+    body = big(await token(client)).encode()
+    response = await client.post("/read/content", data=io.BytesIO(body),
+                                 headers={"Content-Type": content_type})
+    assert response.status == 413
+
+
+@pytest.mark.parametrize(
+    ("content_type", "body"),
+    [
+        pytest.param("multipart/form-data", multipart_body(("_token", None, b"GOOD")),
+                     id="multipart-no-boundary"),
+        pytest.param(f"{FORM}; charset=no-such-charset", b"_token=GOOD", id="unknown-charset"),
+        pytest.param(FORM, b"_token=GOOD&name=\xff\xfe", id="form-invalid-utf8"),
+        pytest.param(JSON, b"[" * 100_000, id="json-too-deep"),
+    ],
+)
+async def test_malformed_body_is_a_missing_token(
+        client: Client, caplog: pytest.LogCaptureFixture, content_type: str,
+        body: bytes) -> None:
+    good = (await token(client)).encode()
+    with caplog.at_level(logging.WARNING):
+        response = await client.post("/read/read", data=body.replace(b"GOOD", good),
+                                     headers={"Content-Type": content_type})
+    assert response.status == 403
+    assert "CSRF token missing" in await response.text()
+    assert [r for r in caplog.records if r.levelno >= logging.ERROR or r.exc_info] == []
+
+
+@pytest.mark.parametrize(
+    ("content_type", "body", "reader", "seen"),
+    [
+        pytest.param(MULTIPART, multipart_body(("upload", "big.bin", BIG_FILE)), via_multipart,
+                     described([("upload", "big.bin", BIG_FILE)]), id="multipart"),
+        pytest.param(FORM, b"big=" + BIG_FILE.hex().encode(), via_content,
+                     b"big=" + BIG_FILE.hex().encode(), id="form"),
+    ],
+)
+async def test_header_token_leaves_the_body_alone(
+        aiohttp_client: ClientFactory, content_type: str, body: bytes,
+        reader: Callable[[web.Request], Awaitable[bytes]], seen: bytes) -> None:
+    """The handler starts before the body is sent, and streams more than client_max_size."""
+    started = asyncio.Event()
+    app = make_app()
+
+    async def gated(request: web.Request) -> web.StreamResponse:
+        started.set()
+        return await echo(reader)(request)
+
+    app.router.add_post("/gated", gated)
+    client = await aiohttp_client(app)
+
+    async def upload() -> AsyncIterator[bytes]:
+        yield body[:10]  # aiohttp's client sends the request head with the first chunk
+        # a bound on a deadlock, not on speed: the handler must start without the body
+        await asyncio.wait_for(started.wait(), timeout=30)
+        async for piece in in_pieces(body[10:], 65536):
+            yield piece
+
+    response = await client.post("/gated", data=upload(), headers={
+        "Content-Type": content_type, "X-CSRF-Token": await token(client)})
+    assert response.status == 200, await response.text()
+    assert await response.read() == seen

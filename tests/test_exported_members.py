@@ -9,8 +9,8 @@ def test_all_is_sorted_and_complete() -> None:
     exported = aiosessmgr.__all__
     assert exported == sorted(exported)
     public = {name for name in dir(aiosessmgr) if not name.startswith("_")}
-    modules = {"codec", "compat", "config", "csrf", "drivers", "errors", "events", "manager",
-               "session", "web",
+    modules = {"body", "codec", "compat", "config", "cookies", "csrf", "drivers", "errors",
+               "events", "manager", "session", "web",
                "annotations"}  # submodules, and the __future__ import
     assert public - modules - set(exported) == set()
     for name in exported:
@@ -42,6 +42,7 @@ def test_pinned_public_names() -> None:
         "SessionEvents",
         "SessionLockTimeout",
         "SessionManager",
+        "SessionSaveTimeout",
         "SessionStore",
         "StoreContext",
         "SupportsCompareAndSet",
@@ -63,6 +64,8 @@ def test_pinned_public_names() -> None:
 
 def test_error_hierarchy() -> None:
     for cls in (aiosessmgr.ConfigError, aiosessmgr.SerializationError, aiosessmgr.DriverError,
-                aiosessmgr.SessionError, aiosessmgr.SessionLockTimeout):
+                aiosessmgr.SessionError, aiosessmgr.SessionLockTimeout,
+                aiosessmgr.SessionSaveTimeout):
         assert issubclass(cls, aiosessmgr.AiosessmgrError)
     assert issubclass(aiosessmgr.SessionLockTimeout, aiosessmgr.SessionError)
+    assert issubclass(aiosessmgr.SessionSaveTimeout, aiosessmgr.SessionError)

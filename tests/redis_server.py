@@ -115,6 +115,19 @@ class RedisServer:
             self.process.stderr.close()
         self.process = None
 
+    def kill(self) -> None:
+        """Kill the server (SIGKILL: no shutdown of its own) and wait for it to exit.
+
+        ``start()`` afterwards runs it again on the same port with the same arguments.
+        """
+        if self.process is None:
+            return
+        self.process.kill()
+        self.process.wait(5)
+        if self.process.stderr:
+            self.process.stderr.close()
+        self.process = None
+
     def cleanup(self) -> None:
         """Stop the server and remove its directory."""
         self.stop()
@@ -199,6 +212,27 @@ class ClusterServers:
         """Stop every node and remove their directories."""
         for node in self.nodes:
             node.cleanup()
+
+
+def single_node_cluster(timeout: float = 10.0) -> RedisServer:
+    """A started one-node Redis Cluster that holds every slot (cluster mode, one server).
+
+    Much cheaper than :class:`ClusterServers` where routing between nodes does not
+    matter. Needs Redis 7.0 (``CLUSTER ADDSLOTSRANGE``). The caller cleans it up.
+    """
+    node = RedisServer("--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf",
+                       port=free_cluster_port()).start()
+    try:
+        node.cli("CLUSTER", "ADDSLOTSRANGE", "0", "16383")
+        deadline = time.monotonic() + timeout
+        while "cluster_state:ok" not in node.cli("CLUSTER", "INFO"):
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"one-node cluster not ok after {timeout}s")
+            time.sleep(0.05)
+    except BaseException:
+        node.cleanup()
+        raise
+    return node
 
 
 class SentinelServers:

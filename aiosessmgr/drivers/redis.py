@@ -14,6 +14,18 @@ Lua script that deletes it only if it still holds the holder's random token. Red
 expires the lock after ``ttl`` whatever happens to its holder: a holder that dies frees
 it then, and one that is still working after ``ttl`` no longer excludes anyone.
 
+A key of another type (a hash, a list...) under a record's or a lock's name is one bad
+key, not an outage: reads answer "no record" and log a WARNING, the compare-and-set
+answers "not written", a lock is never taken over it, and none of them changes it (an
+explicit ``destroy`` deletes it). Other failures are a ``DriverError``.
+
+A connection that fails, typically one pooled before Redis restarted (redis-py hands it
+out once Redis is back and it fails on first use), is retried once on a fresh
+connection; a timeout on a single node is not. Without pipelining this is redis-py's
+``Retry`` on the clients the driver builds (a client of the application's own keeps its
+settings). Every command the driver sends is safe to run twice (see ``from_config``),
+and every call stays within the driver's overall timeout.
+
 Auto-pipelining (``pipelining: true``, the default): every command issued while the
 event loop runs one turn - typically the reads of all requests that arrived together -
 is written to one connection in one send, and each reply (or error) is handed back to
@@ -33,6 +45,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import logging
 import math
 import random
 import secrets
@@ -41,16 +54,21 @@ from contextlib import suppress
 from typing import Any, Final
 
 from redis.asyncio import Redis, RedisCluster
+from redis.asyncio.connection import AbstractConnection
 from redis.asyncio.retry import Retry
 from redis.asyncio.sentinel import Sentinel
 from redis.backoff import NoBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError, RedisClusterException, RedisError, ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from ..config import DriverConfig, check_keys
 from ..errors import ConfigError, DriverError
 from .base import VERSION_SIZE, SessionDriver
 
 __all__ = ["LOCK_POLL_MAX", "LOCK_POLL_MIN", "RedisDriver"]
+
+logger = logging.getLogger("aiosessmgr")
 
 #: seconds to wait for a reply before the command fails
 DEFAULT_SOCKET_TIMEOUT: Final = 3.0
@@ -67,10 +85,22 @@ _OPTIONS: Final = ("client", "cluster", "connect_timeout", "connection", "pipeli
 _CONNECTION_KEYS: Final = ("db", "host", "password", "port", "ssl", "username")
 _SENTINEL_KEYS: Final = ("hosts", "password", "service_name")
 
+# Both scripts read their key with redis.pcall: a key of another type (a hash, a list...)
+# under our name answers WRONGTYPE, which is that key's problem, not the store's. The
+# compare-and-set then answers "not written" (the session re-reads, finds no record of
+# ours and drops its changes) and the release "not ours"; neither touches the key. Any
+# other error is passed on as the script's error reply.
+_GUARDED_GET: Final = """
+local current = redis.pcall('GET', KEYS[1])
+if type(current) == 'table' and current.err then
+  if string.sub(current.err, 1, 9) == 'WRONGTYPE' then return 0 end
+  return current
+end
+"""
+
 # KEYS[1] the record; ARGV: payload, ttl in seconds, "1" if a version is expected or
 # "0" for "only if absent", the expected version.
-CAS_SCRIPT: Final = f"""
-local current = redis.call('GET', KEYS[1])
+CAS_SCRIPT: Final = _GUARDED_GET + f"""
 if ARGV[3] == '1' then
   if not current or string.sub(current, 1, {VERSION_SIZE}) ~= ARGV[4] then return 0 end
 elseif current then
@@ -83,8 +113,8 @@ CAS_SHA: Final = hashlib.sha1(CAS_SCRIPT.encode()).hexdigest()
 
 # KEYS[1] a session's lock; ARGV[1] the holder's token. Deletes the lock only if that
 # holder still has it (after its ttl ran out it may belong to someone else).
-RELEASE_SCRIPT: Final = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then
+RELEASE_SCRIPT: Final = _GUARDED_GET + """
+if current == ARGV[1] then
   return redis.call('DEL', KEYS[1])
 end
 return 0
@@ -102,8 +132,10 @@ class _AutoPipeline:
     time every coroutine that ran in this turn has queued its command. The task takes
     the queue, sends it in one write on one pooled connection (Cluster: redis-py's
     cluster pipeline, which splits it per node), and resolves each caller's future
-    with its own reply or error. A batch that fails as a whole (connection refused,
-    timeout) fails every caller in it; the connection is dropped, not reused half-read.
+    with its own reply or error. A batch whose connection fails before its first reply
+    is sent once more on a fresh connection (a pooled connection may have died while
+    idle); one that fails after that, or times out, fails every caller still waiting.
+    A connection that failed is dropped, never reused half-read.
     """
 
     def __init__(self, client: RedisClient, timeout: float) -> None:
@@ -162,21 +194,46 @@ class _AutoPipeline:
         pool = client.connection_pool
         conn = await pool.get_connection()  # type: ignore[no-untyped-call]
         try:
-            await conn.send_packed_command(conn.pack_commands(commands))
-            replies: list[Any] = []
-            for _ in commands:
-                try:
-                    replies.append(await conn.read_response())
-                except ResponseError as exc:
-                    # an error reply is this caller's alone; the rest of the stream is intact
-                    replies.append(exc)
-            return replies
+            try:
+                return await _AutoPipeline._exchange(conn, commands)
+            except RedisConnectionError:
+                # no reply of the batch came: typically a pooled connection that died
+                # while idle (Redis restarted), which ran none of it. Every command we
+                # send is safe to run twice (see RedisDriver.from_config), so the batch
+                # goes once more on a fresh connection: the send reconnects this one.
+                await conn.disconnect(nowait=True)
+            return await _AutoPipeline._exchange(conn, commands)
         except BaseException:
             # a half-read stream must never go back to the pool
             await conn.disconnect(nowait=True)
             raise
         finally:
             await pool.release(conn)
+
+    @staticmethod
+    async def _exchange(conn: AbstractConnection, commands: list[Command]) -> list[Any]:
+        """Write *commands* in one send and read one reply (or error) for each.
+
+        Raises if the connection fails or times out before the first reply. If that
+        happens after some, the server was answering and failed during this batch (a
+        real outage, not a stale connection): the answered commands keep their replies
+        and the others get the error, not a retry, since they may or may not have run.
+        """
+        replies: list[Any] = []
+        try:
+            await conn.send_packed_command(conn.pack_commands(commands))
+            for _ in commands:
+                try:
+                    replies.append(await conn.read_response())
+                except ResponseError as exc:
+                    # an error reply is this caller's alone; the rest of the stream is intact
+                    replies.append(exc)
+        except (RedisConnectionError, RedisTimeoutError) as exc:
+            if not replies:
+                raise
+            await conn.disconnect(nowait=True)
+            replies.extend([exc] * (len(commands) - len(replies)))
+        return replies
 
     @staticmethod
     async def _send_cluster(client: RedisCluster, commands: list[Command]) -> list[Any]:
@@ -276,7 +333,12 @@ class RedisDriver(SessionDriver):
                 f"{', '.join(given)}"
             )
         # a cluster retries once after re-reading the topology (a failover moves slots);
-        # a single node is not retried, so a write whose reply was lost is not sent twice
+        # a single node retries once on a fresh connection when its connection failed
+        # (one pooled before Redis restarted fails on first use), not after a timeout.
+        # Every command the driver sends may run twice: reads, SET EX and DEL are
+        # idempotent, a compare-and-set or lock release that ran already answers "no"
+        # (the session then finds its own version), and a lock SET NX refused by our
+        # own earlier attempt is recognised by its token.
         timeout = connect_timeout + socket_timeout
         if cluster:
             timeout = 2 * timeout + 0.5
@@ -288,7 +350,8 @@ class RedisDriver(SessionDriver):
         common: dict[str, Any] = {
             "socket_timeout": socket_timeout,
             "socket_connect_timeout": connect_timeout,
-            "retry": Retry(NoBackoff(), 1 if cluster else 0),
+            "retry": (Retry(NoBackoff(), 1) if cluster
+                      else Retry(NoBackoff(), 1, (RedisConnectionError,))),
         }
         sentinel = None
         client: RedisClient
@@ -351,13 +414,43 @@ class RedisDriver(SessionDriver):
         except (RedisError, RedisClusterException, OSError) as exc:
             raise _driver_error(str(command[0]), exc, self.timeout) from exc
 
+    async def _get(self, command: Command) -> tuple[bytes | None, bool]:
+        """Run a GET-like *command*: its value, and True if the key holds another type.
+
+        WRONGTYPE is one bad key, not an outage, so it is no DriverError; every other
+        failure is.
+        """
+        try:
+            return _as_bytes(await self._send(command)), False
+        except ResponseError as exc:
+            if str(exc).startswith("WRONGTYPE"):
+                return None, True
+            raise _driver_error(str(command[0]), exc, self.timeout) from exc
+        except (RedisError, RedisClusterException, OSError) as exc:
+            raise _driver_error(str(command[0]), exc, self.timeout) from exc
+
+    def _foreign(self, session_id: str, suffix: str = "") -> None:
+        # the id is abbreviated: it is the session's credential
+        logger.warning("redis key %s{%s…}%s holds a value of another type (a hash, a list...), "
+                       "not one of our records: treated as absent and left as it is",
+                       self.prefix, session_id[:6], suffix)
+
     async def read(self, session_id: str) -> bytes | None:
-        """GET the record."""
-        return _as_bytes(await self._call(("GET", self.key(session_id))))
+        """GET the record; None if absent, or (logged) if the key holds another type."""
+        record, foreign = await self._get(("GET", self.key(session_id)))
+        if foreign:
+            self._foreign(session_id)
+        return record
 
     async def read_touch(self, session_id: str, ttl: int) -> bytes | None:
-        """GETEX the record, moving its expiry to *ttl* seconds from now (one round trip)."""
-        return _as_bytes(await self._call(("GETEX", self.key(session_id), "EX", int(ttl))))
+        """GETEX the record, moving its expiry to *ttl* seconds from now (one round trip).
+
+        None if absent, or (logged, expiry left alone) if the key holds another type.
+        """
+        record, foreign = await self._get(("GETEX", self.key(session_id), "EX", int(ttl)))
+        if foreign:
+            self._foreign(session_id)
+        return record
 
     async def write(self, session_id: str, payload: bytes, ttl: int) -> None:
         """SET the record with EX *ttl* seconds (atomic replace)."""
@@ -394,15 +487,16 @@ class RedisDriver(SessionDriver):
         ``SET lock token NX PX ttl``, tried again after short jittered sleeps (growing
         from LOCK_POLL_MIN to LOCK_POLL_MAX seconds) until *wait* runs out. Redis expires
         the lock *ttl* seconds after it was taken, whether or not its holder is done.
+        A lock key holding another type of value is never taken (logged once per call).
         """
-        key = self.lock_key(session_id)
         token = secrets.token_hex(16)
         ttl_ms = max(1, math.ceil(ttl * 1000))
         loop = asyncio.get_running_loop()
         deadline = loop.time() + max(wait, 0.0)
         delay = LOCK_POLL_MIN
+        warned = False
         while True:
-            attempt = loop.create_task(self._call(("SET", key, token, "NX", "PX", ttl_ms)))
+            attempt = loop.create_task(self._try_lock(session_id, token, ttl_ms))
             try:
                 taken = await asyncio.shield(attempt)
             except asyncio.CancelledError:
@@ -410,20 +504,37 @@ class RedisDriver(SessionDriver):
                 # locked for a whole ttl by a caller that is gone
                 self._release_if_taken(attempt, session_id, token)
                 raise
-            if taken:  # b"OK" (pipelined) or True; None when someone else holds it
+            if taken:
                 return token
+            if taken is None and not warned:
+                warned = True
+                self._foreign(session_id, ":lock")
             remaining = deadline - loop.time()
             if remaining <= 0:
                 return None
             await asyncio.sleep(min(remaining, random.uniform(delay / 2, delay)))
             delay = min(delay * 2, LOCK_POLL_MAX)
 
+    async def _try_lock(self, session_id: str, token: str, ttl_ms: int) -> bool | None:
+        """One ``SET NX PX``: True if *token* holds the lock now, False if another does.
+
+        None if the lock key holds another type of value (it is never overwritten).
+        """
+        key = self.lock_key(session_id)
+        if await self._call(("SET", key, token, "NX", "PX", ttl_ms)):
+            return True  # b"OK" (pipelined) or True; None when the key exists
+        # a SET whose connection failed is sent once more (redis-py's retry, the
+        # pipeline's, the cluster's): if the first one landed, the second is refused by
+        # our own lock. The token is this call's alone, so the holder's value tells.
+        holder, foreign = await self._get(("GET", key))
+        return None if foreign else holder == token.encode()
+
     async def release_lock(self, session_id: str, token: str) -> None:
         """Delete the session's lock if *token* still holds it (one script round trip)."""
         await self._script("lock release", RELEASE_SCRIPT, RELEASE_SHA,
                            (self.lock_key(session_id), token))
 
-    def _release_if_taken(self, attempt: asyncio.Task[Any], session_id: str,
+    def _release_if_taken(self, attempt: asyncio.Task[bool | None], session_id: str,
                           token: str) -> None:
         """Once *attempt* (a SET NX whose caller is gone) has its answer, undo it if it won."""
 

@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any
 
 import pytest
-from aiohttp import web
+from aiohttp import ClientSession, DummyCookieJar, web
 from aiohttp.test_utils import TestClient
 from redis.asyncio import Redis
 
@@ -52,6 +52,13 @@ async def inspector(redis_server: RedisServer) -> AsyncIterator[Redis]:
     client = Redis.from_url(redis_server.url)
     yield client
     await client.aclose()
+
+
+@pytest.fixture
+async def cookieless_http() -> AsyncIterator[ClientSession]:
+    """An HTTP client without a cookie jar: each request names its session in a header."""
+    async with ClientSession(cookie_jar=DummyCookieJar()) as http:
+        yield http
 
 
 @pytest.fixture

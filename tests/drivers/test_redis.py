@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import logging
+from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
 import pytest
 import redis
+from aiohttp import ClientSession, web
 from redis.asyncio import Redis, RedisCluster
 from redis.exceptions import NoScriptError, ResponseError
 
@@ -17,10 +20,13 @@ from aiosessmgr import (
     SessionManager,
     SupportsCompareAndSet,
     SupportsTouch,
+    get_session,
+    is_valid_session_id,
+    new_session_id,
 )
 from aiosessmgr.drivers.redis import CAS_SHA, RedisDriver
 
-from ..redis_server import RedisServer, calls_delta, free_port
+from ..redis_server import RedisServer, calls_delta, free_port, single_node_cluster
 from .conftest import ClientFactory, redis_driver, redis_manager, session_app
 
 pytestmark = pytest.mark.redis
@@ -146,24 +152,24 @@ async def test_errors_in_a_pipeline_reach_only_their_caller(
         await inspector.rpush(driver.key("list"), "x")  # GET on a list: WRONGTYPE
         before = int((await inspector.info("stats"))["total_connections_received"])
         results: list[Any] = [*await asyncio.gather(
-            driver.read("good"), driver.read("list"), driver.read("missing"),
+            driver.read("good"), driver.write("bad", V1, 0), driver.read("missing"),
             driver.compare_and_set("list", V2, 60, None), driver.read_touch("good", 60),
-            driver.compare_and_set("fresh", V2, 60, None),
+            driver.compare_and_set("fresh", V2, 60, None), driver.read("list"),
             return_exceptions=True,
         )]
         after = int((await inspector.info("stats"))["total_connections_received"])
     finally:
         await driver.close()
-    assert after - before == 1  # all six went out on one connection, as one pipeline
+    assert after - before == 1  # all seven went out on one connection, as one pipeline
     assert results[0] == V1
-    assert isinstance(results[1], DriverError)
+    assert isinstance(results[1], DriverError)  # EX 0: an error reply for this caller
     assert isinstance(results[1].__cause__, ResponseError)
-    assert "WRONGTYPE" in str(results[1])
+    assert "invalid expire time" in str(results[1])
     assert results[2] is None
-    assert isinstance(results[3], DriverError)  # the script's GET fails the same way
-    assert "WRONGTYPE" in str(results[3])
+    assert results[3] is False  # a key of another type is not ours: "not written"
     assert results[4] == V1
     assert results[5] is True
+    assert results[6] is None
 
 
 async def test_pipelining_batches_one_turn_only(redis_server: RedisServer, prefix: str,
@@ -341,10 +347,9 @@ async def test_error_mapping_server_hangs(own_redis: RedisServer, pipelining: bo
         await driver.close()
 
 
-async def test_error_mapping_response_error(driver: RedisDriver, inspector: Redis) -> None:
-    await inspector.hset(driver.key("h"), "f", "v")
-    with pytest.raises(DriverError, match="WRONGTYPE") as info:
-        await driver.read_touch("h", 60)
+async def test_error_mapping_response_error(driver: RedisDriver) -> None:
+    with pytest.raises(DriverError, match="invalid expire time") as info:
+        await driver.write("a", V1, 0)  # EX 0: Redis refuses the command
     assert isinstance(info.value.__cause__, ResponseError)
     assert not isinstance(info.value.__cause__, NoScriptError)
 
@@ -387,3 +392,147 @@ async def test_command_counts_through_the_middleware(aiohttp_client: ClientFacto
     assert (await client.post("/put/user", data="bob")).status == 200
     assert calls_delta(before, own_redis.command_calls()) == {"getex": 1, "evalsha": 1,
                                                               "get": 1, "set": 1}
+
+
+# -- a key of another type under a session's name: one bad record, not an outage ----------
+
+#: how to put a value of each non-string type under a key
+FOREIGN_TYPES: dict[str, Callable[[Any, str], Awaitable[Any]]] = {
+    "hash": lambda client, key: client.hset(key, "f", "v"),
+    "list": lambda client, key: client.rpush(key, "x"),
+    "set": lambda client, key: client.sadd(key, "x"),
+    "zset": lambda client, key: client.zadd(key, {"x": 1.0}),
+    "stream": lambda client, key: client.xadd(key, {"f": "v"}),
+}
+
+
+@pytest.fixture(params=list(FOREIGN_TYPES))
+def foreign_type(request: pytest.FixtureRequest) -> str:
+    kind: str = request.param
+    return kind
+
+
+async def snapshot(client: Any, key: str) -> tuple[Any, ...]:
+    """What a key holds, for "left as it was": its type, serialized value and expiry."""
+    return await client.type(key), await client.dump(key), await client.pttl(key)
+
+
+def warnings_about(caplog: pytest.LogCaptureFixture, sid: str) -> list[str]:
+    """The WARNING lines that name session *sid*, checking that none gives its whole id."""
+    lines = [r.getMessage() for r in caplog.records
+             if r.name == "aiosessmgr" and r.levelno == logging.WARNING]
+    assert not any(sid in line for line in lines)  # the id is a credential
+    return [line for line in lines if f"{sid[:6]}…" in line]
+
+
+async def check_foreign_key_is_no_record(driver: RedisDriver, client: Any, kind: str,
+                                         caplog: pytest.LogCaptureFixture) -> None:
+    sid = new_session_id()
+    key, lock_key = driver.key(sid), driver.lock_key(sid)
+    await FOREIGN_TYPES[kind](client, key)
+    await FOREIGN_TYPES[kind](client, lock_key)
+    before = await snapshot(client, key), await snapshot(client, lock_key)
+    with caplog.at_level(logging.WARNING, logger="aiosessmgr"):
+        assert await driver.read(sid) is None
+        assert len(warnings_about(caplog, sid)) == 1
+        assert await driver.read_touch(sid, 60) is None
+        assert len(warnings_about(caplog, sid)) == 2
+        # compare-and-set answers "not written", whatever it expected; nothing is written
+        assert await driver.compare_and_set(sid, V2, 60, None) is False
+        assert await driver.compare_and_set(sid, V2, 60, V1) is False
+        # many at once (pipelined: one batch) each get their answer
+        assert [*await asyncio.gather(driver.read(sid), driver.read_touch(sid, 60),
+                                      driver.compare_and_set(sid, V2, 60, V1),
+                                      driver.read("other"))] == [None, None, False, None]
+        # the lock: never taken over a foreign key, and its release leaves the key alone
+        await driver.release_lock(sid, "a-token")
+        assert await driver.acquire_lock(sid, 10, 0) is None
+        assert any(lock_key.replace(sid, f"{sid[:6]}…") in line
+                   for line in warnings_about(caplog, sid))
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert (await snapshot(client, key), await snapshot(client, lock_key)) == before
+    # an explicit destroy removes whatever is under the session's key
+    await driver.destroy(sid)
+    assert await client.exists(key) == 0
+
+
+async def test_a_foreign_key_is_no_record_and_is_left_alone(
+        driver: RedisDriver, inspector: Redis, foreign_type: str,
+        caplog: pytest.LogCaptureFixture) -> None:
+    await check_foreign_key_is_no_record(driver, inspector, foreign_type, caplog)
+
+
+@pytest.fixture(scope="module")
+def one_node_cluster() -> Iterator[RedisServer]:
+    """A Redis Cluster of one node holding every slot."""
+    node = single_node_cluster()
+    yield node
+    node.cleanup()
+
+
+@pytest.mark.parametrize("kind", [pytest.param("hash", id="hash"),
+                                  pytest.param("stream", id="stream")])
+async def test_a_foreign_key_on_cluster(one_node_cluster: RedisServer, prefix: str,
+                                        pipelining: bool, kind: str,
+                                        caplog: pytest.LogCaptureFixture) -> None:
+    driver = redis_driver(url=one_node_cluster.url, cluster=True, prefix=prefix,
+                          pipelining=pipelining)
+    try:
+        assert isinstance(driver.client, RedisCluster)
+        await check_foreign_key_is_no_record(driver, driver.client, kind, caplog)
+    finally:
+        await driver.close()
+
+
+async def test_a_foreign_key_through_the_middleware(
+        aiohttp_client: ClientFactory, cookieless_http: ClientSession,
+        redis_server: RedisServer, prefix: str, pipelining: bool, inspector: Redis,
+        foreign_type: str, caplog: pytest.LogCaptureFixture) -> None:
+    manager = redis_manager(url=redis_server.url, prefix=prefix, pipelining=pipelining)
+    app = session_app(manager)
+    driver = manager.get_driver()
+    assert isinstance(driver, RedisDriver)
+
+    async def clobbered(request: web.Request) -> web.Response:
+        # another writer puts a key of another type under this session's name meanwhile
+        session = await get_session(request)
+        session.put("x", 1)
+        await inspector.delete(driver.key(session.id))
+        await FOREIGN_TYPES[foreign_type](inspector, driver.key(session.id))
+        return web.json_response(session.all())
+
+    app.router.add_post("/clobbered", clobbered)
+    server = await aiohttp_client(app)
+    name = manager.config.cookie.name
+    sid = new_session_id()
+    await FOREIGN_TYPES[foreign_type](inspector, driver.key(sid))
+    before = await snapshot(inspector, driver.key(sid))
+    cookie = {"Cookie": f"{name}={sid}"}
+
+    with caplog.at_level(logging.WARNING, logger="aiosessmgr"):
+        response = await cookieless_http.post(server.make_url("/incr"), headers=cookie)
+        assert response.status == 200
+        assert await response.json() == {"n": 1}  # a fresh session...
+        fresh = response.cookies[name].value
+        assert is_valid_session_id(fresh) and fresh != sid  # ...under a new id
+        assert len(warnings_about(caplog, sid)) == 1
+
+        response = await cookieless_http.get(server.make_url("/read"), headers=cookie)
+        assert response.status == 200
+        assert await response.json() == {}
+        assert sid not in " ".join(response.headers.getall("Set-Cookie", []))
+        assert len(warnings_about(caplog, sid)) == 2
+
+        # the record turns foreign while a request changes it: its save is "not written",
+        # the re-read finds no record of ours, and the changes are dropped, no 500
+        response = await cookieless_http.post(server.make_url("/clobbered"),
+                                              headers={"Cookie": f"{name}={fresh}"})
+        assert response.status == 200
+        assert len(warnings_about(caplog, fresh)) == 1
+        clobbered_before = await snapshot(inspector, driver.key(fresh))
+    # one WARNING per request that met a foreign key, and nothing worse
+    assert [r.levelno for r in caplog.records if r.levelno >= logging.WARNING] == \
+        [logging.WARNING] * 3
+    assert await snapshot(inspector, driver.key(sid)) == before
+    assert await snapshot(inspector, driver.key(fresh)) == clobbered_before
+    assert await inspector.type(driver.key(fresh)) == foreign_type.encode()

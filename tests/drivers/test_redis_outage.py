@@ -1,15 +1,19 @@
-"""Redis down or frozen: 503 through the real middleware within the timeout, then recovery."""
+"""Redis down, frozen or restarted: 503 within the timeout, then recovery with no failures."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import secrets
+from collections import Counter
 from collections.abc import Awaitable
 
 import pytest
-from aiohttp import ClientResponse, web
+from aiohttp import ClientResponse, ClientSession, web
+from redis.asyncio import Redis
 
-from aiosessmgr import get_session
+from aiosessmgr import get_session, new_session_id, session_lock
+from aiosessmgr.drivers.redis import RedisDriver
 
 from ..redis_server import RedisServer
 from .conftest import ClientFactory, redis_manager, session_app
@@ -104,3 +108,87 @@ async def test_failed_save_leaves_the_old_record(aiohttp_client: ClientFactory) 
         assert await response.json() == {"user": "ann"}
     finally:
         server.cleanup()
+
+
+#: sessions in the kill -9 test; each has its cookie, and the warm-up opens many connections
+SESSIONS = 40
+#: what each session does there: a read, a change, a change under the session lock, a read
+ROUTES = (("GET", "/read"), ("POST", "/incr"), ("POST", "/locked"), ("GET", "/read"))
+
+
+@pytest.mark.parametrize("pipelining", [pytest.param(True, id="pipelined"),
+                                        pytest.param(False, id="plain")])
+async def test_redis_killed_and_restarted_fails_no_request_once_it_answers(
+        aiohttp_client: ClientFactory, cookieless_http: ClientSession, own_redis: RedisServer,
+        pipelining: bool, caplog: pytest.LogCaptureFixture) -> None:
+    manager = redis_manager(url=own_redis.url, socket_timeout=TIMEOUT, connect_timeout=TIMEOUT,
+                            pipelining=pipelining)
+    app = session_app(manager)
+
+    @session_lock(lock_seconds=5, wait_seconds=5)
+    async def locked(request: web.Request) -> web.Response:
+        session = await get_session(request)
+        return web.json_response({"n": session.increment("n")})
+
+    app.router.add_post("/locked", locked)
+    server = await aiohttp_client(app)
+    name = manager.config.cookie.name
+
+    async def status(method: str, path: str, sid: str) -> int:
+        async with cookieless_http.request(method, server.make_url(path),
+                                           headers={"Cookie": f"{name}={sid}"}) as resp:
+            await resp.read()
+            return resp.status
+
+    ids = []
+    for _ in range(SESSIONS):
+        async with cookieless_http.post(server.make_url("/incr")) as response:
+            assert response.status == 200
+            ids.append(response.cookies[name].value)
+    # many requests at once: many pooled connections (one per request, or one per batch)
+    warm = await asyncio.gather(*(status(method, path, sid)
+                                  for sid in ids for method, path in ROUTES))
+    assert warm == [200] * len(warm)
+    pooled = int(own_redis.cli("INFO", "clients").split("connected_clients:")[1].split()[0])
+    assert pooled > 2  # redis-cli's own connection, and more than one of ours
+
+    with caplog.at_level(logging.WARNING, logger="aiosessmgr"):
+        own_redis.kill()
+        for sid in ids[:3]:
+            assert await status("GET", "/read", sid) == 503
+        await asyncio.to_thread(own_redis.start)  # same port, same arguments
+        fresh = Redis.from_url(own_redis.url)
+        try:
+            assert await fresh.ping()
+        finally:
+            await fresh.aclose()
+
+        # once Redis answers, no request fails because of a connection that died with it
+        # (concurrent, then one at a time: 8 * SESSIONS requests)
+        statuses = await asyncio.gather(*(status(method, path, sid)
+                                          for sid in ids for method, path in ROUTES))
+        for sid in ids:
+            for method, path in ROUTES:
+                statuses.append(await status(method, path, sid))
+    assert statuses.count(200) == len(statuses), Counter(statuses)
+    errors = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
+    assert len(errors) == 1, errors  # the outage, logged once
+    recovered = [r for r in caplog.records if "reachable again" in r.getMessage()]
+    assert len(recovered) <= 1
+
+
+async def test_a_lock_set_sent_twice_is_still_ours(driver: RedisDriver, inspector: Redis,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    # A SET NX PX whose connection failed after it landed is sent once more (redis-py's
+    # retry, the pipeline's or the cluster's) and refused by our own lock: the caller
+    # must still learn that it holds the lock, or it would wait for itself until ttl.
+    token = "f" * 32
+    monkeypatch.setattr(secrets, "token_hex", lambda nbytes: token)  # what the driver uses
+    sid = new_session_id()
+    await inspector.set(driver.lock_key(sid), token, px=10_000)  # the first SET's work
+    assert await driver.acquire_lock(sid, 10, 0) == token
+    await driver.release_lock(sid, token)
+    assert await inspector.exists(driver.lock_key(sid)) == 0
+    # a lock held by another token is not ours, whatever our SET answered
+    await inspector.set(driver.lock_key(sid), "e" * 32, px=10_000)
+    assert await driver.acquire_lock(sid, 10, 0) is None

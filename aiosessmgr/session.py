@@ -59,10 +59,6 @@ SAVE_BACKOFF_MIN: Final = 0.0005
 SAVE_BACKOFF_MAX: Final = 0.05
 #: seconds a save waits for its turn behind saves of the same id in this process
 SAVE_TURN_WAIT: Final = 10.0
-#: seconds after another request of this process destroyed or moved an id during which
-#: a request that arrives with that id (sent before the browser saw the new cookie) is
-#: detached: it gets an empty session that saves nothing and leaves the cookie alone
-DETACHED_WINDOW: Final = 60.0
 
 
 def new_session_id() -> str:
@@ -80,8 +76,8 @@ class Tombstones:
 
     A slower request that loaded such an id does not write it back on drivers without
     compare-and-set (whose saves cannot notice that a record is gone), and on every
-    driver it does not re-send the cookie of an id that was moved away under it, nor
-    decide the cookie when it arrives just after the move (see DETACHED_WINDOW).
+    driver the middleware neither re-sends the cookie of an id moved away under a
+    request nor lets a request that arrived before the move decide the cookie.
     The memory is bounded: at most ``limit`` ids, the oldest forgotten first.
     """
 
@@ -179,6 +175,9 @@ class SessionStore(ABC, MutableMapping[str, Any]):
     def ended(self) -> bool:
         """True if another request ended or moved this session while this one used it."""
         return False
+
+    def detach(self) -> None:
+        """Another request moved or ended the session after this one began: save nothing."""
 
     @property
     def moved(self) -> bool:
@@ -448,7 +447,6 @@ class Session(SessionStore):
         if self._started:
             return
         ctx = self._ctx
-        detached = False
         if self._cookie_id is not None:
             sid = self._cookie_id
             if ctx.can_touch:
@@ -459,9 +457,6 @@ class Session(SessionStore):
             if raw is None:
                 if ctx.events.has_listeners(SessionEvents.EXPIRED):
                     ctx.events.emit(SessionEvent(SessionEvents.EXPIRED, sid))
-                destroyed = ctx.tombstones.destroyed_at(sid)
-                # sent before the browser saw the response that moved or ended this id
-                detached = destroyed is not None and ctx.clock() - destroyed < DETACHED_WINDOW
             elif self._load(sid, raw):
                 if ctx.absolute_ttl is not None and \
                         ctx.clock() - self._meta.get("c", 0) > ctx.absolute_ttl:
@@ -482,10 +477,6 @@ class Session(SessionStore):
             self._id = new_session_id()
             self._meta = {"c": ctx.clock()}
             self._whole = True
-            if detached:
-                logger.info("session %s… was moved or ended by another request just "
-                            "before; this request's changes will not be saved", sid[:6])
-                self._ended = True
         self._started = True
         if ctx.events.has_listeners(SessionEvents.STARTED):
             ctx.events.emit(SessionEvent(SessionEvents.STARTED, self._id, self))
@@ -613,6 +604,21 @@ class Session(SessionStore):
                 return None
             self._rebase(fresh)
             version, record = self._encode()
+
+    def detach(self) -> None:
+        """Save nothing and decide no cookie: another request moved or ended this session.
+
+        For a request that arrived with an id which another request then regenerated,
+        invalidated or destroyed: it was sent before the browser saw the new cookie, so
+        what it does must not override what the other request did. ``regenerate()`` or
+        ``invalidate()`` afterwards make it an ordinary session again.
+        """
+        if not self._ended:
+            logger.info("session %s… was moved or ended by another request after this one "
+                        "began; this request's changes will not be saved",
+                        (self._cookie_id or self._id)[:6])
+        self._ended = True
+        self._clear_delta()
 
     def _end(self) -> None:
         logger.info("session %s… ended while a request used it; its changes were not "

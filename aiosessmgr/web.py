@@ -50,11 +50,13 @@ MAX_COOKIE_CANDIDATES: Final = 3
 class _Slot:
     """One manager's session state for one request."""
 
-    __slots__ = ("cookie", "failed", "finalized", "front", "loading", "ready", "replaced",
-                 "session")
+    __slots__ = ("arrived", "cookie", "failed", "finalized", "front", "loading", "ready",
+                 "replaced", "session")
 
-    def __init__(self, front: _Front) -> None:
+    def __init__(self, front: _Front, arrived: float) -> None:
         self.front = front
+        # when the request reached the middleware (the manager's clock, epoch seconds)
+        self.arrived = arrived
         # the cookie value whose record the session was loaded from, if any
         self.cookie: str | None = None
         self.session: SessionStore | None = None
@@ -190,7 +192,7 @@ def session_middleware(manager: SessionManager) -> Middleware:
         slots = request.get(_SLOTS)
         if slots is None:
             slots = request[_SLOTS] = {}
-        slot = slots[manager] = _Slot(front)
+        slot = slots[manager] = _Slot(front, manager.clock())
         try:
             response = await handler(request)
         except web.HTTPException as exc:
@@ -392,7 +394,8 @@ async def _load(slot: _Slot, request: web.Request) -> SessionStore:
     """Start the session the cookie names: the first well-formed candidate with a record."""
     front = slot.front
     first: SessionStore | None = None
-    for candidate in front.cookie_ids(request):
+    candidates = front.cookie_ids(request)
+    for candidate in candidates:
         # the session checks the id once more; a malformed value is never looked up
         session = slot.session = front.manager.session(candidate)
         await session.start()
@@ -402,6 +405,14 @@ async def _load(slot: _Slot, request: web.Request) -> SessionStore:
         if first is None:
             first = session
     if first is not None:
+        # another request of this process moved or ended the session after this one
+        # arrived: this one was sent with the old cookie and must not decide the new one
+        # (a request that arrives later, after a lost response or a replay, is a new visit)
+        for candidate in candidates:
+            moved_at = front.tombstones.destroyed_at(candidate)
+            if moved_at is not None and moved_at >= slot.arrived:
+                first.detach()
+                break
         return first
     session = slot.session = front.manager.session(None)
     await session.start()

@@ -799,3 +799,28 @@ async def test_a_save_that_keeps_conflicting_is_a_503_with_retry_after(
     assert response.headers["Retry-After"] == "1"
     assert driver.calls["compare_and_set"] > 2  # it did keep trying until the deadline
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR]  # not an outage
+
+
+async def test_a_cookie_replayed_after_logout_starts_a_working_session(
+        aiohttp_client: ClientFactory) -> None:
+    """The logout response was lost, or the old cookie is replayed: a new visit, not stuck."""
+    async def form(request: web.Request) -> web.Response:
+        return web.Response(text=(await get_session(request)).token)
+
+    async def check(request: web.Request) -> web.Response:
+        session = await get_session(request)
+        return web.Response(text=str(not session.new and session.token == request.query["t"]))
+
+    manager, _ = make_manager()
+    client = await aiohttp_client(app_with(manager, logout=logout, form=form, check=check))
+    await client.get("/count")
+    old = client.session.cookie_jar.filter_cookies(client.make_url("/"))[COOKIE].value
+    assert (await client.get("/logout")).status == 200
+    # the browser never saw the logout's response: it still sends the old cookie
+    token_page = await send_cookie_header(client, "/form", f"{COOKIE}={old}")
+    token = await token_page.text()
+    [header] = raw_set_cookies(token_page)  # a new session, stored with its CSRF secret
+    fresh = header.split(";")[0].partition("=")[2]
+    assert fresh != old
+    checked = await send_cookie_header(client, f"/check?t={token}", f"{COOKIE}={fresh}")
+    assert await checked.text() == "True"

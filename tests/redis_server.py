@@ -197,12 +197,7 @@ class ClusterServers:
             addresses = [f"127.0.0.1:{node.port}" for node in self.nodes]
             cli(self.nodes[0].port, "--cluster", "create", *addresses,
                 "--cluster-replicas", "0", "--cluster-yes")
-            deadline = time.monotonic() + timeout
-            while not all("cluster_state:ok" in node.cli("CLUSTER", "INFO")
-                          for node in self.nodes):
-                if time.monotonic() > deadline:
-                    raise RuntimeError(f"cluster not ok after {timeout}s")
-                time.sleep(0.1)
+            wait_cluster_ok(self.nodes, timeout)
         except BaseException:
             self.cleanup()
             raise
@@ -212,6 +207,15 @@ class ClusterServers:
         """Stop every node and remove their directories."""
         for node in self.nodes:
             node.cleanup()
+
+
+def wait_cluster_ok(nodes: list[RedisServer], timeout: float) -> None:
+    """Poll until every node reports ``cluster_state:ok``; RuntimeError after *timeout* s."""
+    deadline = time.monotonic() + timeout
+    while not all("cluster_state:ok" in node.cli("CLUSTER", "INFO") for node in nodes):
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"cluster not ok after {timeout}s")
+        time.sleep(0.05)
 
 
 def single_node_cluster(timeout: float = 10.0) -> RedisServer:
@@ -224,11 +228,7 @@ def single_node_cluster(timeout: float = 10.0) -> RedisServer:
                        port=free_cluster_port()).start()
     try:
         node.cli("CLUSTER", "ADDSLOTSRANGE", "0", "16383")
-        deadline = time.monotonic() + timeout
-        while "cluster_state:ok" not in node.cli("CLUSTER", "INFO"):
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"one-node cluster not ok after {timeout}s")
-            time.sleep(0.05)
+        wait_cluster_ok([node], timeout)
     except BaseException:
         node.cleanup()
         raise

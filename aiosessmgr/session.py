@@ -97,8 +97,8 @@ class Tombstones:
     def __contains__(self, session_id: object) -> bool:
         return session_id in self._ids
 
-    def destroyed_at(self, session_id: str) -> float | None:
-        """When *session_id* was destroyed here (clock seconds), or None."""
+    def since(self, session_id: str) -> float | None:
+        """When *session_id* was recorded here (clock seconds), or None."""
         return self._ids.get(session_id)
 
 
@@ -124,6 +124,9 @@ class StoreContext:
     save_turns: LocalLocks = field(init=False, default_factory=LocalLocks)
     #: ids destroyed here, for drivers without compare-and-set (see Tombstones)
     tombstones: Tombstones = field(init=False)
+    #: ids a request moved away from (regenerate, invalidate, new_session) or destroyed
+    #: here: the middleware leaves their cookie alone in requests that began before
+    moved: Tombstones = field(init=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "can_touch", isinstance(self.driver, SupportsTouch))
@@ -132,11 +135,14 @@ class StoreContext:
         object.__setattr__(self, "locks",
                            driver if isinstance(driver, SupportsLock) else LocalLocks())
         object.__setattr__(self, "tombstones", Tombstones(self.ttl))
+        object.__setattr__(self, "moved", Tombstones(self.ttl))
 
     async def destroy(self, session_id: str) -> None:
         """Remove a record and remember its id (see Tombstones)."""
         await self.driver.destroy(session_id)
-        self.tombstones.add(session_id, self.clock())
+        now = self.clock()
+        self.tombstones.add(session_id, now)
+        self.moved.add(session_id, now)
 
 
 class SessionStore(ABC, MutableMapping[str, Any]):
@@ -185,9 +191,22 @@ class SessionStore(ABC, MutableMapping[str, Any]):
         return False
 
     @property
-    def store_answered(self) -> bool:
-        """True once the store answered an operation of this session (outage tracking)."""
-        return self.stored
+    def answered_at(self) -> float:
+        """``time.monotonic()`` of the store's last answer to this session; 0.0 if none."""
+        return 0.0
+
+    @property
+    def written(self) -> bool:
+        """True if this request wrote the session's record."""
+        return False
+
+    @property
+    def written_at(self) -> float:
+        """When the record was last written (epoch seconds); 0.0 if unknown."""
+        return 0.0
+
+    def touch(self) -> None:
+        """Have the next ``save()`` rewrite the loaded record even if nothing changed."""
 
     @property
     @abstractmethod
@@ -351,8 +370,12 @@ class Session(SessionStore):
         self._ended = False
         # this request gave the session a new id or ended the record it was loaded from
         self._moved = False
-        # the store answered at least one operation of this request
-        self._answered = False
+        # time.monotonic() of the store's last answer to this session
+        self._answered_at = 0.0
+        # this request wrote the record
+        self._written = False
+        # regenerate(): the record to destroy when the new one is saved
+        self._destroy_on_save: str | None = None
         self._changes: dict[str, str | _Ops] = {}
         self._flushed = False
         # the record is written whole (a new id): nothing to merge with
@@ -421,9 +444,31 @@ class Session(SessionStore):
         return self._moved
 
     @property
-    def store_answered(self) -> bool:
-        """True once the store answered an operation of this session (outage tracking)."""
-        return self._answered
+    def answered_at(self) -> float:
+        """``time.monotonic()`` of the store's last answer to this session; 0.0 if none.
+
+        The middleware ends an outage only on an answer given after it began.
+        """
+        return self._answered_at
+
+    @property
+    def written(self) -> bool:
+        """True if this request wrote the session's record (its compare-and-set landed)."""
+        return self._written
+
+    @property
+    def written_at(self) -> float:
+        """When the record was last written (epoch seconds); 0.0 for a new session."""
+        return float(self._meta.get("t", 0.0)) if self._stored else 0.0
+
+    def touch(self) -> None:
+        """Have the next ``save()`` rewrite the loaded record even if nothing changed.
+
+        The middleware rolls a ``max_age`` cookie this way: the rewrite's compare-and-set
+        proves the record still exists before the cookie is sent again.
+        """
+        if self._stored and not self._ended:
+            self._rewrite = True
 
     @property
     def created_at(self) -> float:
@@ -453,7 +498,7 @@ class Session(SessionStore):
                 raw = await ctx.driver.read_touch(sid, ctx.ttl)  # type: ignore[attr-defined]
             else:
                 raw = await ctx.driver.read(sid)
-            self._answered = True
+            self._answered_at = time.monotonic()
             if raw is None:
                 if ctx.events.has_listeners(SessionEvents.EXPIRED):
                     ctx.events.emit(SessionEvent(SessionEvents.EXPIRED, sid))
@@ -528,6 +573,8 @@ class Session(SessionStore):
         """
         if not self._started or self._ended:
             return
+        if self._destroy_on_save is not None:
+            await self._destroy_previous()
         self._age_flash()
         if not self.modified:
             return
@@ -558,7 +605,8 @@ class Session(SessionStore):
             if written is None:
                 return
             version = written
-        self._answered = True
+        self._answered_at = time.monotonic()
+        self._written = True
         self._version = version
         self._stored = True
         self._whole = False
@@ -633,7 +681,7 @@ class Session(SessionStore):
         if not self._stored or self._ended:
             return
         raw = await self._ctx.driver.read(self._id)
-        self._answered = True
+        self._answered_at = time.monotonic()
         if raw is None:
             self._end()
         else:
@@ -736,31 +784,40 @@ class Session(SessionStore):
     async def regenerate(self, destroy: bool = True) -> None:
         """Move the data to a new id (call it at login); by default destroy the old record.
 
-        The CSRF token rotates too.
+        The CSRF token rotates too. The old record is destroyed when the new one is saved
+        (the middleware saves at the end of the request), so a request that fails after
+        ``regenerate()`` (an exception, a 5xx) leaves the session as it was: a failed
+        login does not lose the visitor's session.
         """
         self._require_started()
         old_id = self._id
-        await self._move(destroy)
+        await self._move(destroy, at_save=True)
         self._new_token()
         self._ctx.events.emit(
             SessionEvent(SessionEvents.REGENERATED, self._id, self, old_id=old_id)
         )
 
     async def invalidate(self) -> None:
-        """Log out: clear the data, switch to a new id and destroy the old record."""
+        """Log out: clear the data, switch to a new id and destroy the old record now.
+
+        At once, unlike ``regenerate()``: a logout takes effect even if the request fails
+        afterwards.
+        """
         self._require_started()
         old_id = self._id
         self.flush()
         self._meta.pop("k", None)
         self._token_change = None
         self._meta["c"] = self._ctx.clock()  # a new session: the absolute lifetime restarts
-        await self._move(True)
+        await self._move(True, at_save=False)
         self._ctx.events.emit(
             SessionEvent(SessionEvents.INVALIDATED, self._id, self, old_id=old_id)
         )
 
-    async def _move(self, destroy: bool) -> None:
+    async def _move(self, destroy: bool, at_save: bool) -> None:
         old_id, was_stored = self._id, self._stored
+        if was_stored:
+            self._ctx.moved.add(old_id, self._ctx.clock())
         self._id = new_session_id()
         self._version = None
         self._stored = False
@@ -772,9 +829,19 @@ class Session(SessionStore):
         self._flushed = True
         self._meta_changed = set(self._meta)
         if destroy and was_stored:
-            await self._ctx.destroy(old_id)
-            self._answered = True
-            self._ctx.events.emit(SessionEvent(SessionEvents.DESTROYED, old_id, self))
+            # an earlier regenerate() of this request may still have a record to destroy
+            self._destroy_on_save = self._destroy_on_save or old_id
+        if self._destroy_on_save is not None and not at_save:
+            await self._destroy_previous()
+
+    async def _destroy_previous(self) -> None:
+        """Destroy the record this request moved away from (see regenerate)."""
+        old_id = self._destroy_on_save
+        assert old_id is not None
+        await self._ctx.destroy(old_id)
+        self._destroy_on_save = None
+        self._answered_at = time.monotonic()
+        self._ctx.events.emit(SessionEvent(SessionEvents.DESTROYED, old_id, self))
 
     def _require_started(self) -> None:
         if not self._started:

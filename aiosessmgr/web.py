@@ -26,6 +26,7 @@ import asyncio
 import functools
 import logging
 import random
+import time
 from collections.abc import AsyncIterator, Callable
 from typing import Final, cast
 
@@ -50,8 +51,8 @@ MAX_COOKIE_CANDIDATES: Final = 3
 class _Slot:
     """One manager's session state for one request."""
 
-    __slots__ = ("arrived", "cookie", "failed", "finalized", "front", "loading", "ready",
-                 "replaced", "session")
+    __slots__ = ("arrived", "cookie", "destroy_on_save", "failed", "finalized", "front",
+                 "loading", "ready", "replaced", "session")
 
     def __init__(self, front: _Front, arrived: float) -> None:
         self.front = front
@@ -65,8 +66,10 @@ class _Slot:
         self.ready = False
         self.finalized = False
         self.failed = False
-        # new_session() replaced the session the cookie named
+        # new_session() replaced the session the cookie named, and the record it
+        # replaced is destroyed when the request saves (not if it fails)
         self.replaced = False
+        self.destroy_on_save: str | None = None
 
 
 _SLOTS = web.RequestKey("aiosessmgr_slots", dict[SessionManager, _Slot])
@@ -85,12 +88,16 @@ class _Front:
             max_age = manager.context().ttl
         self.max_age = max_age
         self.cookies = CookieWriter(cookie, max_age)
+        #: seconds between two re-sends of a max_age cookie to a session that only reads
+        self.refresh_interval = 0 if max_age is None else max(1, max_age // 10)
         self.save_on_server_error = manager.config.save_on_server_error
-        # ids this process moved or destroyed: never re-send their cookie
-        self.tombstones = manager.context().tombstones
+        # ids requests of this process moved away from or destroyed
+        self.moved = manager.context().moved
         chances, out_of = manager.config.lottery
         self.lottery = chances / out_of
         self.in_outage = False
+        # time.monotonic() when the current outage began
+        self.outage_since = 0.0
 
     def cookie_ids(self, request: web.Request) -> list[str]:
         """The well-formed ids among our cookie's values, distinct, in header order."""
@@ -113,13 +120,21 @@ class _Front:
         """Answer 503, logging once per outage rather than once per request."""
         if not self.in_outage:
             self.in_outage = True
+            self.outage_since = time.monotonic()
             logger.error("session store unavailable, answering 503 until it recovers: %s", exc)
         return web.Response(status=503, text="503: session store unavailable")
 
-    def store_ok(self) -> None:
-        if self.in_outage:
+    def store_answered(self, session: SessionStore) -> None:
+        """End the outage if the store answered this session after the outage began."""
+        if self.in_outage and session.answered_at > self.outage_since:
             self.in_outage = False
             logger.warning("session store is reachable again")
+
+    def moved_since_arrival(self, slot: _Slot, session_id: str) -> bool:
+        """True if a request of this process moved or ended *session_id* after *slot*'s
+        request arrived: that request was sent with the old cookie."""
+        moved_at = self.moved.since(session_id)
+        return moved_at is not None and moved_at >= slot.arrived
 
     def cookie_header(self, slot: _Slot, session: SessionStore) -> str | None:
         """The Set-Cookie value this response carries for the session, or None."""
@@ -128,8 +143,11 @@ class _Front:
         if session.stored:
             if session.id != slot.cookie:
                 return self.cookies.set_header(session.id)
-            if self.max_age is not None and session.id not in self.tombstones:
-                return self.cookies.set_header(session.id)  # rolling max_age
+            if self.max_age is not None and session.written \
+                    and not self.moved_since_arrival(slot, session.id):
+                # rolling max_age, only after a write: its compare-and-set has just
+                # proven that the record exists (no other request moved it meanwhile)
+                return self.cookies.set_header(session.id)
             return None
         if slot.cookie is not None and (session.moved or slot.replaced):
             return self.cookies.delete_header()
@@ -155,9 +173,15 @@ class _Front:
                 response.headers[hdrs.VARY] = f"{vary}, Cookie"
         if not self.saves(response.status):
             return
+        if slot.destroy_on_save is not None:  # new_session(): the replaced record goes now
+            await self.manager.destroy(slot.destroy_on_save)
+            slot.destroy_on_save = None
+        if self.refresh_interval and session.stored and session.id == slot.cookie \
+                and slot.arrived - session.written_at >= self.refresh_interval \
+                and not self.moved_since_arrival(slot, session.id):
+            session.touch()  # roll the max_age cookie through a compare-and-set
         await session.save()
-        if session.store_answered:
-            self.store_ok()
+        self.store_answered(session)
         header = self.cookie_header(slot, session)
         if header is not None:
             if not preparing and self.cookie_name in response.cookies:
@@ -219,18 +243,17 @@ def session_middleware(manager: SessionManager) -> Middleware:
         try:
             if not slot.finalized:
                 await front.finalize(slot, response)
-            elif slot.session is not None and slot.session.modified \
+            elif slot.session is not None and not slot.failed and slot.session.modified \
                     and front.saves(response.status):
                 # changed after a streamed response went out: save, the cookie cannot change
                 await slot.session.save()
         except DriverError as exc:
-            if response.prepared:
-                raise
-            return front.store_failed(exc)
+            error = front.store_failed(exc)
+            # a streamed response is already out: its status cannot change any more
+            return response if response.prepared else error
         except SessionSaveTimeout as exc:
-            if response.prepared:
-                raise
-            return front.save_timed_out(exc)
+            busy = front.save_timed_out(exc)
+            return response if response.prepared else busy
         front.maybe_collect()
         return response
 
@@ -247,13 +270,27 @@ async def _on_response_prepare(request: web.Request, response: web.StreamRespons
             try:
                 await slot.front.finalize(slot, response, preparing=True)
             except DriverError as exc:
+                slot.failed = True
                 slot.front.store_failed(exc)
-                raise web.HTTPServiceUnavailable(text="503: session store unavailable") \
-                    from exc
+                _unsaved(response)
             except SessionSaveTimeout as exc:
+                slot.failed = True
                 slot.front.save_timed_out(exc)
-                raise web.HTTPServiceUnavailable(text="503: session busy, retry",
-                                                 headers={hdrs.RETRY_AFTER: "1"}) from exc
+                _unsaved(response)
+                response.headers[hdrs.RETRY_AFTER] = "1"
+
+
+def _unsaved(response: web.StreamResponse) -> None:
+    """A streamed response whose session could not be saved goes out as a 503.
+
+    The status line is not written yet (this runs inside ``prepare()``), but aiohttp's
+    public ``set_status`` refuses once ``prepare()`` began, so its internal setter is used.
+    Raising here instead would leave aiohttp's writer set up for the streamed body and
+    send a 503 whose framing is wrong (the connection then goes out of step).
+    """
+    set_status = getattr(response, "_set_status", None)
+    if set_status is not None:
+        set_status(503, None)
 
 
 def setup(app: web.Application, manager: SessionManager) -> None:
@@ -408,11 +445,8 @@ async def _load(slot: _Slot, request: web.Request) -> SessionStore:
         # another request of this process moved or ended the session after this one
         # arrived: this one was sent with the old cookie and must not decide the new one
         # (a request that arrives later, after a lost response or a replay, is a new visit)
-        for candidate in candidates:
-            moved_at = front.tombstones.destroyed_at(candidate)
-            if moved_at is not None and moved_at >= slot.arrived:
-                first.detach()
-                break
+        if any(front.moved_since_arrival(slot, candidate) for candidate in candidates):
+            first.detach()
         return first
     session = slot.session = front.manager.session(None)
     await session.start()
@@ -422,13 +456,17 @@ async def _load(slot: _Slot, request: web.Request) -> SessionStore:
 async def new_session(request: web.Request, manager: SessionManager | None = None) -> SessionStore:
     """Replace the request's session with a new empty one under a new id.
 
-    The previous record (if any) is destroyed, so an id from before cannot be replayed.
+    The previous record (if any) is destroyed when the request saves (as with
+    ``regenerate()``), so an id from before cannot be replayed, and a request that fails
+    keeps the session it had.
     """
     slot = _slot(request, manager)
     mgr = slot.front.manager
     old = await get_session(request, manager)
     if old.stored:
-        await mgr.destroy(old.id)
+        # destroyed when the request saves: a request that fails keeps the old session
+        slot.destroy_on_save = slot.destroy_on_save or old.id
+        slot.front.moved.add(old.id, mgr.clock())
     session = mgr.session(None)
     await session.start()
     slot.session = session

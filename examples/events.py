@@ -86,7 +86,7 @@ async def index(request: web.Request) -> web.Response:
 
 
 async def login(request: web.Request) -> web.Response:
-    """Regenerate the id (REGENERATED, DESTROYED of the old id) and remember the user."""
+    """Regenerate the id (REGENERATED; DESTROYED of the old id once the new one is saved)."""
     username = (await request.post()).get("username")
     session = await get_session(request)
     await session.regenerate()

@@ -53,6 +53,18 @@ def app_for(manager: SessionManager) -> web.Application:
         session["late"] = True
         return web.Response(text="ok")
 
+    async def slow_read(request: web.Request) -> web.Response:
+        # a poll: loads the session, waits, answers without changing it
+        session = await get_session(request)
+        await asyncio.sleep(float(request.query["sleep"]))
+        return web.Response(text=repr(session.get("user")))
+
+    async def login(request: web.Request) -> web.Response:
+        session = await get_session(request)
+        await session.regenerate()
+        session["user"] = request.query.get("user", "ada")
+        return web.Response(text="in")
+
     async def bump(request: web.Request) -> web.Response:
         # a read-modify-write no delta can express: correct only under the session lock
         session = await get_session(request)
@@ -68,7 +80,8 @@ def app_for(manager: SessionManager) -> web.Application:
     app.router.add_get("/locked_bump", locked_bump)
     for name, handler in [("set", set_key), ("incr", incr), ("push", push),
                           ("forget", forget), ("dump", dump), ("logout", logout),
-                          ("slow_write", slow_write)]:
+                          ("slow_write", slow_write), ("slow_read", slow_read),
+                          ("login", login)]:
         app.router.add_get(f"/{name}", handler)
     setup(app, manager)
     return app

@@ -48,9 +48,12 @@ def wait_for_port(port: int, process: subprocess.Popen[bytes], timeout: float = 
 
 
 @contextlib.contextmanager
-def two_servers(entry: dict[str, Any]) -> Iterator[list[str]]:
-    """Two ``tests.concurrency_app`` server processes on one store; their base URLs."""
-    config = {"default": "main", "drivers": {"main": entry}, "lottery": [0, 1]}
+def two_servers(entry: dict[str, Any], **config: Any) -> Iterator[list[str]]:
+    """Two ``tests.concurrency_app`` server processes on one store; their base URLs.
+
+    *config*: more keys of the manager config (``cookie=...``), the same in both.
+    """
+    config = {"default": "main", "drivers": {"main": entry}, "lottery": [0, 1], **config}
     procs: list[subprocess.Popen[bytes]] = []
     urls = []
     try:

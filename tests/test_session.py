@@ -497,7 +497,7 @@ class InterleavedRequests(RuleBasedStateMachine):
         self.run(first.save())
         self.sid = first.id
         self.data: dict[str, Any] = {"seed": 0}
-        self.flash: dict[str, int] = {}  # pending flash key -> instance
+        self.pending: dict[str, int] = {}  # pending flash key -> instance
         self.token: str | None = None
         self.instances = 0
         self.open = 0
@@ -516,7 +516,7 @@ class InterleavedRequests(RuleBasedStateMachine):
         session = self.run(self.manager.load(self.sid))
         assert isinstance(session, Session) and not session.new
         self.open += 1
-        return Request(session, dict(self.flash), loaded_token=self.token)
+        return Request(session, dict(self.pending), loaded_token=self.token)
 
     @rule(request=requests, key=KEYS, value=VALUES)
     def put(self, request: Request, key: str, value: Any) -> None:
@@ -616,14 +616,14 @@ class InterleavedRequests(RuleBasedStateMachine):
                 continue
             _apply_op(self.data, op)
             if op[0] == "flush":
-                self.flash.clear()
+                self.pending.clear()
         for key, instance in request.consumed.items():
-            if self.flash.get(key) == instance:
-                del self.flash[key]
+            if self.pending.get(key) == instance:
+                del self.pending[key]
                 self.data.pop(key, None)
         for key in request.now:
             self.data.pop(key, None)
-        self.flash.update(request.flashed)
+        self.pending.update(request.flashed)
         if request.token is not None:
             kind, value = request.token
             if kind == "rotated" or self.token is None:
@@ -637,7 +637,7 @@ class InterleavedRequests(RuleBasedStateMachine):
         assert raw is not None
         record, _ = self.manager.codec.decode(self.sid, raw[VERSION_SIZE:])
         assert record["d"] == self.data
-        assert set(record["m"].get("f", {})) == set(self.flash)
+        assert set(record["m"].get("f", {})) == set(self.pending)
         assert record["m"].get("k") == self.token
 
 

@@ -5,11 +5,12 @@ from __future__ import annotations
 import ast
 import asyncio
 import logging
+import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from http.cookies import SimpleCookie
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
 from aiohttp import web
@@ -824,3 +825,163 @@ async def test_a_cookie_replayed_after_logout_starts_a_working_session(
     assert fresh != old
     checked = await send_cookie_header(client, f"/check?t={token}", f"{COOKIE}={fresh}")
     assert await checked.text() == "True"
+
+
+# -- found by an outside test: rolling cookies across processes, failed logins, streams ----
+
+
+@pytest.mark.parametrize("kind", ["file", "redis"])
+async def test_a_reading_poll_on_another_process_does_not_undo_a_login(
+        request: pytest.FixtureRequest, tmp_path: Path, kind: str) -> None:
+    """With a rolling max_age, a read-only poll answering after a login elsewhere."""
+    import aiohttp
+
+    from .stores import store_entry, two_servers
+
+    # max_age 10 s: the poll, 1.2 s after the last write, is due to re-send the cookie
+    with two_servers(store_entry(kind, request, tmp_path), cookie={"max_age": 10}) as urls:
+        async with aiohttp.ClientSession(cookie_jar=aiohttp.DummyCookieJar()) as http:
+            async with http.get(f"{urls[0]}/set?key=anon") as first:
+                sid = first.cookies[COOKIE].value
+            await asyncio.sleep(1.2)
+            headers = {"Cookie": f"{COOKIE}={sid}"}
+            async with http.get(f"{urls[0]}/slow_read?sleep=0", headers=headers) as control:
+                assert control.status == 200
+                assert raw_set_cookies(control) != []  # due: the rolling refresh is sent
+            await asyncio.sleep(1.2)
+            poll = asyncio.ensure_future(http.get(f"{urls[0]}/slow_read?sleep=1",
+                                                  headers=headers))
+            await asyncio.sleep(0.3)  # the poll has loaded the session
+            async with http.get(f"{urls[1]}/login", headers=headers) as login:
+                assert login.status == 200 and login.cookies[COOKIE].value != sid
+            late = await poll
+            assert late.status == 200
+            assert raw_set_cookies(late) == []  # the old id is not sent back
+            late.release()
+
+
+async def test_a_poll_does_not_undo_a_login_that_kept_the_old_record(
+        aiohttp_client: ClientFactory) -> None:
+    """regenerate(destroy=False): the old record stays, the poll must not resurrect its id."""
+    from .conftest import FakeClock
+
+    clock = FakeClock(time.time())
+    driver = CountingDriver()
+    manager = SessionManager({"default": "c", "drivers": {"c": {"driver": "counting"}},
+                              "lottery": (0, 1), "cookie": {"max_age": 600}}, clock=clock)
+    manager.extend("counting", lambda cfg: driver)
+    loaded, go = asyncio.Event(), asyncio.Event()
+
+    async def polling(req: web.Request) -> web.Response:
+        session = await get_session(req)
+        loaded.set()
+        await go.wait()
+        return web.Response(text=repr(session.get("user")))
+
+    async def login(req: web.Request) -> web.Response:
+        session = await get_session(req)
+        await session.regenerate(destroy=False)
+        session["user"] = "ada"
+        return web.Response(text="in")
+
+    client = await aiohttp_client(app_with(manager, poll=polling, login=login))
+    await client.get("/count")
+    clock.advance(3600)  # the poll is due to re-send the rolling cookie
+    pending = asyncio.ensure_future(client.get("/poll"))
+    await loaded.wait()
+    assert (await client.get("/login")).status == 200
+    go.set()
+    late = await pending
+    assert raw_set_cookies(late) == []
+    assert "ada" in await (await client.get("/peek")).text()
+
+
+@pytest.mark.parametrize("move", ["regenerate", "new_session", "invalidate"])
+async def test_a_failed_login_keeps_the_session_a_failed_logout_still_logs_out(
+        aiohttp_client: ClientFactory, move: str) -> None:
+    async def fails(req: web.Request) -> web.Response:
+        if move == "new_session":
+            session = await new_session(req)
+        else:
+            session = await get_session(req)
+            await getattr(session, move)()
+        session["user"] = "ada"
+        raise web.HTTPInternalServerError()
+
+    manager, _ = make_manager()
+    client = await aiohttp_client(app_with(manager, fails=fails))
+    await client.get("/count")
+    assert (await client.get("/fails")).status == 500
+    after = await (await client.get("/peek")).text()
+    if move == "invalidate":
+        assert after == "{}"  # a logout takes effect at once, even if the request fails
+    else:
+        assert after == "{'n': 1}"  # the visitor's session (a cart, say) is still there
+
+
+async def test_a_request_answered_after_an_outage_began_does_not_end_it(
+        aiohttp_client: ClientFactory, caplog: pytest.LogCaptureFixture) -> None:
+    manager, driver = make_manager()
+    loaded, go = asyncio.Event(), asyncio.Event()
+
+    async def slow(req: web.Request) -> web.Response:
+        session = await get_session(req)  # the store answers here, before the outage
+        loaded.set()
+        await go.wait()
+        return web.Response(text=repr(session.all()))
+
+    client = await aiohttp_client(app_with(manager, slow=slow))
+    await client.get("/count")
+    with caplog.at_level(logging.WARNING, logger="aiosessmgr"):
+        pending = asyncio.ensure_future(client.get("/slow"))
+        await loaded.wait()
+        driver.fail = DriverError("store unreachable")
+        assert (await client.get("/count")).status == 503  # the outage begins
+        go.set()
+        assert (await pending).status == 200  # answered without touching the store again
+        assert (await client.get("/count")).status == 503
+        driver.fail = None
+        assert (await client.get("/count")).status == 200  # really back
+    errors = [r for r in caplog.records if r.levelno == logging.ERROR]
+    recoveries = [r for r in caplog.records if "reachable again" in r.getMessage()]
+    assert len(errors) == 1 and len(recoveries) == 1
+
+
+@pytest.mark.parametrize("failure", ["store-down", "save-timeout"])
+async def test_a_stream_whose_session_cannot_be_saved_is_a_well_framed_503(
+        aiohttp_client: ClientFactory, monkeypatch: pytest.MonkeyPatch, failure: str) -> None:
+    import aiohttp
+
+    from aiosessmgr import SessionSaveTimeout
+    from aiosessmgr import session as session_module
+
+    manager, driver = make_manager()
+
+    async def stream(req: web.Request) -> web.StreamResponse:
+        session = await get_session(req)
+        session["streamed"] = True
+        if failure == "store-down":
+            driver.fail = DriverError("store unreachable")
+        else:
+            async def timeout(self: Any, version: bytes, record: bytes) -> None:
+                raise SessionSaveTimeout("other writers kept winning")
+            monkeypatch.setattr(session_module.Session, "_compare_and_set", timeout)
+        response = web.StreamResponse()
+        await response.prepare(req)
+        await response.write(b"chunk one ")
+        await response.write(b"chunk two")
+        return response
+
+    # one connection: the second request must find it in step after the first
+    client = await cast(Any, aiohttp_client)(app_with(manager, stream=stream),
+                                             connector=aiohttp.TCPConnector(limit=1))
+    await client.get("/count")
+    response = await client.get("/stream")
+    assert response.status == 503  # the client learns that the session was not saved
+    assert await response.read() == b"chunk one chunk two"  # and the body is intact
+    if failure == "save-timeout":
+        assert response.headers["Retry-After"] == "1"
+    driver.fail = None
+    monkeypatch.undo()
+    again = await client.get("/peek")  # the same keep-alive connection still works
+    assert again.status == 200 and await again.text() == "{'n': 1}"

@@ -21,7 +21,8 @@ stream off from the connection's flow control, ``total_bytes`` accounting and li
   no further: beyond them the answer is ``NotFound.OUT_OF_REACH``.
 
 A body that cannot be parsed (no boundary, unknown charset, invalid UTF-8, JSON nested too
-deeply, ...) does not hold the field: ``NotFound.ABSENT``, never an exception. Errors of
+deeply, a ``Content-Encoding`` that does not decode, ...) does not hold the field:
+``NotFound.ABSENT``, never an exception. Errors of
 the connection itself (a client that goes away mid-body) propagate, as in the handler.
 A body that an outer middleware already consumed is looked up in what ``request.read()``
 and ``request.post()`` cached.
@@ -38,6 +39,11 @@ from urllib.parse import parse_qsl
 
 from aiohttp import BodyPartReader, MultipartReader, StreamReader, hdrs, web
 from aiohttp.base_protocol import BaseProtocol
+from aiohttp.http import HttpProcessingError
+
+# a body that does not decode (a Content-Encoding that is not what it says, broken
+# chunking): aiohttp puts RequestPayloadError on the stream, or its parser's own error
+_UNDECODABLE = (web.RequestPayloadError, HttpProcessingError)
 
 __all__ = ["NotFound", "find_field"]
 
@@ -71,7 +77,10 @@ async def find_field(request: web.Request, name: str) -> str | NotFound:
     is_json = content_type == "application/json" or content_type.endswith("+json")
     if not is_json and content_type != "application/x-www-form-urlencoded":
         return NotFound.ABSENT
-    body = await (request.read() if consumed else _read_whole(request))
+    try:
+        body = await (request.read() if consumed else _read_whole(request))
+    except _UNDECODABLE:
+        return NotFound.ABSENT
     charset = request.charset or "utf-8"
     return _from_json(body, charset, name) if is_json else _from_urlencoded(body, charset, name)
 
@@ -209,8 +218,8 @@ async def _from_multipart(request: web.Request, name: str) -> str | NotFound:
         _put_back(stream, taken)
     if value is not None:
         return value
-    if failure is not None:
-        raise failure
+    if failure is not None and not isinstance(failure, _UNDECODABLE):
+        raise failure  # the connection's error, as the handler's own read would see it
     return NotFound.OUT_OF_REACH if truncated else NotFound.ABSENT
 
 

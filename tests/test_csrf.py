@@ -288,18 +288,32 @@ async def test_whole_body_over_client_max_size(client: Client, content_type: str
         pytest.param(f"{FORM}; charset=no-such-charset", b"_token=GOOD", id="unknown-charset"),
         pytest.param(FORM, b"_token=GOOD&name=\xff\xfe", id="form-invalid-utf8"),
         pytest.param(JSON, b"[" * 100_000, id="json-too-deep"),
+        pytest.param(FORM, b"\x1f\x8b\x08\x00 _token=GOOD not gzip", id="form-corrupt-gzip"),
+        pytest.param(JSON, b"\x1f\x8b\x08\x00 not gzip", id="json-corrupt-gzip"),
+        pytest.param(f"{MULTIPART}; boundary=BB", b"\x1f\x8b\x08\x00 not gzip",
+                     id="multipart-corrupt-gzip"),
+        pytest.param(FORM, b"_token=GOOD not deflate", id="form-corrupt-deflate"),
     ],
 )
 async def test_malformed_body_is_a_missing_token(
         client: Client, caplog: pytest.LogCaptureFixture, content_type: str,
-        body: bytes) -> None:
+        body: bytes, request: pytest.FixtureRequest) -> None:
     good = (await token(client)).encode()
+    headers = {"Content-Type": content_type}
+    case = request.node.callspec.id
+    if "corrupt" in case:  # a body that does not decode as its Content-Encoding says
+        headers["Content-Encoding"] = "deflate" if "deflate" in case else "gzip"
     with caplog.at_level(logging.WARNING):
         response = await client.post("/read/read", data=body.replace(b"GOOD", good),
-                                     headers={"Content-Type": content_type})
+                                     headers=headers)
     assert response.status == 403
     assert "CSRF token missing" in await response.text()
-    assert [r for r in caplog.records if r.levelno >= logging.ERROR or r.exc_info] == []
+    assert [r for r in caplog.records if r.name.startswith("aiosessmgr")] == []
+    if "corrupt" not in request.node.callspec.id:
+        assert [r for r in caplog.records if r.levelno >= logging.ERROR or r.exc_info] == []
+    # (a body that does not decode is logged by aiohttp itself when it reads the rest of
+    # it after the response, with or without this middleware, as for any handler that
+    # does not read it)
 
 
 @pytest.mark.parametrize(

@@ -57,6 +57,16 @@ def _parse(header: str) -> list[tuple[str, str]]:
     return [(name, morsel.value) for name, morsel in jar.items()]  # pragma: no cover
 
 
+#: what a browser never puts in a Cookie header: quotes, backslashes, control characters
+_NOT_BROWSER: Final = bytes(range(0x20)) + b'\x7f"\\'
+
+
+def _is_browser_shaped(header: bytes) -> bool:
+    """No quote, backslash or control character, and every space right after a ';'."""
+    return (len(header.translate(None, _NOT_BROWSER)) == len(header)
+            and header.count(b" ") == header.count(b"; "))
+
+
 def cookie_values(header: str, name: str) -> list[str]:
     """Every value the ``Cookie`` header gives cookie *name*, in header order.
 
@@ -66,27 +76,22 @@ def cookie_values(header: str, name: str) -> list[str]:
     if not header:
         return []
     # Fast path: only what a browser sends ("a=1; b=2"): printable ASCII, no quotes or
-    # backslashes, and spaces only after a ';'. There aiohttp's parser splits at ';' and
-    # takes the value after the first '=' as is (no unquoting, no date special cases:
+    # backslashes, and every space right after a ';'. There aiohttp's parser splits at ';'
+    # and takes the value after the first '=' as is (no unquoting, no date special cases:
     # those need a quote, a comma followed by whitespace, or whitespace in a value).
-    if header.isascii() and header.isprintable() and '"' not in header \
-            and "\\" not in header:
-        flat = header.lstrip(" ")
-        while "; " in flat:
-            flat = flat.replace("; ", ";")
-        if " " not in flat:
-            values = []
-            start, name_eq, size = 0, name + "=", len(name) + 1
-            while (found := flat.find(name, start)) >= 0:
-                start = found + 1
-                if found and flat[found - 1] != ";":
-                    continue
-                if flat.startswith(name_eq, found):
-                    end = flat.find(";", found)
-                    values.append(flat[found + size:end if end >= 0 else None])
-                elif flat.startswith(";", found + size - 1) or found + size - 1 == len(flat):
-                    values.append("")  # a bare name: aiohttp reads it as an empty value
-            return values
+    if header.isascii() and _is_browser_shaped(header.encode("ascii")):
+        values = []
+        start, name_eq, size, end_of_header = 0, name + "=", len(name) + 1, len(header)
+        while (found := header.find(name, start)) >= 0:
+            start = found + 1
+            if found and header[found - 1] not in "; ":
+                continue  # inside another cookie's name or value
+            if header.startswith(name_eq, found):
+                end = header.find(";", found)
+                values.append(header[found + size:end if end >= 0 else None])
+            elif found + size - 1 == end_of_header or header[found + size - 1] == ";":
+                values.append("")  # a bare name: aiohttp reads it as an empty value
+        return values
     return [value for key, value in _parse(header) if key == name]
 
 

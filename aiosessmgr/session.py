@@ -148,6 +148,8 @@ class StoreContext:
 class SessionStore(ABC, MutableMapping[str, Any]):
     """The session interface the manager, the middleware and CSRF protection rely on."""
 
+    __slots__ = ()
+
     @abstractmethod
     def __init__(self, context: StoreContext, session_id: str | None = None) -> None:
         """Bind to a driver context; *session_id* is the id from the cookie, if any."""
@@ -352,6 +354,13 @@ class Session(SessionStore):
     ``push``/``increment`` which also merge correctly with concurrent requests.
     """
 
+    # one session per request: slots make it cheaper to build and smaller (a subclass
+    # without __slots__ of its own gets a __dict__ as usual)
+    __slots__ = ("_answered_at", "_changes", "_cookie_id", "_ctx", "_data", "_destroy_on_save",
+                 "_ended", "_fd", "_flushed", "_id", "_meta", "_meta_changed", "_moved", "_new",
+                 "_rewrite", "_started", "_stored", "_token_change", "_version", "_whole",
+                 "_written")
+
     def __init__(self, context: StoreContext, session_id: str | None = None) -> None:
         self._ctx = context
         self._cookie_id = session_id if is_valid_session_id(session_id) else None
@@ -383,13 +392,8 @@ class Session(SessionStore):
         self._meta_changed: set[str] = set()
         # "created" (lazily, on first use) or "rotated" (regenerate_token, regenerate)
         self._token_change: str | None = None
-        # flash keys read by this request (key -> token of the flash it read), flashed by
-        # it (key -> new token) and set with now() (gone at the end of this request)
-        self._flash_read: dict[str, str] = {}
-        self._flash_new: dict[str, str] = {}
-        self._flash_now: set[str] = set()
-        # pending flashes this request flashed over (key -> their token)
-        self._flash_replaced: dict[str, str] = {}
+        # this request's flash changes; made the first time it touches flash data
+        self._fd: _FlashDelta | None = None
 
     # -- state -----------------------------------------------------------------------------
 
@@ -422,7 +426,8 @@ class Session(SessionStore):
     def modified(self) -> bool:
         """True if there are changes that ``save()`` would write."""
         return bool(self._changes or self._flushed or self._meta_changed or self._rewrite
-                    or self._token_change or self._flash_read or self._flash_now)
+                    or self._token_change
+                    or (self._fd is not None and bool(self._fd.read or self._fd.now)))
 
     @property
     def stored(self) -> bool:
@@ -759,11 +764,13 @@ class Session(SessionStore):
                 self._token_change == "created" and "k" not in fresh_meta)):
             fresh_meta["k"] = token
         flash: dict[str, str] = {} if self._flushed else dict(fresh_meta.get("f") or {})
-        for key, read_token in self._flash_read.items():
-            if flash.get(key) == read_token:
-                del flash[key]
-                merged.pop(key, None)
-        flash.update(self._flash_new)
+        fd = self._fd
+        if fd is not None:
+            for key, read_token in fd.read.items():
+                if flash.get(key) == read_token:
+                    del flash[key]
+                    merged.pop(key, None)
+            flash.update(fd.new)
         if flash:
             fresh_meta["f"] = flash
         else:
@@ -776,10 +783,7 @@ class Session(SessionStore):
         self._meta_changed = set()
         self._rewrite = False
         self._token_change = None
-        self._flash_read = {}
-        self._flash_new = {}
-        self._flash_now = set()
-        self._flash_replaced = {}
+        self._fd = None
 
     async def regenerate(self, destroy: bool = True) -> None:
         """Move the data to a new id (call it at login); by default destroy the old record.
@@ -974,10 +978,7 @@ class Session(SessionStore):
         self._changes.clear()
         self._flushed = True
         self._meta.pop("f", None)
-        self._flash_read = {}
-        self._flash_new = {}
-        self._flash_now = set()
-        self._flash_replaced = {}
+        self._fd = None
 
     def all(self) -> dict[str, Any]:
         """A shallow copy of all data (this reads, and so consumes, every flashed key)."""
@@ -1028,53 +1029,64 @@ class Session(SessionStore):
     # (a background poll between a POST and its redirect) leave it alone. Each flash has
     # a token, so a request removes only the flash it read, never a newer one.
 
+    def _flash_delta(self) -> _FlashDelta:
+        if self._fd is None:
+            self._fd = _FlashDelta()
+        return self._fd
+
     def _seen(self, key: str) -> None:
         """A read of *key*: if it holds a flash of an earlier request, this consumes it."""
         token = self._meta["f"].get(key)
-        if token is not None and key not in self._flash_new and key not in self._flash_read:
-            self._flash_read[key] = token
+        if token is not None:
+            fd = self._flash_delta()
+            if key not in fd.new and key not in fd.read:
+                fd.read[key] = token
 
     def _unflash(self, key: str) -> None:
         """*key* is removed: its pending flash goes too (conditionally, by its token)."""
-        flash = self._meta["f"]
-        if key in self._flash_new:
-            del self._flash_new[key]
+        flash, fd = self._meta["f"], self._flash_delta()
+        if key in fd.new:
+            del fd.new[key]
             flash.pop(key, None)
-            if key in self._flash_replaced:  # the flash it had replaced goes as well
-                self._flash_read.setdefault(key, self._flash_replaced.pop(key))
+            if key in fd.replaced:  # the flash it had replaced goes as well
+                fd.read.setdefault(key, fd.replaced.pop(key))
         elif key in flash:
-            self._flash_read.setdefault(key, flash[key])
+            fd.read.setdefault(key, flash[key])
 
     def flash(self, key: str, value: Any) -> None:
         """Set *key* until a later request reads it (the next page after a redirect)."""
         self._set(key, value)
         token = secrets.token_hex(4)
-        flash = self._meta.setdefault("f", {})
-        if key in flash and key not in self._flash_new:
-            self._flash_replaced[key] = flash[key]
+        flash, fd = self._meta.setdefault("f", {}), self._flash_delta()
+        if key in flash and key not in fd.new:
+            fd.replaced[key] = flash[key]
         flash[key] = token
-        self._flash_new[key] = token
-        self._flash_read.pop(key, None)
-        self._flash_now.discard(key)
+        fd.new[key] = token
+        fd.read.pop(key, None)
+        fd.now.discard(key)
 
     def now(self, key: str, value: Any) -> None:
         """Set *key* for this request only."""
         if "f" in self._meta:
             self._unflash(key)
         self._set(key, value)
-        self._flash_now.add(key)
+        self._flash_delta().now.add(key)
 
     def reflash(self) -> None:
         """Keep all flash data this request read (or set with ``now``) for a later request."""
-        self.keep(*self._flash_read, *self._flash_now)
+        if self._fd is not None:
+            self.keep(*self._fd.read, *self._fd.now)
 
     def keep(self, *keys: str) -> None:
         """Keep the named flash keys that this request read (or set with ``now``) for later."""
+        fd = self._fd
+        if fd is None:
+            return
         for key in keys:
-            if key in self._flash_read:
-                del self._flash_read[key]  # still pending, with the flash's own token
-            elif key in self._flash_now and key in self._data:
-                self._flash_now.discard(key)
+            if key in fd.read:
+                del fd.read[key]  # still pending, with the flash's own token
+            elif key in fd.now and key in self._data:
+                fd.now.discard(key)
                 self.flash(key, self._data[key])
 
     def _age_flash(self) -> None:
@@ -1084,18 +1096,36 @@ class Session(SessionStore):
         whether the stored key goes too is decided at the merge, by the flash's token
         (another request may have flashed that key again meanwhile).
         """
-        if self._flash_read:
+        fd = self._fd
+        if fd is None:
+            return
+        if fd.read:
             flash = self._meta.get("f") or {}
-            for key, token in self._flash_read.items():
+            for key, token in fd.read.items():
                 if flash.get(key) == token:
                     del flash[key]
                 self._data.pop(key, None)
                 self._changes.pop(key, None)
             if not flash:
                 self._meta.pop("f", None)
-        for key in self._flash_now:
+        for key in fd.now:
             self._data.pop(key, None)
             self._changes[key] = _DEL
+
+
+class _FlashDelta:
+    """One request's flash changes, made the first time a request touches flash data."""
+
+    __slots__ = ("new", "now", "read", "replaced")
+
+    def __init__(self) -> None:
+        # flashes read, so consumed (key -> token of the flash read); flashes made here
+        # (key -> new token); keys set with now(); pending flashes flashed over (key ->
+        # their token)
+        self.read: dict[str, str] = {}
+        self.new: dict[str, str] = {}
+        self.now: set[str] = set()
+        self.replaced: dict[str, str] = {}
 
 
 def _valid_meta(meta: dict[str, Any]) -> bool:

@@ -349,9 +349,11 @@ class Session(SessionStore):
         session.flash("status", "Saved!")     # kept until a later request reads it
         await session.save()
 
-    Values must be serializable (msgpack: str, int, float, bool, None, bytes, list, dict,
-    datetime). Mutating a nested value in place is not tracked; ``put`` it again, or use
-    ``push``/``increment`` which also merge correctly with concurrent requests.
+    Values must be serializable (msgpack: None, bool, int, float, str, bytes, datetime,
+    list, tuple, dict and their subclasses; the exact set is in ``aiosessmgr.codec``);
+    ``save()`` raises SerializationError for anything else. Mutating a nested value in
+    place is not tracked; ``put`` it again, or use ``push``/``increment`` which also merge
+    correctly with concurrent requests.
     """
 
     # one session per request: slots make it cheaper to build and smaller (a subclass

@@ -125,7 +125,8 @@ class _Refused(Exception):
         if len(segments) > 10:
             segments = [*segments[:6], "...", *segments[-2:]]
         return SerializationError(
-            f"cannot serialize {subject}: {where}{''.join(segments)} {self.problem}")
+            f"cannot serialize {subject}: {where}{''.join(segments)} {self.problem}",
+            key=path[1] if path[:1] == ["d"] and len(path) >= 2 else None)
 
 
 def _name(key: Any) -> str:
@@ -332,20 +333,54 @@ def _check(walk: _Walk, data: dict[str, Any]) -> bool:
         raise exc.error() from None
 
 
-def _packer_failed(explain: _Walk, data: dict[str, Any],
-                   exc: Exception) -> SerializationError:
-    """The packer refused what the fast walk let through: name it with the strict walk."""
+def _packer_failed(explain: _Walk, data: dict[str, Any], exc: Exception,
+                   pack: Callable[[dict[str, Any]], Any]) -> SerializationError:
+    """The packer refused what the fast walk let through: name it with the strict walk,
+    or else find the session key by packing each alone (a datetime whose tzinfo raises,
+    say: the value, not its type, is at fault)."""
     _check(explain, data)
+    values = data.get("d")
+    if isinstance(values, dict):
+        for key, value in values.items():
+            try:
+                pack({key: value})
+            except Exception as alone:
+                return SerializationError(
+                    f"cannot serialize session key {key!r}: {type(alone).__name__}: {alone}",
+                    key=key)
     return SerializationError(f"cannot serialize session data: {exc}")
 
 
-def _msgpack_default(obj: Any) -> Any:
+def _normalized(obj: Any, ext: Callable[[int, bytes], Any]) -> Any:
+    """What both packers write for a value that is not of an exact type (their ``default``).
+
+    Both run with every non-exact type passed through to here (msgpack-python with
+    ``strict_types``, ormsgpack with its passthrough options), so a subclass is written
+    from the same plain value on both paths: its items() or its iteration, never a mix
+    of ``len()`` and iteration that a subclass could make disagree.
+    """
     if isinstance(obj, datetime):
         # ISO text keeps the exact offset and microseconds; msgpack's own timestamp
         # type would turn every datetime into UTC. datetime.isoformat, not the object's:
         # a subclass is saved as the datetime it is.
-        return msgpack.ExtType(_DATETIME_EXT, datetime.isoformat(obj).encode("ascii"))
+        return ext(_DATETIME_EXT, datetime.isoformat(obj).encode("ascii"))
+    if isinstance(obj, str):
+        return str.__str__(obj)
+    if isinstance(obj, int):
+        return int.__int__(obj)
+    if isinstance(obj, float):
+        return float.__float__(obj)
+    if isinstance(obj, dict):
+        return dict(obj.items())
+    if isinstance(obj, (list, tuple)) and not isinstance(obj, msgpack.ExtType):
+        return list(obj)
+    if isinstance(obj, (bytes, bytearray, memoryview)):
+        return bytes(obj)
     raise TypeError(f"cannot serialize object of type {type(obj).__name__}")
+
+
+def _msgpack_default(obj: Any) -> Any:
+    return _normalized(obj, msgpack.ExtType)
 
 
 def _ext_hook(code: int, data: bytes) -> Any:
@@ -355,15 +390,21 @@ def _ext_hook(code: int, data: bytes) -> Any:
 
 
 def _pack_reference(data: dict[str, Any]) -> bytes:
-    return msgpack.packb(data, default=_msgpack_default, use_bin_type=True)  # type: ignore[no-any-return]
+    return msgpack.packb(data, default=_msgpack_default, use_bin_type=True,  # type: ignore[no-any-return]
+                         strict_types=True)
 
 
 def _unpack_reference(payload: bytes) -> dict[str, Any]:
     # timestamp=3: a msgpack timestamp (ext -1, which this library never writes) loads as
     # an aware UTC datetime, a value that can be saved again; msgpack-python has no
     # option to refuse it.
-    value = msgpack.unpackb(payload, raw=False, ext_hook=_ext_hook, strict_map_key=False,
-                            timestamp=3)
+    try:
+        value = msgpack.unpackb(payload, raw=False, ext_hook=_ext_hook,
+                                strict_map_key=False, timestamp=3)
+    except msgpack.ExtraData as exc:
+        # bytes after the record: ormsgpack ignores them, so this path does too (one
+        # behaviour whichever library is installed)
+        value = exc.unpacked
     if not isinstance(value, dict):
         raise ValueError("session payload is not a mapping")
     return value
@@ -385,7 +426,7 @@ class MsgpackSerializer:
         try:
             return _pack_reference(data)
         except Exception as exc:
-            raise _packer_failed(_explain_msgpack, data, exc) from exc
+            raise _packer_failed(_explain_msgpack, data, exc, _pack_reference) from exc
 
     def deserialize(self, payload: bytes) -> dict[str, Any]:
         """Decode msgpack; raises ValueError (or another error) for anything unreadable."""
@@ -421,21 +462,7 @@ class OrmsgpackSerializer:
 
     def _default(self, obj: Any) -> Any:
         """Normalize what the walk accepted and ormsgpack passes through, as msgpack does."""
-        if isinstance(obj, datetime):
-            return self._ext(_DATETIME_EXT, datetime.isoformat(obj).encode("ascii"))
-        if isinstance(obj, str):
-            return str.__str__(obj)
-        if isinstance(obj, int):
-            return int.__int__(obj)
-        if isinstance(obj, float):
-            return float.__float__(obj)
-        if isinstance(obj, dict):
-            return dict(obj.items())  # msgpack-python iterates a subclass's items()
-        if isinstance(obj, (list, tuple)):
-            return list(obj)
-        if isinstance(obj, (bytes, bytearray, memoryview)):
-            return bytes(obj)
-        raise TypeError(f"cannot serialize object of type {type(obj).__name__}")
+        return _normalized(obj, self._ext)
 
     def serialize(self, data: dict[str, Any]) -> bytes:
         """Encode exactly as MsgpackSerializer does; SerializationError as it raises it."""
@@ -448,7 +475,7 @@ class OrmsgpackSerializer:
         except SerializationError:
             raise
         except Exception as exc:
-            raise _packer_failed(_explain_msgpack, data, exc) from exc
+            raise _packer_failed(_explain_msgpack, data, exc, _pack_reference) from exc
         return payload
 
     def deserialize(self, payload: bytes) -> dict[str, Any]:
@@ -463,6 +490,11 @@ class OrmsgpackSerializer:
         if not isinstance(value, dict):
             raise ValueError("session payload is not a mapping")
         return value
+
+
+def _json_dumps(data: dict[str, Any]) -> bytes:
+    return json.dumps(data, separators=(",", ":"), ensure_ascii=False,
+                      allow_nan=False).encode()
 
 
 def _refuse_constant(name: str) -> Any:
@@ -481,10 +513,9 @@ class JsonSerializer:
         """Encode as compact UTF-8 JSON; SerializationError for what JSON cannot hold."""
         _check(_walk_json, data)
         try:
-            return json.dumps(data, separators=(",", ":"), ensure_ascii=False,
-                              allow_nan=False).encode()
+            return _json_dumps(data)
         except Exception as exc:
-            raise _packer_failed(_explain_json, data, exc) from exc
+            raise _packer_failed(_explain_json, data, exc, _json_dumps) from exc
 
     def deserialize(self, payload: bytes) -> dict[str, Any]:
         """Decode JSON produced by :meth:`serialize` (NaN and Infinity are refused)."""
@@ -605,7 +636,7 @@ def _explain(serializer: Serializer, data: dict[str, Any], exc: Exception) -> Se
                 return SerializationError(
                     f"cannot serialize session key {key!r}: value of type "
                     f"{type(culprit).__name__} is not supported by "
-                    f"{type(serializer).__name__} ({exc})"
+                    f"{type(serializer).__name__} ({exc})", key=key
                 )
     return SerializationError(f"cannot serialize session data: {exc}")
 

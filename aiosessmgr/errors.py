@@ -35,7 +35,14 @@ class ConfigError(AiosessmgrError, ValueError):
 
 
 class SerializationError(AiosessmgrError, TypeError):
-    """A session value cannot be serialized; the message names the key and the type."""
+    """A session value cannot be serialized; the message names the key and the type.
+
+    ``key`` is that session key when one is to blame (None for metadata or the whole).
+    """
+
+    def __init__(self, message: str, *, key: object = None) -> None:
+        super().__init__(message)
+        self.key = key
 
 
 class DriverError(AiosessmgrError):

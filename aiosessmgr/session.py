@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import os
 import random
 import re
@@ -36,7 +37,13 @@ from .drivers.base import (
     SupportsTouch,
 )
 from .drivers.memory import LocalLocks
-from .errors import DriverError, SessionError, SessionLockTimeout, SessionSaveTimeout
+from .errors import (
+    DriverError,
+    SerializationError,
+    SessionError,
+    SessionLockTimeout,
+    SessionSaveTimeout,
+)
 from .events import EventRegistry, SessionEvent, SessionEvents
 
 __all__ = [
@@ -203,12 +210,12 @@ class SessionStore(ABC, MutableMapping[str, Any]):
         return False
 
     @property
-    def written_at(self) -> float:
-        """When the record was last written (epoch seconds); 0.0 if unknown."""
+    def cookie_sent_at(self) -> float:
+        """When a response last sent this session's cookie (epoch seconds); 0.0 if unknown."""
         return 0.0
 
-    def touch(self) -> None:
-        """Have the next ``save()`` rewrite the loaded record even if nothing changed."""
+    def cookie_sent(self, at: float) -> None:
+        """Record that this response sends the cookie (written by the next ``save()``)."""
 
     @property
     @abstractmethod
@@ -358,7 +365,7 @@ class Session(SessionStore):
 
     # one session per request: slots make it cheaper to build and smaller (a subclass
     # without __slots__ of its own gets a __dict__ as usual)
-    __slots__ = ("_answered_at", "_changes", "_cookie_id", "_ctx", "_data", "_destroy_on_save",
+    __slots__ = ("_answered_at", "_carry", "_changes", "_cookie_id", "_ctx", "_data",
                  "_ended", "_fd", "_flushed", "_id", "_meta", "_meta_changed", "_moved", "_new",
                  "_rewrite", "_started", "_stored", "_token_change", "_version", "_whole",
                  "_written")
@@ -368,8 +375,8 @@ class Session(SessionStore):
         self._cookie_id = session_id if is_valid_session_id(session_id) else None
         self._id = self._cookie_id or ""
         self._data: dict[str, Any] = {}
-        # meta: c = created (epoch s), t = last write (epoch s), k = CSRF token,
-        # f = {flashed key: token of that flash}
+        # meta: c = created (epoch s), t = last write (epoch s), s = cookie last sent
+        # (epoch s), k = CSRF token, f = {flashed key: token of that flash}
         self._meta: dict[str, Any] = {}
         self._version: bytes | None = None
         self._started = False
@@ -385,8 +392,9 @@ class Session(SessionStore):
         self._answered_at = 0.0
         # this request wrote the record
         self._written = False
-        # regenerate(): the record to destroy when the new one is saved
-        self._destroy_on_save: str | None = None
+        # regenerate(): the record moved from and the version loaded; save() replays the
+        # delta on that record as stored then, writes the new id, then destroys it
+        self._carry: tuple[str, bytes | None] | None = None
         self._changes: dict[str, str | _Ops] = {}
         self._flushed = False
         # the record is written whole (a new id): nothing to merge with
@@ -464,18 +472,24 @@ class Session(SessionStore):
         return self._written
 
     @property
-    def written_at(self) -> float:
-        """When the record was last written (epoch seconds); 0.0 for a new session."""
-        return float(self._meta.get("t", 0.0)) if self._stored else 0.0
+    def cookie_sent_at(self) -> float:
+        """When a response last sent this session's cookie (epoch seconds); 0.0 if unknown.
 
-    def touch(self) -> None:
-        """Have the next ``save()`` rewrite the loaded record even if nothing changed.
+        Kept in the record (metadata ``s``) so that a rolling ``max_age`` cookie is re-sent
+        on time, whichever process served the requests in between.
+        """
+        value = self._meta.get("s", 0.0)
+        return float(value) if self._stored else 0.0
 
-        The middleware rolls a ``max_age`` cookie this way: the rewrite's compare-and-set
+    def cookie_sent(self, at: float) -> None:
+        """Record that this response sends the cookie; the next ``save()`` writes it.
+
+        The middleware rolls a ``max_age`` cookie this way: that write's compare-and-set
         proves the record still exists before the cookie is sent again.
         """
-        if self._stored and not self._ended:
-            self._rewrite = True
+        if not self._ended:
+            self._meta["s"] = at
+            self._meta_changed.add("s")
 
     @property
     def created_at(self) -> float:
@@ -563,8 +577,21 @@ class Session(SessionStore):
 
     def _encode(self) -> tuple[bytes, bytes]:
         version = os.urandom(VERSION_SIZE)
-        body = self._ctx.codec.encode(self._id, {"d": self._data, "m": self._meta})
-        return version, version + body
+        while True:
+            try:
+                body = self._ctx.codec.encode(self._id, {"d": self._data, "m": self._meta})
+            except SerializationError as exc:
+                key = exc.key
+                if key is None or key in self._changes or key not in self._data:
+                    raise  # this request's own value: the handler's error to see
+                # a stored value this request did not touch, which loads but cannot be
+                # saved again (written by something else): drop it rather than fail every
+                # request of this session from now on
+                logger.warning("session %s…: dropping stored key %r, which cannot be "
+                               "saved again: %s", self._id[:6], key, exc)
+                self._delete(key)
+                continue
+            return version, version + body
 
     def _worth_storing(self) -> bool:
         return bool(self._data) or "k" in self._meta or self._stored
@@ -580,8 +607,16 @@ class Session(SessionStore):
         """
         if not self._started or self._ended:
             return
-        if self._destroy_on_save is not None:
-            await self._destroy_previous()
+        moved_from = None
+        if self._carry is not None:
+            moved_from = await self._carry_over()
+            if moved_from is None:
+                return  # the record it was moved from ended meanwhile: never revive it
+        await self._write()  # if this fails, the old record stays: a failed login loses nothing
+        if moved_from is not None:
+            await self._destroy_moved(moved_from)
+
+    async def _write(self) -> None:
         self._age_flash()
         if not self.modified:
             return
@@ -730,7 +765,7 @@ class Session(SessionStore):
                 logger.warning("could not release the lock of session %s…: %s",
                                locked_id[:6], exc)
 
-    def _rebase(self, raw: bytes | None) -> None:
+    def _rebase(self, raw: bytes | None, session_id: str | None = None) -> None:
         """Replay this request's delta on the record another request just wrote.
 
         Data: keys set or deleted here win, operations replay on the fresh value.
@@ -739,7 +774,7 @@ class Session(SessionStore):
         are added; a CSRF token created here yields to one already stored (the page that
         showed it keeps working) unless this request rotated it.
         """
-        decoded = None if raw is None else self._decode(self._id, raw)
+        decoded = None if raw is None else self._decode(session_id or self._id, raw)
         self._version = None if raw is None else raw[:VERSION_SIZE]
         if decoded is None or self._whole:
             # unreadable or absent, or a new id written whole: our state is the record
@@ -790,10 +825,13 @@ class Session(SessionStore):
     async def regenerate(self, destroy: bool = True) -> None:
         """Move the data to a new id (call it at login); by default destroy the old record.
 
-        The CSRF token rotates too. The old record is destroyed when the new one is saved
-        (the middleware saves at the end of the request), so a request that fails after
-        ``regenerate()`` (an exception, a 5xx) leaves the session as it was: a failed
-        login does not lose the visitor's session.
+        The CSRF token rotates too. The move happens at ``save()`` (the middleware saves at
+        the end of the request): the old record is re-read and this request's changes are
+        replayed on it (so what concurrent requests saved meanwhile is kept), the result is
+        written under the new id, and then the old record is destroyed. A request that
+        fails after ``regenerate()`` (an exception, a 5xx, a failed save) leaves the
+        session as it was; if the old record ended meanwhile (a logout elsewhere), nothing
+        is written under the new id and the session ends: it is never revived.
         """
         self._require_started()
         old_id = self._id
@@ -825,27 +863,57 @@ class Session(SessionStore):
         if was_stored:
             self._ctx.moved.add(old_id, self._ctx.clock())
         self._id = new_session_id()
-        self._version = None
         self._stored = False
         self._ended = False
         self._moved = True
-        # the new record is written whole
+        if at_save and (self._carry is not None or (destroy and was_stored)):
+            # regenerate(): the delta stays relative to the record it was loaded from
+            if self._carry is None:
+                self._carry = (old_id, self._version)
+            self._version = None
+            return
+        self._version = None
+        self._write_whole()
+        if self._carry is not None:  # invalidate() after regenerate(): the old record goes now
+            carried, self._carry = self._carry[0], None
+            await self._destroy_moved(carried)
+        elif destroy and was_stored:
+            await self._destroy_moved(old_id)
+
+    def _write_whole(self) -> None:
+        """The next save writes the whole state under a new id: nothing to merge with."""
         self._whole = True
         self._changes = {key: _SET for key in self._data}
         self._flushed = True
         self._meta_changed = set(self._meta)
-        if destroy and was_stored:
-            # an earlier regenerate() of this request may still have a record to destroy
-            self._destroy_on_save = self._destroy_on_save or old_id
-        if self._destroy_on_save is not None and not at_save:
-            await self._destroy_previous()
 
-    async def _destroy_previous(self) -> None:
-        """Destroy the record this request moved away from (see regenerate)."""
-        old_id = self._destroy_on_save
-        assert old_id is not None
+    async def _carry_over(self) -> str | None:
+        """regenerate() then save(): bring the moved-from record's current state along.
+
+        Re-reads that record, replays this request's changes on it (what other requests
+        saved meanwhile is kept) and prepares the whole of it for the new id. Returns the
+        id to destroy once the new record is written, or None, ending this session, if
+        that record is gone: a logout in another tab, an admin's destroy.
+        """
+        assert self._carry is not None
+        old_id, loaded = self._carry
+        raw = await self._ctx.driver.read(old_id)
+        self._answered_at = time.monotonic()
+        self._carry = None
+        if raw is None:
+            logger.info("session %s… ended while a request moved it to a new id; the new "
+                        "id is not stored", old_id[:6])
+            self._end()
+            return None
+        if raw[:VERSION_SIZE] != loaded:
+            self._rebase(raw, old_id)
+        self._version = None
+        self._write_whole()
+        return old_id
+
+    async def _destroy_moved(self, old_id: str) -> None:
+        """Destroy the record this request moved away from."""
         await self._ctx.destroy(old_id)
-        self._destroy_on_save = None
         self._answered_at = time.monotonic()
         self._ctx.events.emit(SessionEvent(SessionEvents.DESTROYED, old_id, self))
 
@@ -1130,13 +1198,26 @@ class _FlashDelta:
         self.replaced: dict[str, str] = {}
 
 
+_SCALARS: Final = (str, int, float, bool, type(None))
+_KNOWN_META: Final = frozenset({"c", "t", "s", "k", "f"})
+
+
 def _valid_meta(meta: dict[str, Any]) -> bool:
-    """Reject stored metadata of the wrong shape (a hostile or foreign payload)."""
-    for name in ("c", "t"):
+    """Reject stored metadata of the wrong shape (a hostile or foreign payload).
+
+    Times are finite numbers, the token a str, flash data a {str: str} map; keys we do not
+    know (a later version's) may hold scalars only, so metadata always saves again.
+    """
+    for name in ("c", "t", "s"):
         if name in meta and (isinstance(meta[name], bool)
-                             or not isinstance(meta[name], (int, float))):
+                             or not isinstance(meta[name], (int, float))
+                             or not math.isfinite(meta[name])):
             return False
     if "k" in meta and not isinstance(meta["k"], str):
+        return False
+    if any(name not in _KNOWN_META and (not isinstance(value, _SCALARS) or (
+            isinstance(value, float) and not math.isfinite(value)))
+           for name, value in meta.items()):
         return False
     if "f" in meta:
         flash = meta["f"]

@@ -88,7 +88,7 @@ class _Front:
             max_age = manager.context().ttl
         self.max_age = max_age
         self.cookies = CookieWriter(cookie, max_age)
-        #: seconds between two re-sends of a max_age cookie to a session that only reads
+        #: seconds between two re-sends of a max_age cookie (each one writes the record)
         self.refresh_interval = 0 if max_age is None else max(1, max_age // 10)
         self.save_on_server_error = manager.config.save_on_server_error
         # ids requests of this process moved away from or destroyed
@@ -136,17 +136,19 @@ class _Front:
         moved_at = self.moved.since(session_id)
         return moved_at is not None and moved_at >= slot.arrived
 
-    def cookie_header(self, slot: _Slot, session: SessionStore) -> str | None:
-        """The Set-Cookie value this response carries for the session, or None."""
+    def cookie_header(self, slot: _Slot, session: SessionStore,
+                      rolling: bool = False) -> str | None:
+        """The Set-Cookie value this response carries for the session, or None.
+
+        *rolling*: a max_age cookie is due to be re-sent (see ``finalize``).
+        """
         if session.ended:
             return None  # another request moved or ended it: that one decides the cookie
         if session.stored:
             if session.id != slot.cookie:
                 return self.cookies.set_header(session.id)
-            if self.max_age is not None and session.written \
-                    and not self.moved_since_arrival(slot, session.id):
-                # rolling max_age, only after a write: its compare-and-set has just
-                # proven that the record exists (no other request moved it meanwhile)
+            if rolling and session.written:
+                # the write's compare-and-set has just proven that the record exists
                 return self.cookies.set_header(session.id)
             return None
         if slot.cookie is not None and (session.moved or slot.replaced):
@@ -173,16 +175,24 @@ class _Front:
                 response.headers[hdrs.VARY] = f"{vary}, Cookie"
         if not self.saves(response.status):
             return
-        if slot.destroy_on_save is not None:  # new_session(): the replaced record goes now
+        rolling = False
+        if self.refresh_interval and not session.ended:
+            if session.id != slot.cookie:
+                session.cookie_sent(slot.arrived)  # set by this response, if it is stored
+            elif session.stored and not self.moved_since_arrival(slot, session.id) \
+                    and slot.arrived - session.cookie_sent_at >= self.refresh_interval:
+                # due to roll: the save writes when it was sent, and its compare-and-set
+                # proves the record still exists before the cookie goes out again
+                session.cookie_sent(slot.arrived)
+                rolling = True
+        await session.save()
+        if slot.destroy_on_save is not None:
+            # new_session(): the replaced record goes once the new one is saved, so a
+            # request whose save fails keeps the session it had
             await self.manager.destroy(slot.destroy_on_save)
             slot.destroy_on_save = None
-        if self.refresh_interval and session.stored and session.id == slot.cookie \
-                and slot.arrived - session.written_at >= self.refresh_interval \
-                and not self.moved_since_arrival(slot, session.id):
-            session.touch()  # roll the max_age cookie through a compare-and-set
-        await session.save()
         self.store_answered(session)
-        header = self.cookie_header(slot, session)
+        header = self.cookie_header(slot, session, rolling)
         if header is not None:
             if not preparing and self.cookie_name in response.cookies:
                 del response.cookies[self.cookie_name]  # ours replaces the handler's
@@ -286,11 +296,20 @@ def _unsaved(response: web.StreamResponse) -> None:
     The status line is not written yet (this runs inside ``prepare()``), but aiohttp's
     public ``set_status`` refuses once ``prepare()`` began, so its internal setter is used.
     Raising here instead would leave aiohttp's writer set up for the streamed body and
-    send a 503 whose framing is wrong (the connection then goes out of step).
+    send a 503 whose framing is wrong (the connection then goes out of step). aiohttp has
+    already chosen the framing: a bodiless answer (204, 304) becomes a 503 with
+    ``Content-Length: 0``; a protocol switch (a WebSocket's 101) is left alone, since its
+    frames follow (the failure is logged).
     """
+    status = response.status
+    if status < 200:
+        return
     set_status = getattr(response, "_set_status", None)
-    if set_status is not None:
-        set_status(503, None)
+    if set_status is None:
+        return
+    if status in (204, 304):
+        response.headers[hdrs.CONTENT_LENGTH] = "0"
+    set_status(503, None)
 
 
 def setup(app: web.Application, manager: SessionManager) -> None:

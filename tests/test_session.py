@@ -685,3 +685,84 @@ async def test_heavy_cross_process_contention_loses_no_save(
     assert final.get("n") == workers * tasks * rounds
     assert len(final) == 1000 + 1 + workers * tasks * rounds  # seed keys, n, one key a save
     await manager.close()
+
+
+# -- regenerate(): the old record's current state moves; an ended one never comes back ------
+
+
+async def test_regenerate_of_a_session_ended_meanwhile_revives_nothing(
+        manager: SessionManager) -> None:
+    s = await stored(manager, user="alice")
+    old_id = s.id
+    await s.regenerate()  # a slow request rotates the id (periodic rotation, say) ...
+    await manager.destroy(old_id)  # ... while the user logs out in another tab
+    await s.save()
+    assert s.ended and not s.stored
+    assert await manager.get_driver().read(s.id) is None  # no new record carries the user
+    assert (await manager.load(old_id)).new
+
+
+async def test_regenerate_keeps_what_a_concurrent_request_saved(
+        manager: SessionManager) -> None:
+    s = await stored(manager, cart=["A-1"])
+    login = await manager.load(s.id)
+    other = await manager.load(s.id)
+    await login.regenerate()
+    login["user"] = "alice"
+    other.push("cart", "B-2")  # saved while the login runs
+    await other.save()
+    await login.save()
+    moved = await manager.load(login.id)
+    assert moved.get("user") == "alice" and moved.get("cart") == ["A-1", "B-2"]
+    assert (await manager.load(s.id)).new  # the old id is dead
+
+
+@pytest.mark.parametrize("move", ["regenerate", "invalidate"])
+async def test_a_save_that_fails_after_regenerate_keeps_the_old_session(
+        manager: SessionManager, move: str) -> None:
+    from aiosessmgr import SerializationError
+
+    s = await stored(manager, cart=["A-1"])
+    login = await manager.load(s.id)
+    await getattr(login, move)()
+    login["when"] = {1, 2}  # not serializable: the save fails
+    with pytest.raises(SerializationError):
+        await login.save()
+    survivor = await manager.load(s.id)
+    if move == "regenerate":
+        assert survivor.get("cart") == ["A-1"]  # a failed login loses nothing
+    else:
+        assert survivor.new  # a logout took effect at once
+
+
+async def test_a_stored_value_that_cannot_be_saved_again_is_dropped(
+        manager: SessionManager, caplog: pytest.LogCaptureFixture) -> None:
+    import logging
+
+    deep: list[object] = []
+    for _ in range(150):  # loads (both decoders read ~1,000 levels), saves refuse > 100
+        deep = [deep]
+    import msgpack
+
+    sid = new_session_id()  # written by something else (an older version, another writer)
+    body = b"\x00" + msgpack.packb({"d": {"deep": deep, "n": 1}, "m": {"c": 1.0}})
+    await manager.get_driver().write(sid, b"version1" + body, 60)
+    loaded = await manager.load(sid)
+    assert not loaded.new and loaded.get("n") == 1
+    loaded.increment("n")
+    with caplog.at_level(logging.WARNING, logger="aiosessmgr"):
+        await loaded.save()  # not a SerializationError on every request from now on
+    assert any("'deep'" in r.getMessage() for r in caplog.records)
+    again = await manager.load(sid)
+    assert again.get("n") == 2 and "deep" not in again
+
+
+async def test_metadata_that_could_not_be_saved_again_makes_the_record_unreadable(
+        manager: SessionManager) -> None:
+    import msgpack
+
+    for meta in ({"c": 1.0, "x": [[1]]}, {"c": float("inf")}, {"c": 1.0, "s": float("nan")}):
+        sid = new_session_id()
+        body = b"\x00" + msgpack.packb({"d": {"n": 1}, "m": meta})
+        await manager.get_driver().write(sid, b"version1" + body, 60)
+        assert (await manager.load(sid)).new, meta  # a foreign record: a fresh session

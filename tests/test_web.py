@@ -985,3 +985,99 @@ async def test_a_stream_whose_session_cannot_be_saved_is_a_well_framed_503(
     monkeypatch.undo()
     again = await client.get("/peek")  # the same keep-alive connection still works
     assert again.status == 200 and await again.text() == "{'n': 1}"
+
+
+@pytest.mark.parametrize("kind", ["204", "websocket"])
+async def test_a_bodiless_or_upgraded_stream_whose_session_cannot_be_saved(
+        aiohttp_client: ClientFactory, kind: str) -> None:
+    import aiohttp
+
+    manager, driver = make_manager()
+
+    async def empty(req: web.Request) -> web.StreamResponse:
+        (await get_session(req))["x"] = 1
+        driver.fail = DriverError("store unreachable")
+        response = web.StreamResponse(status=204)
+        await response.prepare(req)
+        return response
+
+    async def ws(req: web.Request) -> web.StreamResponse:
+        (await get_session(req))["x"] = 1
+        driver.fail = DriverError("store unreachable")
+        socket = web.WebSocketResponse()
+        await socket.prepare(req)
+        await socket.send_str("hi")
+        await socket.close()
+        return socket
+
+    client = await cast(Any, aiohttp_client)(app_with(manager, empty=empty, ws=ws),
+                                             connector=aiohttp.TCPConnector(limit=1))
+    await client.get("/count")
+    if kind == "204":
+        response = await asyncio.wait_for(client.get("/empty"), 10)
+        assert response.status == 503 and response.headers["Content-Length"] == "0"
+        driver.fail = None
+        again = await asyncio.wait_for(client.get("/peek"), 10)  # the connection is in step
+        assert await again.text() == "{'n': 1}"
+    else:
+        async with client.ws_connect("/ws") as socket:  # the upgrade goes ahead
+            message = await asyncio.wait_for(socket.receive(), 10)
+            assert message.data == "hi"
+
+
+async def test_a_rolling_cookie_is_re_sent_even_when_other_writes_send_none(
+        aiohttp_client: ClientFactory) -> None:
+    from .conftest import FakeClock
+
+    clock = FakeClock(time.time())
+    driver = CountingDriver()
+    manager = SessionManager({"default": "c", "drivers": {"c": {"driver": "counting"}},
+                              "lottery": (0, 1), "cookie": {"max_age": 100}}, clock=clock)
+    manager.extend("counting", lambda cfg: driver)
+    client = await aiohttp_client(app_with(manager))
+    await client.get("/count")
+    sid = client.session.cookie_jar.filter_cookies(client.make_url("/"))[COOKIE].value
+    for _ in range(3):  # writes that send no cookie (a background job, a websocket)
+        clock.advance(9)
+        background = await manager.load(sid)
+        background.increment("jobs")
+        await background.save()
+    clock.advance(9)  # 36 s since the cookie went out; its interval is 10 s
+    response = await client.get("/peek")
+    assert raw_set_cookies(response) != []  # due: rolled, though the record is fresh
+
+
+async def test_new_session_whose_save_fails_keeps_the_old_session(
+        aiohttp_client: ClientFactory) -> None:
+    async def fresh(req: web.Request) -> web.Response:
+        session = await new_session(req)
+        session["bad"] = {1, 2}  # not serializable: the save fails
+        return web.Response(text="in")
+
+    manager, _ = make_manager()
+    client = await aiohttp_client(app_with(manager, fresh=fresh))
+    await client.get("/count")
+    assert (await client.get("/fresh")).status == 500
+    assert await (await client.get("/peek")).text() == "{'n': 1}"
+
+
+async def test_a_slow_id_rotation_does_not_undo_a_logout(aiohttp_client: ClientFactory) -> None:
+    rotating, go = asyncio.Event(), asyncio.Event()
+
+    async def rotate(req: web.Request) -> web.Response:
+        session = await get_session(req)
+        await session.regenerate()  # periodic rotation, "switch organisation"
+        rotating.set()
+        await go.wait()
+        return web.Response(text="rotated")
+
+    manager, _ = make_manager()
+    client = await aiohttp_client(app_with(manager, rotate=rotate, logout=logout))
+    await client.get("/count")
+    pending = asyncio.ensure_future(client.get("/rotate"))
+    await rotating.wait()
+    assert (await client.get("/logout")).status == 200
+    go.set()
+    late = await pending
+    assert raw_set_cookies(late) == []  # the rotated id is not handed out
+    assert await (await client.get("/peek")).text() == "{}"  # still logged out

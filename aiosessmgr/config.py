@@ -19,7 +19,9 @@ from dataclasses import dataclass, field
 from http.cookies import CookieError, Morsel
 from typing import Any, Literal, Protocol, cast, runtime_checkable
 
+from .drivers.base import COMMON_KEYS, check_options
 from .errors import ConfigError
+from .keys import check_keys
 
 __all__ = [
     "BUILTIN_DRIVERS",
@@ -54,27 +56,6 @@ class Serializer(Protocol):
 
     def deserialize(self, payload: bytes) -> dict[str, Any]:
         """Decode bytes produced by :meth:`serialize`."""
-
-
-def _snake(name: str) -> str:
-    return re.sub(r"(?<!^)(?=[A-Z])", "_", name).lower()
-
-
-def check_keys(where: str, given: Iterable[str], valid: Iterable[str]) -> None:
-    """Raise ConfigError for the first key of *given* not in *valid*, with a helpful hint."""
-    valid = sorted(valid)
-    for key in given:
-        if key in valid:
-            continue
-        hint = ""
-        snake = _snake(str(key))
-        if snake != key and snake in valid:
-            hint = f" (did you mean {snake!r}? keys are snake_case)"
-        else:
-            close = difflib.get_close_matches(str(key), valid, n=1)
-            if close:
-                hint = f" (did you mean {close[0]!r}?)"
-        raise ConfigError(f"unknown key {where}{key!r}{hint}; valid keys: {', '.join(valid)}")
 
 
 def _number(where: str, value: Any, *, positive: bool = True, allow_none: bool = False) -> Any:
@@ -254,7 +235,6 @@ class EncryptionConfig:
         return cls(**values)
 
 
-_DRIVER_COMMON = ("driver", "lifetime")
 
 
 @dataclass(frozen=True, slots=True)
@@ -279,8 +259,7 @@ class DriverConfig:
 
     def check_options(self, valid: Iterable[str]) -> None:
         """Raise ConfigError for an option this driver does not know (called by drivers)."""
-        check_keys(f"drivers option of {self.driver!r} driver: ", self.options,
-                   [*valid, *_DRIVER_COMMON])
+        check_options(self, tuple(valid))
 
     @classmethod
     def from_dict(cls, name: str, data: Mapping[str, Any], lifetime: float) -> DriverConfig:
@@ -299,7 +278,7 @@ class DriverConfig:
                     f"unknown driver {kind!r} in drivers.{name} (did you mean {close[0]!r}?); "
                     f"built-in drivers: {', '.join(BUILTIN_DRIVERS)}"
                 )
-        options = {k: v for k, v in data.items() if k not in _DRIVER_COMMON}
+        options = {k: v for k, v in data.items() if k not in COMMON_KEYS}
         return cls(driver=kind, lifetime=data.get("lifetime", lifetime), options=options)
 
 

@@ -18,7 +18,6 @@ import logging
 import math
 import os
 import random
-import re
 import secrets
 import time
 from abc import ABC, abstractmethod
@@ -36,7 +35,6 @@ from .drivers.base import (
     SupportsLock,
     SupportsTouch,
 )
-from .drivers.memory import LocalLocks
 from .errors import (
     DriverError,
     SerializationError,
@@ -45,6 +43,8 @@ from .errors import (
     SessionSaveTimeout,
 )
 from .events import EventRegistry, SessionEvent, SessionEvents
+from .ids import is_valid_session_id, new_session_id
+from .locks import LocalLocks
 
 __all__ = [
     "Session",
@@ -57,7 +57,6 @@ __all__ = [
 
 logger = logging.getLogger("aiosessmgr")
 
-_ID_RE: Final = re.compile(r"[A-Za-z0-9_-]{43}")
 #: seconds a save keeps re-reading and replaying its delta while other processes keep
 #: winning the compare-and-set (saves of one id within a process take turns instead)
 SAVE_DEADLINE: Final = 10.0
@@ -66,16 +65,6 @@ SAVE_BACKOFF_MIN: Final = 0.0005
 SAVE_BACKOFF_MAX: Final = 0.05
 #: seconds a save waits for its turn behind saves of the same id in this process
 SAVE_TURN_WAIT: Final = 10.0
-
-
-def new_session_id() -> str:
-    """A fresh id: 256 bits from ``secrets``, URL-safe base64 (43 characters)."""
-    return secrets.token_urlsafe(32)
-
-
-def is_valid_session_id(value: object) -> bool:
-    """True if *value* has the exact shape of an id we issue; nothing else is looked up."""
-    return isinstance(value, str) and len(value) == 43 and _ID_RE.fullmatch(value) is not None
 
 
 class Tombstones:

@@ -24,10 +24,14 @@ Optional capabilities, detected once per driver and used when present:
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import Protocol, runtime_checkable
+from collections.abc import Mapping
+from typing import Any, Protocol, runtime_checkable
+
+from ..keys import check_keys
 
 __all__ = [
     "VERSION_SIZE",
+    "DriverSpec",
     "SessionDriver",
     "SupportsCompareAndSet",
     "SupportsLock",
@@ -36,6 +40,35 @@ __all__ = [
 
 #: Every stored record starts with this many bytes of version (see SupportsCompareAndSet).
 VERSION_SIZE = 8
+
+
+class DriverSpec(Protocol):
+    """What a driver factory is given: plain values, so drivers never import config.
+
+    :class:`aiosessmgr.DriverConfig` has this shape; a test may pass any object that does.
+    """
+
+    @property
+    def driver(self) -> str:
+        """The driver type name (``"file"``, ``"redis"``, or one registered with extend)."""
+
+    @property
+    def ttl(self) -> int:
+        """The idle lifetime in whole seconds."""
+
+    @property
+    def options(self) -> Mapping[str, Any]:
+        """The driver's own keys of its config section (``path``, ``url``, ...)."""
+
+
+#: keys every driver section has besides the driver's own options
+COMMON_KEYS = ("driver", "lifetime")
+
+
+def check_options(spec: DriverSpec, valid: tuple[str, ...]) -> None:
+    """Raise ConfigError naming the valid keys for an option the driver does not know."""
+    check_keys(f"drivers option of {spec.driver!r} driver: ", spec.options,
+               [*valid, *COMMON_KEYS])
 
 
 class SessionDriver(ABC):

@@ -62,10 +62,10 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from typing import Any, Final, TypeVar
 
-from ..config import DriverConfig
 from ..errors import ConfigError, DriverError
-from .base import VERSION_SIZE, SessionDriver
-from .memory import LocalLocks
+from ..ids import is_valid_session_id
+from ..locks import LocalLocks
+from .base import VERSION_SIZE, DriverSpec, SessionDriver, check_options
 
 __all__ = ["LOCK_POLL_MAX", "LOCK_POLL_MIN", "LOCK_STRIPES", "TEMP_MAX_AGE", "FileDriver"]
 
@@ -84,7 +84,6 @@ GC_BATCH: Final = 2_000
 LOCK_POLL_MIN: Final = 0.005
 LOCK_POLL_MAX: Final = 0.05
 
-_ID_RE: Final = re.compile(r"[A-Za-z0-9_-]{43}")
 _PREFIX_RE: Final = re.compile(r"[A-Za-z0-9_-]{0,64}")
 _READ_FLAGS: Final = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
 _TEMP_FLAGS: Final = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
@@ -94,10 +93,7 @@ _FILE_ERRNOS: Final = frozenset({errno.EACCES, errno.EPERM, errno.ELOOP, errno.E
                                  errno.ENXIO})
 
 
-def _valid_id(session_id: object) -> bool:
-    # duplicated from session.is_valid_session_id on purpose: drivers do not import session
-    return (isinstance(session_id, str) and len(session_id) == 43
-            and _ID_RE.fullmatch(session_id) is not None)
+_valid_id = is_valid_session_id
 
 
 def _read_all(fd: int, size: int) -> bytes:
@@ -167,10 +163,10 @@ class FileDriver(SessionDriver):
         self._check_writable()
 
     @classmethod
-    def from_config(cls, config: DriverConfig) -> FileDriver:
+    def from_config(cls, config: DriverSpec) -> FileDriver:
         """Build from a driver config: ``path`` (required), ``prefix``, ``fsync``,
         ``touch_interval``; the directory is created (mode 0700) or checked now."""
-        config.check_options(("path", "prefix", "fsync", "touch_interval"))
+        check_options(config, ("path", "prefix", "fsync", "touch_interval"))
         options: dict[str, Any] = dict(config.options)
         if "path" not in options:
             raise ConfigError(

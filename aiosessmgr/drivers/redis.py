@@ -62,9 +62,9 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError, RedisClusterException, RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from ..config import DriverConfig, check_keys
 from ..errors import ConfigError, DriverError
-from .base import VERSION_SIZE, SessionDriver
+from ..keys import check_keys
+from .base import VERSION_SIZE, DriverSpec, SessionDriver, check_options
 
 __all__ = ["LOCK_POLL_MAX", "LOCK_POLL_MIN", "RedisDriver"]
 
@@ -309,9 +309,9 @@ class RedisDriver(SessionDriver):
         return self._pipeline is not None
 
     @classmethod
-    def from_config(cls, config: DriverConfig) -> RedisDriver:
+    def from_config(cls, config: DriverSpec) -> RedisDriver:
         """Build from a driver config without any network I/O (connections open lazily)."""
-        config.check_options(_OPTIONS)
+        check_options(config, _OPTIONS)
         opts = config.options
         prefix = opts.get("prefix", DEFAULT_PREFIX)
         pipelining = opts.get("pipelining", True)

@@ -1,0 +1,29 @@
+"""Session ids: how they are made and the one shape we accept.
+
+The bottom of the package: nothing here imports anything of ours. Drivers that name a
+file or a key after an id check it with :func:`is_valid_session_id` first, so a
+hostile cookie can never reach a path or a key.
+"""
+
+from __future__ import annotations
+
+import re
+import secrets
+from typing import Final
+
+__all__ = ["SESSION_ID_LENGTH", "is_valid_session_id", "new_session_id"]
+
+#: characters in an id: 32 random bytes as unpadded URL-safe base64
+SESSION_ID_LENGTH: Final = 43
+_ID_RE: Final = re.compile(r"[A-Za-z0-9_-]{43}")
+
+
+def new_session_id() -> str:
+    """A fresh id: 256 bits from ``secrets`` (OWASP: at least 64), URL-safe base64."""
+    return secrets.token_urlsafe(32)
+
+
+def is_valid_session_id(value: object) -> bool:
+    """True if *value* has the exact shape of an id we issue; nothing else is looked up."""
+    return (isinstance(value, str) and len(value) == SESSION_ID_LENGTH
+            and _ID_RE.fullmatch(value) is not None)

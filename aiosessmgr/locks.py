@@ -1,0 +1,59 @@
+"""In-process per-id locks, shared by session save turns and the memory driver.
+
+Exclusive within one process only; a driver with a cross-process lock implements
+:class:`aiosessmgr.drivers.base.SupportsLock` itself. Imports nothing of ours.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+__all__ = ["LocalLocks"]
+
+
+class LocalLocks:
+    """Per-id asyncio locks: exclusive within this process only (SupportsLock).
+
+    The memory driver's lock, and the session's fallback for drivers without one.
+    ``ttl`` is not needed: a holder that fails still releases in its ``finally``.
+    """
+
+    def __init__(self) -> None:
+        # id -> (lock, number of tasks holding or waiting), dropped when unused
+        self._locks: dict[str, tuple[asyncio.Lock, int]] = {}
+
+    async def acquire_lock(self, session_id: str, ttl: float, wait: float) -> str | None:
+        """Wait up to *wait* seconds for the id's lock; None on timeout."""
+        entry = self._locks.get(session_id)
+        if entry is None:
+            # nobody holds or waits for this id: take a fresh lock without arming a timer
+            lock = asyncio.Lock()
+            self._locks[session_id] = (lock, 1)
+            await lock.acquire()
+            return session_id
+        lock, users = entry
+        self._locks[session_id] = (lock, users + 1)
+        try:
+            async with asyncio.timeout(wait):
+                await lock.acquire()
+        except TimeoutError:
+            self._unuse(session_id)
+            return None
+        except BaseException:
+            self._unuse(session_id)
+            raise
+        return session_id
+
+    async def release_lock(self, session_id: str, token: str) -> None:
+        """Release the id's lock taken by acquire_lock."""
+        entry = self._locks.get(session_id)
+        if entry is not None and entry[0].locked():
+            entry[0].release()
+            self._unuse(session_id)
+
+    def _unuse(self, session_id: str) -> None:
+        lock, users = self._locks[session_id]
+        if users <= 1:
+            del self._locks[session_id]
+        else:
+            self._locks[session_id] = (lock, users - 1)

@@ -17,11 +17,13 @@ import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from http.cookies import CookieError, Morsel
-from typing import Any, Literal, Protocol, cast, runtime_checkable
+from typing import Any, Literal, cast
 
+from .codec import Secret
 from .drivers.base import COMMON_KEYS, check_options
 from .errors import ConfigError
 from .keys import check_keys
+from .serializers import Serializer
 
 __all__ = [
     "BUILTIN_DRIVERS",
@@ -47,17 +49,6 @@ _KEY_HELP = (
 )
 
 
-@runtime_checkable
-class Serializer(Protocol):
-    """Anything with these two methods can serialize session data."""
-
-    def serialize(self, data: dict[str, Any]) -> bytes:
-        """Encode a session mapping to bytes."""
-
-    def deserialize(self, payload: bytes) -> dict[str, Any]:
-        """Decode bytes produced by :meth:`serialize`."""
-
-
 def _number(where: str, value: Any, *, positive: bool = True, allow_none: bool = False) -> Any:
     if value is None and allow_none:
         return None
@@ -66,28 +57,6 @@ def _number(where: str, value: Any, *, positive: bool = True, allow_none: bool =
     if positive and value <= 0:
         raise ConfigError(f"{where} must be positive, got {value!r}")
     return value
-
-
-class Secret:
-    """Key material whose ``repr`` never shows the bytes (so keys stay out of logs)."""
-
-    __slots__ = ("_value",)
-
-    def __init__(self, value: bytes) -> None:
-        self._value = value
-
-    def reveal(self) -> bytes:
-        """Return the raw key bytes."""
-        return self._value
-
-    def __repr__(self) -> str:
-        return "Secret('**********')"
-
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, Secret) and other._value == self._value
-
-    def __hash__(self) -> int:
-        return hash(self._value)
 
 
 def parse_key(where: str, key: Any) -> Secret:

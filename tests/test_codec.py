@@ -175,6 +175,18 @@ def test_msgpack_round_trips_every_supported_type(serializer: Serializer) -> Non
     assert isinstance(back["bytes"], bytes)
 
 
+@pytest.mark.parametrize("serializer", MSGPACK_PATHS)
+@pytest.mark.parametrize("offset", [
+    timedelta(microseconds=1), -timedelta(seconds=1, microseconds=5),
+    timedelta(hours=23, minutes=59, seconds=59, microseconds=999999)])
+def test_utc_offsets_with_a_fraction_of_a_second_load_back_exactly(
+        serializer: Serializer, offset: timedelta) -> None:
+    # isoformat writes "+00:00:00.000001"; Python 3.11's fromisoformat reads it as UTC
+    moment = datetime(2000, 1, 1, 12, 30, tzinfo=timezone(offset))
+    back = serializer.deserialize(serializer.serialize({"at": moment}))["at"]
+    assert back == moment and back.utcoffset() == offset
+
+
 def test_json_round_trips_json_types() -> None:
     serializer = JsonSerializer()
     data = {k: v for k, v in VALUES.items() if k not in ("bytes", "utc", "offset")}

@@ -1,0 +1,87 @@
+"""The stored record: a version prefix, then the encoded ``{"d": data, "m": meta}``.
+
+.. code-block:: text
+
+    version (VERSION_SIZE random bytes) | codec payload of {"d": {...}, "m": {...}}
+
+Drivers compare the version and never look further (``drivers.base``); the codec
+turns the mapping into bytes and back; this module alone knows the layout and what
+valid metadata looks like. Metadata keys: ``c`` created, ``t`` last write, ``s``
+cookie last sent (epoch seconds), ``k`` CSRF token, ``f`` ``{flashed key: token}``.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from typing import Any, Final
+
+from .drivers.base import VERSION_SIZE
+
+__all__ = ["DATA", "META", "VERSION_SIZE", "DecodeError", "layout", "new_version", "parse"]
+
+#: the record's two top-level keys: the session's data and its metadata
+DATA: Final = "d"
+META: Final = "m"
+
+_SCALARS: Final = (str, int, float, bool, type(None))
+_KNOWN_META: Final = frozenset({"c", "t", "s", "k", "f"})
+
+
+class DecodeError(ValueError):
+    """A stored payload could not be decrypted or decoded (internal; never reaches users)."""
+
+
+def new_version() -> bytes:
+    """A fresh random version for the next write (VERSION_SIZE bytes)."""
+    return os.urandom(VERSION_SIZE)
+
+
+def layout(data: dict[str, Any], meta: dict[str, Any]) -> dict[str, Any]:
+    """The mapping the codec encodes for *data* and *meta*."""
+    return {DATA: data, META: meta}
+
+
+def parse(record: Any) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(data, meta) of a decoded record; DecodeError if it is not of the session shape.
+
+    Records written by aiosessmgr 0.1 (flash data as ``[new keys, old keys]``) are read
+    with every flashed key still unread.
+    """
+    if not isinstance(record, dict):
+        raise DecodeError("record does not have the session shape")
+    data, meta = record.get(DATA), record.get(META, {})
+    if not isinstance(data, dict) or not isinstance(meta, dict) or not valid_meta(meta):
+        raise DecodeError("record does not have the session shape")
+    if isinstance(meta.get("f"), list):
+        meta["f"] = {key: "0" for part in meta["f"] for key in part}
+    return data, meta
+
+
+def valid_meta(meta: dict[str, Any]) -> bool:
+    """Reject stored metadata of the wrong shape (a hostile or foreign payload).
+
+    Times are finite numbers, the token a str, flash data a {str: str} map; keys we do not
+    know (a later version's) may hold scalars only, so metadata always saves again.
+    """
+    for name in ("c", "t", "s"):
+        if name in meta and (isinstance(meta[name], bool)
+                             or not isinstance(meta[name], (int, float))
+                             or not math.isfinite(meta[name])):
+            return False
+    if "k" in meta and not isinstance(meta["k"], str):
+        return False
+    if any(name not in _KNOWN_META and (not isinstance(value, _SCALARS) or (
+            isinstance(value, float) and not math.isfinite(value)))
+           for name, value in meta.items()):
+        return False
+    if "f" in meta:
+        flash = meta["f"]
+        if isinstance(flash, dict):
+            return all(isinstance(k, str) and isinstance(v, str) for k, v in flash.items())
+        # aiosessmgr 0.1: [new keys, old keys]
+        if not (isinstance(flash, list) and len(flash) == 2
+                and all(isinstance(part, list) and all(isinstance(k, str) for k in part)
+                        for part in flash)):
+            return False
+    return True

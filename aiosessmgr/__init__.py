@@ -27,6 +27,7 @@ from .config import (
     SessionConfig,
 )
 from .csrf import csrf_exempt, csrf_middleware, csrf_token
+from .deprecation import renamed
 from .drivers.base import SessionDriver, SupportsCompareAndSet, SupportsLock, SupportsTouch
 from .drivers.memory import MemoryDriver
 from .errors import (
@@ -38,12 +39,14 @@ from .errors import (
     SessionLockTimeout,
     SessionSaveTimeout,
 )
-from .events import SessionEvent, SessionEvents
+from .events import SessionEventInfo, SessionEvents
+from .ids import is_valid_session_id, new_session_id
 from .manager import DriverFactory, SessionManager
-from .session import Session, SessionStore, StoreContext, is_valid_session_id, new_session_id
+from .runtime import DriverRuntime
+from .session import Session, SessionStore, State
 from .web import get_session, new_session, session_lock, session_middleware, setup
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 __all__ = [
     "AesGcmCipher",
@@ -54,6 +57,7 @@ __all__ = [
     "DriverConfig",
     "DriverError",
     "DriverFactory",
+    "DriverRuntime",
     "EncryptionConfig",
     "JsonSerializer",
     "MemoryDriver",
@@ -65,13 +69,13 @@ __all__ = [
     "SessionConfig",
     "SessionDriver",
     "SessionError",
-    "SessionEvent",
+    "SessionEventInfo",
     "SessionEvents",
     "SessionLockTimeout",
     "SessionManager",
     "SessionSaveTimeout",
     "SessionStore",
-    "StoreContext",
+    "State",
     "SupportsCompareAndSet",
     "SupportsLock",
     "SupportsTouch",
@@ -87,3 +91,9 @@ __all__ = [
     "session_middleware",
     "setup",
 ]
+
+# names before 0.2, kept for one release
+__getattr__ = renamed("aiosessmgr", {
+    "SessionEvent": ("aiosessmgr.SessionEventInfo", lambda: SessionEventInfo),
+    "StoreContext": ("aiosessmgr.DriverRuntime", lambda: DriverRuntime),
+})

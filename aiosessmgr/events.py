@@ -1,7 +1,7 @@
 """Session lifecycle events and the listener registry.
 
 Listeners may be plain functions or coroutine functions; both receive one
-:class:`SessionEvent`. Plain listeners run inline; coroutine listeners run as
+:class:`SessionEventInfo`. Plain listeners run inline; coroutine listeners run as
 background tasks so they never delay a response. A listener that raises is
 logged on the ``aiosessmgr`` logger and affects nothing else.
 """
@@ -16,10 +16,12 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from .deprecation import renamed
+
 if TYPE_CHECKING:
     from .session import SessionStore
 
-__all__ = ["EventRegistry", "Listener", "SessionEvent", "SessionEvents"]
+__all__ = ["EventRegistry", "Listener", "SessionEventInfo", "SessionEvents"]
 
 logger = logging.getLogger("aiosessmgr")
 
@@ -42,8 +44,12 @@ class SessionEvents(enum.StrEnum):
 
 
 @dataclass(frozen=True, slots=True)
-class SessionEvent:
-    """One event: its type, the session id it concerns, and context where it applies."""
+class SessionEventInfo:
+    """What a listener receives: the event type, the session id, and context where it applies.
+
+    Called ``SessionEvent`` before 0.2 (one letter from the ``SessionEvents`` enum); that
+    name remains as a deprecated alias for one release.
+    """
 
     type: SessionEvents
     session_id: str
@@ -51,7 +57,7 @@ class SessionEvent:
     old_id: str | None = None
 
 
-Listener = Callable[[SessionEvent], "Awaitable[Any] | Any"]
+Listener = Callable[[SessionEventInfo], "Awaitable[Any] | Any"]
 
 
 class EventRegistry:
@@ -79,7 +85,7 @@ class EventRegistry:
         """True if anything listens for *event* (lets callers skip building the event)."""
         return bool(self._listeners.get(event))
 
-    def emit(self, event: SessionEvent) -> None:
+    def emit(self, event: SessionEventInfo) -> None:
         """Deliver *event*: sync listeners now, async ones as background tasks."""
         for listener in tuple(self._listeners.get(event.type, ())):
             try:
@@ -101,3 +107,9 @@ class EventRegistry:
         """Wait (at most *seconds*) for async listeners still running."""
         if self._tasks:
             await asyncio.wait(set(self._tasks), timeout=seconds)
+
+
+# names before 0.2, kept for one release
+__getattr__ = renamed("aiosessmgr.events", {
+    "SessionEvent": ("aiosessmgr.SessionEventInfo", lambda: SessionEventInfo),
+})

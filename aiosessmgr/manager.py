@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+import warnings
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -12,8 +13,9 @@ from .codec import Codec
 from .config import BUILTIN_DRIVERS, DriverConfig, SessionConfig
 from .drivers.base import SessionDriver
 from .errors import ConfigError
-from .events import EventRegistry, Listener, SessionEvent, SessionEvents
-from .session import Session, SessionStore, StoreContext
+from .events import EventRegistry, Listener, SessionEventInfo, SessionEvents
+from .runtime import DriverRuntime
+from .session import Session, SessionStore
 
 __all__ = ["DriverFactory", "SessionManager"]
 
@@ -73,12 +75,12 @@ class SessionManager:
         self.events = EventRegistry()
         self.codec = Codec.from_config(self.config.serializer, self.config.encryption)
         self._factories: dict[str, DriverFactory] = {}
-        self._contexts: dict[str, StoreContext] = {}
+        self._runtimes: dict[str, DriverRuntime] = {}
         self._gc_tasks: dict[str, asyncio.Task[int]] = {}
         # built-in drivers are built now, so a bad path or URL fails at construction
         for name, cfg in self.config.drivers.items():
             if cfg.driver in BUILTIN_DRIVERS:
-                self.context(name)
+                self.runtime(name)
 
     # -- drivers ---------------------------------------------------------------------------
 
@@ -90,7 +92,7 @@ class SessionManager:
         """
         if not callable(factory):
             raise ConfigError(f"extend({name!r}, ...) needs a callable factory")
-        if name in self._contexts:
+        if name in self._runtimes:
             raise ConfigError(f"driver {name!r} is already in use; extend() it before first use")
         self._factories[name] = factory
 
@@ -99,19 +101,28 @@ class SessionManager:
         """The name of the default driver."""
         return self.config.default
 
-    def context(self, name: str | None = None) -> StoreContext:
-        """The driver named *name* (default: the default driver) with what sessions need."""
+    def runtime(self, name: str | None = None) -> DriverRuntime:
+        """The driver named *name* (default: the default driver) with what sessions need.
+
+        Built on first use; raises ConfigError for a name neither configured nor extended.
+        """
         key = name or self.config.default
-        ctx = self._contexts.get(key)
-        if ctx is None:
-            ctx = self._contexts[key] = self._build(key)
-        return ctx
+        rt = self._runtimes.get(key)
+        if rt is None:
+            rt = self._runtimes[key] = self._build(key)
+        return rt
+
+    def context(self, name: str | None = None) -> DriverRuntime:
+        """Deprecated alias of :meth:`runtime` (the name before 0.2)."""
+        warnings.warn("SessionManager.context() is deprecated; use runtime()",
+                      DeprecationWarning, stacklevel=2)
+        return self.runtime(name)
 
     def get_driver(self, name: str | None = None) -> SessionDriver:
         """The driver instance behind *name* (built on first use)."""
-        return self.context(name).driver
+        return self.runtime(name).driver
 
-    def _build(self, name: str) -> StoreContext:
+    def _build(self, name: str) -> DriverRuntime:
         cfg = self.config.drivers.get(name)
         if cfg is None:
             if name not in self._factories:
@@ -138,7 +149,7 @@ class SessionManager:
                 "not a SessionDriver"
             )
         absolute = self.config.absolute_lifetime
-        return StoreContext(name=name, driver=driver, codec=self.codec, events=self.events,
+        return DriverRuntime(name=name, driver=driver, codec=self.codec, events=self.events,
                             ttl=cfg.ttl, clock=self.clock,
                             absolute_ttl=None if absolute is None else absolute * 60)
 
@@ -146,7 +157,7 @@ class SessionManager:
 
     def session(self, session_id: str | None = None, name: str | None = None) -> SessionStore:
         """An unstarted session for *session_id* (from a cookie); no store access yet."""
-        return self.store_class(self.context(name), session_id)
+        return self.store_class(self.runtime(name), session_id)
 
     async def driver(self, name: str | None = None) -> SessionStore:
         """Start and return a new session on driver *name* (default driver if None)."""
@@ -162,13 +173,13 @@ class SessionManager:
 
     async def destroy(self, session_id: str, name: str | None = None) -> None:
         """Remove a stored session by id (for example from an admin "log out everywhere")."""
-        await self.context(name).destroy(session_id)
-        self.events.emit(SessionEvent(SessionEvents.DESTROYED, session_id))
+        await self.runtime(name).destroy(session_id)
+        self.events.emit(SessionEventInfo(SessionEvents.DESTROYED, session_id))
 
     # -- events ----------------------------------------------------------------------------
 
     def on(self, event: SessionEvents, listener: Listener) -> None:
-        """Call *listener* (sync or async) with a SessionEvent whenever *event* happens."""
+        """Call *listener* (sync or async) with a SessionEventInfo whenever *event* happens."""
         self.events.on(event, listener)
 
     def off(self, event: SessionEvents, listener: Listener | None = None) -> None:
@@ -185,7 +196,7 @@ class SessionManager:
         names = [name] if name else list(self.config.drivers)
         result: dict[str, int] = {}
         for driver_name in names:
-            ctx = self.context(driver_name)
+            ctx = self.runtime(driver_name)
             result[driver_name] = await ctx.driver.gc(ctx.ttl)
         return result
 
@@ -223,7 +234,7 @@ class SessionManager:
             task.cancel()
         await self.wait_gc()
         await self.events.drain()
-        contexts, self._contexts = list(self._contexts.values()), {}
+        contexts, self._runtimes = list(self._runtimes.values()), {}
         for ctx in contexts:
             try:
                 await ctx.driver.close()

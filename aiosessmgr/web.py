@@ -35,8 +35,9 @@ from aiohttp.typedefs import Handler, Middleware
 
 from .cookies import CookieWriter, cookie_values
 from .errors import DriverError, SessionError, SessionLockTimeout, SessionSaveTimeout
+from .ids import is_valid_session_id
 from .manager import SessionManager
-from .session import SessionStore, is_valid_session_id
+from .session import SessionStore
 
 __all__ = ["MAX_COOKIE_CANDIDATES", "get_session", "new_session", "session_lock",
            "session_middleware", "setup"]
@@ -85,14 +86,14 @@ class _Front:
         self.cookie_name = cookie.name
         max_age = cookie.max_age
         if max_age is None and not cookie.expire_on_close:
-            max_age = manager.context().ttl
+            max_age = manager.runtime().ttl
         self.max_age = max_age
         self.cookies = CookieWriter(cookie, max_age)
         #: seconds between two re-sends of a max_age cookie (each one writes the record)
         self.refresh_interval = 0 if max_age is None else max(1, max_age // 10)
         self.save_on_server_error = manager.config.save_on_server_error
         # ids requests of this process moved away from or destroyed
-        self.moved = manager.context().moved
+        self.moved = manager.runtime().moved
         chances, out_of = manager.config.lottery
         self.lottery = chances / out_of
         self.in_outage = False

@@ -5,7 +5,7 @@ Run it::
     python -m examples.events         # then open http://127.0.0.1:8086/
 
 Log in and out on ``/``, then read ``/audit``. ``manager.on(event, listener)`` calls the
-listener with a :class:`~aiosessmgr.SessionEvent` (type, session id, old id). Listeners
+listener with a :class:`~aiosessmgr.SessionEventInfo` (type, session id, old id). Listeners
 may also be ``async def`` (they then run in the background, e.g. to write to a
 database); one that raises is logged and never breaks a request.
 """
@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from aiohttp import web
 
 from aiosessmgr import (
-    SessionEvent,
+    SessionEventInfo,
     SessionEvents,
     SessionManager,
     csrf_middleware,
@@ -55,10 +55,10 @@ AUDIT_LIMIT = 1_000
 AUDIT_LOG = web.AppKey("audit_log", deque[AuditEntry])
 
 
-def audit_to(log: deque[AuditEntry]) -> Callable[[SessionEvent], None]:
+def audit_to(log: deque[AuditEntry]) -> Callable[[SessionEventInfo], None]:
     """A listener appending events to *log*; STARTED only when a new session begins."""
 
-    def listener(event: SessionEvent) -> None:
+    def listener(event: SessionEventInfo) -> None:
         if event.type is SessionEvents.STARTED and event.session is not None \
                 and not event.session.new:
             return  # a stored session loaded again: not news

@@ -118,7 +118,7 @@ def test_defaults_and_typed_config_are_accepted() -> None:
     )
     manager = SessionManager(typed)
     assert manager.config is typed
-    assert manager.context().ttl == 30 * 60
+    assert manager.runtime().ttl == 30 * 60
     assert SessionManager().config.default == "memory"
     from_dict = SessionConfig.from_dict({"drivers": {"only": {"driver": "memory"}},
                                          "lifetime": 10})
@@ -129,6 +129,6 @@ def test_defaults_and_typed_config_are_accepted() -> None:
 def test_custom_driver_type_is_checked_when_used() -> None:
     manager = SessionManager({"drivers": {"db": {"driver": "database"}}})
     with pytest.raises(ConfigError, match=r"'database' of 'db' is not registered.*extend"):
-        manager.context("db")
+        manager.runtime("db")
     with pytest.raises(ConfigError, match="unknown driver 'other'; configured: db"):
-        manager.context("other")
+        manager.runtime("other")

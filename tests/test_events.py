@@ -6,13 +6,13 @@ import logging
 
 import pytest
 
-from aiosessmgr import SessionEvent, SessionEvents, SessionManager, new_session_id
+from aiosessmgr import SessionEventInfo, SessionEvents, SessionManager, new_session_id
 
 
 async def test_lifecycle_events(manager: SessionManager) -> None:
     seen: list[tuple[SessionEvents, str, str | None]] = []
 
-    def record(event: SessionEvent) -> None:
+    def record(event: SessionEventInfo) -> None:
         seen.append((event.type, event.session_id, event.old_id))
 
     for event_type in SessionEvents:
@@ -40,7 +40,7 @@ async def test_lifecycle_events(manager: SessionManager) -> None:
 async def test_async_listeners_run_in_the_background(manager: SessionManager) -> None:
     got: list[str] = []
 
-    async def listener(event: SessionEvent) -> None:
+    async def listener(event: SessionEventInfo) -> None:
         got.append(event.session_id)
 
     manager.on(SessionEvents.STARTED, listener)
@@ -53,13 +53,13 @@ async def test_failing_listeners_are_logged_and_isolated(
         manager: SessionManager, caplog: pytest.LogCaptureFixture) -> None:
     calls: list[str] = []
 
-    def broken(event: SessionEvent) -> None:
+    def broken(event: SessionEventInfo) -> None:
         raise RuntimeError("listener bug")
 
-    async def broken_async(event: SessionEvent) -> None:
+    async def broken_async(event: SessionEventInfo) -> None:
         raise RuntimeError("async listener bug")
 
-    def fine(event: SessionEvent) -> None:
+    def fine(event: SessionEventInfo) -> None:
         calls.append("fine")
 
     manager.on(SessionEvents.STARTED, broken)
@@ -77,7 +77,7 @@ async def test_failing_listeners_are_logged_and_isolated(
 async def test_off_removes_listeners(manager: SessionManager) -> None:
     calls: list[str] = []
 
-    def listener(event: SessionEvent) -> None:
+    def listener(event: SessionEventInfo) -> None:
         calls.append(event.session_id)
 
     manager.on(SessionEvents.STARTED, listener)

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import importlib
+
+import pytest
+
 import aiosessmgr
 
 
@@ -9,9 +13,10 @@ def test_all_is_sorted_and_complete() -> None:
     exported = aiosessmgr.__all__
     assert exported == sorted(exported)
     public = {name for name in dir(aiosessmgr) if not name.startswith("_")}
-    modules = {"body", "codec", "compat", "config", "cookies", "csrf", "drivers", "errors",
-               "events", "manager", "session", "web",
-               "annotations"}  # submodules, and the __future__ import
+    modules = {"body", "codec", "commit", "compat", "config", "cookies", "csrf", "data",
+               "delta", "deprecation", "drivers", "errors", "events", "ids", "keys", "locks",
+               "manager", "record", "renamed", "runtime", "serializers", "session", "web",
+               "annotations"}  # submodules, the deprecation helper, the __future__ import
     assert public - modules - set(exported) == set()
     for name in exported:
         assert hasattr(aiosessmgr, name), name
@@ -27,6 +32,7 @@ def test_pinned_public_names() -> None:
         "DriverConfig",
         "DriverError",
         "DriverFactory",
+        "DriverRuntime",
         "EncryptionConfig",
         "JsonSerializer",
         "MemoryDriver",
@@ -38,13 +44,13 @@ def test_pinned_public_names() -> None:
         "SessionConfig",
         "SessionDriver",
         "SessionError",
-        "SessionEvent",
+        "SessionEventInfo",
         "SessionEvents",
         "SessionLockTimeout",
         "SessionManager",
         "SessionSaveTimeout",
         "SessionStore",
-        "StoreContext",
+        "State",
         "SupportsCompareAndSet",
         "SupportsLock",
         "SupportsTouch",
@@ -69,3 +75,25 @@ def test_error_hierarchy() -> None:
         assert issubclass(cls, aiosessmgr.AiosessmgrError)
     assert issubclass(aiosessmgr.SessionLockTimeout, aiosessmgr.SessionError)
     assert issubclass(aiosessmgr.SessionSaveTimeout, aiosessmgr.SessionError)
+
+
+@pytest.mark.parametrize(("module", "old", "new"), [
+    ("aiosessmgr", "SessionEvent", "SessionEventInfo"),
+    ("aiosessmgr", "StoreContext", "DriverRuntime"),
+    ("aiosessmgr.events", "SessionEvent", "SessionEventInfo"),
+    ("aiosessmgr.session", "StoreContext", "DriverRuntime"),
+])
+def test_old_names_still_import_and_warn(module: str, old: str, new: str) -> None:
+    mod = importlib.import_module(module)
+    with pytest.warns(DeprecationWarning, match=f"{old} is deprecated; use .*{new}"):
+        value = getattr(mod, old)
+    assert value is getattr(aiosessmgr, new)
+    with pytest.raises(AttributeError):
+        _ = mod.NoSuchName
+
+
+async def test_manager_context_is_a_deprecated_alias_of_runtime() -> None:
+    manager = aiosessmgr.SessionManager()
+    with pytest.warns(DeprecationWarning, match="use runtime"):
+        assert manager.context() is manager.runtime()
+    await manager.close()

@@ -146,7 +146,7 @@ async def test_drivers_without_lock_support_fall_back_to_local_locks() -> None:
 
     manager = SessionManager({"default": "p", "drivers": {"p": {"driver": "plain"}}})
     manager.extend("plain", lambda cfg: Plain())
-    assert isinstance(manager.context().locks, LocalLocks)
+    assert isinstance(manager.runtime().locks, LocalLocks)
     s = await manager.driver()
     async with s.lock():
         s["x"] = 1

@@ -330,7 +330,7 @@ async def test_drivers_without_cas_do_not_revive_a_destroyed_session() -> None:
     driver = NoCas()
     manager = SessionManager({"default": "n", "drivers": {"n": {"driver": "nocas"}}})
     manager.extend("nocas", lambda cfg: driver)
-    assert not manager.context().can_cas
+    assert not manager.runtime().can_cas
     s = await manager.driver()
     s["user"] = 1
     await s.save()

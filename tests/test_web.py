@@ -774,7 +774,7 @@ async def test_a_save_that_keeps_conflicting_is_a_503_with_retry_after(
         caplog: pytest.LogCaptureFixture) -> None:
     import os
 
-    from aiosessmgr import session as session_module
+    from aiosessmgr import commit
 
     class AlwaysConflicting(CountingDriver):
         async def compare_and_set(self, session_id: str, payload: bytes, ttl: int,
@@ -792,7 +792,7 @@ async def test_a_save_that_keeps_conflicting_is_a_503_with_retry_after(
     sid = new_session_id()
     record = manager.codec.encode(sid, {"d": {"n": 1}, "m": {"c": 1.0}})
     await MemoryDriver.write(driver, sid, b"version0" + record, 60)
-    monkeypatch.setattr(session_module, "SAVE_DEADLINE", 0.05)
+    monkeypatch.setattr(commit, "SAVE_DEADLINE", 0.05)
     client = await aiohttp_client(app_with(manager))
     with caplog.at_level(logging.WARNING, logger="aiosessmgr"):
         response = await send_cookie_header(client, "/count", f"{COOKIE}={sid}")
@@ -952,8 +952,7 @@ async def test_a_stream_whose_session_cannot_be_saved_is_a_well_framed_503(
         aiohttp_client: ClientFactory, monkeypatch: pytest.MonkeyPatch, failure: str) -> None:
     import aiohttp
 
-    from aiosessmgr import SessionSaveTimeout
-    from aiosessmgr import session as session_module
+    from aiosessmgr import SessionSaveTimeout, commit
 
     manager, driver = make_manager()
 
@@ -963,9 +962,9 @@ async def test_a_stream_whose_session_cannot_be_saved_is_a_well_framed_503(
         if failure == "store-down":
             driver.fail = DriverError("store unreachable")
         else:
-            async def timeout(self: Any, version: bytes, record: bytes) -> None:
+            async def timeout(*args: Any) -> None:
                 raise SessionSaveTimeout("other writers kept winning")
-            monkeypatch.setattr(session_module.Session, "_compare_and_set", timeout)
+            monkeypatch.setattr(commit, "_compare_and_set", timeout)
         response = web.StreamResponse()
         await response.prepare(req)
         await response.write(b"chunk one ")

@@ -178,7 +178,7 @@ async def test_holding_the_lock_does_not_block_saving_that_session(driver: FileD
 async def test_session_lock_through_the_manager(store: Path) -> None:
     manager = SessionManager({"default": "file", "lottery": (0, 1),
                               "drivers": {"file": {"driver": "file", "path": str(store)}}})
-    assert manager.context().locks is cast(object, manager.get_driver())
+    assert manager.runtime().locks is cast(object, manager.get_driver())
     session = await manager.driver()
     session["n"] = 1
     await session.save()

@@ -29,10 +29,9 @@ Decisions:
   new id, old record destroyed) when the handler returns or raises an
   ``HTTPException``, when a streamed response is prepared, or at the next
   ``get_session`` of the request, whichever comes first, so it always happens
-  before the cookie is decided. Keys set after ``invalidate()`` are kept, under the
-  new id, as aiohttp-session keeps them. That is why ``setup`` adds a small
-  middleware inside the aiosessmgr one, and why ``get_session`` refuses to run
-  without it.
+  before the cookie is decided (through ``aiosessmgr.web.add_finalizer``, so middleware
+  order does not matter and ``aiosessmgr.setup`` works too). Keys set after
+  ``invalidate()`` are kept, under the new id, as aiohttp-session keeps them.
 - ``new`` is the store's ``new``; ``created`` is ``int(store.created_at)``, the
   creation time in epoch seconds (aiohttp-session moves ``created`` to the time of
   each write; aiosessmgr keeps the real creation time and enforces its own
@@ -56,7 +55,7 @@ from dataclasses import dataclass, field
 from typing import Any, NoReturn, cast
 
 from aiohttp import web
-from aiohttp.typedefs import Handler, Middleware
+from aiohttp.typedefs import Middleware
 
 from . import web as _web
 from .errors import SessionError
@@ -186,40 +185,37 @@ class CompatSession(MutableMapping[str, Any]):
 
 @dataclass(eq=False)
 class _State:
-    """The compat side of one request: its adapters and the default manager."""
+    """The compat side of one request: its adapter per manager."""
 
-    default: SessionManager
     adapters: dict[SessionManager, CompatSession] = field(default_factory=dict)
-
-    async def settle(self) -> None:
-        for adapter in list(self.adapters.values()):
-            await adapter.settle()
 
 
 _STATE = web.RequestKey("aiosessmgr_compat", _State)
-_HOOKED = web.AppKey("aiosessmgr_compat_hooked", bool)
 
 
-def _state(request: web.Request) -> _State:
+def _state(request: web.Request, manager: SessionManager | None) -> tuple[_State, SessionManager]:
     state = cast("_State | None", request.get(_STATE))
     if state is None:
-        raise SessionError(
-            "no aiosessmgr.compat middleware on this app: call "
-            "aiosessmgr.compat.setup(app, manager) (aiosessmgr.setup alone cannot carry "
-            "out the synchronous invalidate() of aiohttp-session)"
-        )
-    return state
+        state = request[_STATE] = _State()
+    return state, manager or _web.default_manager(request)
+
+
+def _adapt(request: web.Request, state: _State, mgr: SessionManager,
+           store: SessionStore) -> CompatSession:
+    adapter = state.adapters[mgr] = CompatSession(store, mgr)
+    # a pending invalidate() is carried out before the middleware decides the cookie
+    _web.add_finalizer(request, adapter.settle, mgr)
+    return adapter
 
 
 async def get_session(request: web.Request,
                       manager: SessionManager | None = None) -> CompatSession:
     """The request's session as aiohttp-session returns it (one store read at most)."""
-    state = _state(request)
-    mgr = manager or state.default
+    state, mgr = _state(request, manager)
     store = await _web.get_session(request, mgr)
     adapter = state.adapters.get(mgr)
     if adapter is None or adapter.store is not store:
-        adapter = state.adapters[mgr] = CompatSession(store, mgr)
+        adapter = _adapt(request, state, mgr, store)
     await adapter.settle()
     return adapter
 
@@ -227,75 +223,32 @@ async def get_session(request: web.Request,
 async def new_session(request: web.Request,
                       manager: SessionManager | None = None) -> CompatSession:
     """A new empty session under a new id; the previous record is destroyed."""
-    state = _state(request)
-    mgr = manager or state.default
+    state, mgr = _state(request, manager)
     previous = state.adapters.pop(mgr, None)
     if previous is not None:
         previous.discard_invalidation()  # its record is destroyed below anyway
     store = await _web.new_session(request, mgr)
-    adapter = state.adapters[mgr] = CompatSession(store, mgr)
-    return adapter
-
-
-def _settling(manager: SessionManager) -> Middleware:
-    """The inner middleware: carries out pending invalidations before the session is saved."""
-
-    @web.middleware
-    async def aiosessmgr_compat_middleware(
-        request: web.Request, handler: Handler
-    ) -> web.StreamResponse:
-        state = request.get(_STATE)
-        if state is None:
-            state = request[_STATE] = _State(manager)
-        try:
-            response = await handler(request)
-        except web.HTTPException:
-            await state.settle()  # redirect after logout: the invalidation still counts
-            raise
-        await state.settle()
-        return response
-
-    return aiosessmgr_compat_middleware
-
-
-async def _on_response_prepare(request: web.Request, response: web.StreamResponse) -> None:
-    """Streamed responses: settle before aiosessmgr's own prepare hook sets the cookie."""
-    state = request.get(_STATE)
-    if state is not None:
-        await state.settle()
+    return _adapt(request, state, mgr, store)
 
 
 def session_middleware(manager: SessionManager) -> Middleware:
-    """aiosessmgr's session middleware plus the compat step, as one middleware.
+    """``aiosessmgr.session_middleware(manager)``, after checking *manager*'s type.
 
     As with ``aiosessmgr.session_middleware`` alone, sessions of responses the handler
     streams itself are saved only with ``setup()``.
     """
     _check_manager(manager, "session_middleware")
-    outer = _web.session_middleware(manager)
-    inner = _settling(manager)
-
-    @web.middleware
-    async def aiosessmgr_compat_session_middleware(
-        request: web.Request, handler: Handler
-    ) -> web.StreamResponse:
-        async def settled(req: web.Request) -> web.StreamResponse:
-            return await inner(req, handler)
-
-        return await outer(request, settled)
-
-    return aiosessmgr_compat_session_middleware
+    return _web.session_middleware(manager)
 
 
 def setup(app: web.Application, storage: SessionManager) -> None:
-    """``aiosessmgr.setup(app, manager)`` plus the step that makes sync ``invalidate()`` work."""
+    """``aiosessmgr.setup(app, manager)``, after checking that *storage* is a manager.
+
+    Nothing more is needed: the adapter's deferred ``invalidate()`` runs through
+    :func:`aiosessmgr.web.add_finalizer`, so ``aiosessmgr.setup`` works as well.
+    """
     _check_manager(storage, "setup")
     _web.setup(app, storage)
-    app.middlewares.append(_settling(storage))  # inside the session middleware
-    if not app.get(_HOOKED):
-        app[_HOOKED] = True
-        # before aiosessmgr's own hook, which saves the session and sets the cookie
-        app.on_response_prepare.insert(0, _on_response_prepare)
 
 
 #: aiohttp-session storage class name -> what replaces it

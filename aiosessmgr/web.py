@@ -27,7 +27,7 @@ import functools
 import logging
 import random
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Final, cast
 
 from aiohttp import hdrs, web
@@ -39,8 +39,8 @@ from .ids import is_valid_session_id
 from .manager import SessionManager
 from .session import SessionStore
 
-__all__ = ["MAX_COOKIE_CANDIDATES", "get_session", "new_session", "session_lock",
-           "session_middleware", "setup"]
+__all__ = ["MAX_COOKIE_CANDIDATES", "add_finalizer", "default_manager", "get_session",
+           "new_session", "session_lock", "session_middleware", "setup"]
 
 logger = logging.getLogger("aiosessmgr")
 
@@ -52,8 +52,8 @@ MAX_COOKIE_CANDIDATES: Final = 3
 class _Slot:
     """One manager's session state for one request."""
 
-    __slots__ = ("arrived", "cookie", "destroy_on_save", "failed", "finalized", "front",
-                 "loading", "ready", "replaced", "session")
+    __slots__ = ("arrived", "cookie", "destroy_on_save", "failed", "finalized", "finalizers",
+                 "front", "loading", "ready", "replaced", "session")
 
     def __init__(self, front: _Front, arrived: float) -> None:
         self.front = front
@@ -71,6 +71,13 @@ class _Slot:
         # replaced is destroyed when the request saves (not if it fails)
         self.replaced = False
         self.destroy_on_save: str | None = None
+        # add_finalizer(): run before the session is saved and the cookie decided
+        self.finalizers: list[Callable[[], Awaitable[None]]] | None = None
+
+    async def run_finalizers(self) -> None:
+        """Run (once) what add_finalizer() registered, in order."""
+        while self.finalizers:
+            await self.finalizers.pop(0)()
 
 
 _SLOTS = web.RequestKey("aiosessmgr_slots", dict[SessionManager, _Slot])
@@ -164,6 +171,7 @@ class _Front:
         cookie alone. *preparing*: called from ``on_response_prepare``, where aiohttp
         has already turned ``response.cookies`` into headers.
         """
+        await slot.run_finalizers()
         slot.finalized = True
         session = slot.session
         if session is None or slot.failed:
@@ -254,10 +262,12 @@ def session_middleware(manager: SessionManager) -> Middleware:
         try:
             if not slot.finalized:
                 await front.finalize(slot, response)
-            elif slot.session is not None and not slot.failed and slot.session.modified \
-                    and front.saves(response.status):
-                # changed after a streamed response went out: save, the cookie cannot change
-                await slot.session.save()
+            elif slot.session is not None and not slot.failed and front.saves(response.status):
+                await slot.run_finalizers()
+                if slot.session.modified:
+                    # changed after a streamed response went out: save; the cookie cannot
+                    # change any more
+                    await slot.session.save()
         except DriverError as exc:
             error = front.store_failed(exc)
             # a streamed response is already out: its status cannot change any more
@@ -397,6 +407,31 @@ def session_lock(
         return locked
 
     return decorate
+
+
+def add_finalizer(request: web.Request, callback: Callable[[], Awaitable[None]],
+                  manager: SessionManager | None = None) -> None:
+    """Run *callback* once, just before the middleware saves the session and decides
+    the cookie of this request (on return, on a raised HTTPException, or when a
+    streamed response is prepared), whatever the order of the app's middlewares.
+
+    For layers over the session that defer async work to the end of a request, such as
+    ``aiosessmgr.compat``'s synchronous ``invalidate()``. An error it raises is handled
+    as the save's would be (``DriverError``: 503). Raises SessionError without the
+    session middleware of *manager* (default: the first set up).
+    """
+    slot = _slot(request, manager)
+    if slot.finalizers is None:
+        slot.finalizers = []
+    slot.finalizers.append(callback)
+
+
+def default_manager(request: web.Request) -> SessionManager:
+    """The manager ``get_session(request)`` uses when none is given (the first set up).
+
+    Raises SessionError if the app has no session middleware.
+    """
+    return _slot(request, None).front.manager
 
 
 def _slot(request: web.Request, manager: SessionManager | None) -> _Slot:

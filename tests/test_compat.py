@@ -372,18 +372,55 @@ async def test_store_failure_while_invalidating_is_503(aiohttp_client: ClientFac
     assert (await client.get("/logout")).status == 503
 
 
-async def test_get_session_needs_the_compat_middleware(
+@pytest.mark.parametrize("install", ["aiosessmgr.setup", "compat.setup", "outer-middleware"])
+async def test_invalidate_is_carried_out_whatever_the_setup_and_middleware_order(
+        manager: SessionManager, aiohttp_client: ClientFactory, install: str) -> None:
+    async def login(request: web.Request) -> web.Response:
+        session = await compat.get_session(request)
+        session["user"] = "alice"
+        return web.Response(text="in")
+
+    async def logout(request: web.Request) -> web.Response:
+        session = await compat.get_session(request)
+        session.invalidate()  # synchronous: carried out before the cookie is decided
+        return web.Response(text="out")
+
+    @web.middleware
+    async def outer(request: web.Request, handler: Any) -> web.StreamResponse:
+        return await handler(request)  # a middleware of the app's own, around ours
+
+    app = web.Application()
+    app.router.add_get("/login", login)
+    app.router.add_get("/logout", logout)
+    if install == "outer-middleware":
+        app.middlewares.append(outer)
+        compat.setup(app, manager)
+        app.middlewares.append(outer)
+    elif install == "compat.setup":
+        compat.setup(app, manager)
+    else:
+        aiosessmgr.setup(app, manager)
+    assert app.on_response_prepare[0].__module__ == "aiosessmgr.web"  # no signal inserted
+    client = await aiohttp_client(app)
+    await client.get("/login")
+    old_id = client.session.cookie_jar.filter_cookies(client.make_url("/"))[COOKIE].value
+    response = await client.get("/logout")
+    assert response.status == 200
+    assert (await manager.runtime().driver.read(old_id)) is None  # the old record is gone
+    assert COOKIE not in client.session.cookie_jar.filter_cookies(client.make_url("/"))
+
+
+async def test_get_session_needs_a_session_middleware(
         manager: SessionManager, aiohttp_client: ClientFactory) -> None:
     async def handler(request: web.Request) -> web.Response:
-        with pytest.raises(SessionError, match=r"compat\.setup"):
+        with pytest.raises(SessionError, match=r"no session middleware.*aiosessmgr\.setup"):
             await compat.get_session(request)
-        with pytest.raises(SessionError, match=r"compat\.setup"):
+        with pytest.raises(SessionError, match=r"no session middleware.*aiosessmgr\.setup"):
             await compat.new_session(request)
         return web.Response(text="refused")
 
     app = web.Application()
     app.router.add_get("/", handler)
-    aiosessmgr.setup(app, manager)  # the plain setup: no compat step
     client = await aiohttp_client(app)
     assert await (await client.get("/")).text() == "refused"
 
@@ -426,6 +463,6 @@ async def test_module_docstring_runs() -> None:
         for block in blocks:
             exec(compile(block, "<compat docstring>", "exec"), namespace)
         assert namespace["setup"] is compat.setup
-        assert len(namespace["app"].middlewares) == 2
+        assert len(namespace["app"].middlewares) == 1
     finally:
         await manager.close()

@@ -15,6 +15,7 @@ import aiohttp_session
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient
+from aiohttp.typedefs import Handler
 from aiohttp_session.cookie_storage import EncryptedCookieStorage
 
 import aiosessmgr
@@ -386,7 +387,7 @@ async def test_invalidate_is_carried_out_whatever_the_setup_and_middleware_order
         return web.Response(text="out")
 
     @web.middleware
-    async def outer(request: web.Request, handler: Any) -> web.StreamResponse:
+    async def outer(request: web.Request, handler: Handler) -> web.StreamResponse:
         return await handler(request)  # a middleware of the app's own, around ours
 
     app = web.Application()

@@ -15,7 +15,6 @@ import aiohttp_session
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient
-from aiohttp.typedefs import Handler
 from aiohttp_session.cookie_storage import EncryptedCookieStorage
 
 import aiosessmgr

@@ -21,10 +21,45 @@ _MISSING: Final = object()
 
 
 class SessionData(MutableMapping[str, Any]):
-    """Session values: ``session["k"]``, ``get``/``put``/``pull``/``forget``, flash data."""
+    """Session values: ``session["k"]``, ``get``/``put``/``pull``/``forget``, flash data,
+    the creation time and the CSRF token (all kept in the working copy, ``self._d``)."""
 
     __slots__ = ()
     _d: Delta
+
+    @property
+    def modified(self) -> bool:
+        """True if there are changes that ``save()`` would write."""
+        return self._d.pending
+
+    @property
+    def delta(self) -> Mapping[str, str | tuple[tuple[str, Any], ...]]:
+        """This request's changes per key: ``"set"``, ``"del"``, or replayable operations."""
+        return {k: v if isinstance(v, str) else tuple(v) for k, v in self._d.changes.items()}
+
+    @property
+    def flushed(self) -> bool:
+        """True if this request flushed (or invalidated) the session."""
+        return self._d.flushed
+
+    @property
+    def created_at(self) -> float:
+        """When the session was first created (seconds since the epoch)."""
+        return float(self._d.meta.get("c", 0.0))
+
+    # -- CSRF token ------------------------------------------------------------------------
+
+    @property
+    def token(self) -> str:
+        """The per-session CSRF secret, created on first use."""
+        token = self._d.meta.get("k")
+        return token if isinstance(token, str) else self._d.new_token(rotate=False)
+
+    def regenerate_token(self) -> str:
+        """Replace the CSRF secret and return it (done automatically on ``regenerate()``)."""
+        return self._d.new_token()
+
+    # -- the mapping and Laravel's methods ---------------------------------------------------
 
     def __getitem__(self, key: str) -> Any:
         d = self._d

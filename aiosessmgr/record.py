@@ -14,11 +14,12 @@ from __future__ import annotations
 
 import math
 import os
-from typing import Any, Final
+from typing import Any, Final, Protocol
 
 from .drivers.base import VERSION_SIZE
 
-__all__ = ["DATA", "META", "VERSION_SIZE", "DecodeError", "layout", "new_version", "parse"]
+__all__ = ["DATA", "META", "VERSION_SIZE", "DecodeError", "decode", "encode", "layout",
+           "new_version", "parse"]
 
 #: the record's two top-level keys: the session's data and its metadata
 DATA: Final = "d"
@@ -30,6 +31,28 @@ _KNOWN_META: Final = frozenset({"c", "t", "s", "k", "f"})
 
 class DecodeError(ValueError):
     """A stored payload could not be decrypted or decoded (internal; never reaches users)."""
+
+
+class _Codec(Protocol):
+    def encode(self, session_id: str, data: dict[str, Any]) -> bytes: ...
+    def decode(self, session_id: str, payload: bytes) -> tuple[dict[str, Any], bool]: ...
+
+
+def encode(codec: _Codec, session_id: str, data: dict[str, Any],
+           meta: dict[str, Any]) -> tuple[bytes, bytes]:
+    """(version, record) for *data* and *meta* under a new version; SerializationError."""
+    version = new_version()
+    return version, version + codec.encode(session_id, layout(data, meta))
+
+
+def decode(codec: _Codec, session_id: str,
+           raw: bytes) -> tuple[dict[str, Any], dict[str, Any], bool]:
+    """(data, meta, stale key) of a stored record; DecodeError if it is unreadable."""
+    if len(raw) <= VERSION_SIZE:
+        raise DecodeError("record is truncated")
+    mapping, stale = codec.decode(session_id, raw[VERSION_SIZE:])
+    data, meta = parse(mapping)
+    return data, meta, stale
 
 
 def new_version() -> bytes:

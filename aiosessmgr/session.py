@@ -17,7 +17,7 @@ from __future__ import annotations
 import enum
 import logging
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any, Final
 
@@ -122,19 +122,11 @@ class SessionStore(SessionData):
         return self._new
 
     @property
-    def accessed(self) -> bool:
-        """True once the session was started (the response depends on the cookie)."""
-        return self._state is not State.UNSTARTED
-
-    @property
     def started(self) -> bool:
-        """True once ``start()`` ran."""
+        """True once ``start()`` ran (the response then depends on the cookie)."""
         return self._state is not State.UNSTARTED
 
-    @property
-    def modified(self) -> bool:
-        """True if there are changes that ``save()`` would write."""
-        return self._d.pending
+    accessed = started  # aiohttp-session's and the middleware's name for it
 
     @property
     def stored(self) -> bool:
@@ -186,21 +178,6 @@ class SessionStore(SessionData):
         if not self.ended:
             self._d.set_meta("s", at)
 
-    @property
-    def created_at(self) -> float:
-        """When the session was first created (seconds since the epoch)."""
-        return float(self._d.meta.get("c", 0.0))
-
-    @property
-    def delta(self) -> Mapping[str, str | tuple[tuple[str, Any], ...]]:
-        """This request's changes per key: ``"set"``, ``"del"``, or replayable operations."""
-        return {k: v if isinstance(v, str) else tuple(v) for k, v in self._d.changes.items()}
-
-    @property
-    def flushed(self) -> bool:
-        """True if this request flushed (or invalidated) the session."""
-        return self._d.flushed
-
     # -- loading ---------------------------------------------------------------------------
 
     async def start(self) -> None:
@@ -251,34 +228,27 @@ class SessionStore(SessionData):
     def _decode(self, session_id: str,
                 raw: bytes) -> tuple[dict[str, Any], dict[str, Any], bool] | None:
         try:
-            if len(raw) <= _VERSION_SIZE:
-                raise record.DecodeError("record is truncated")
-            mapping, stale = self._rt.codec.decode(session_id, raw[_VERSION_SIZE:])
-            data, meta = record.parse(mapping)
+            return record.decode(self._rt.codec, session_id, raw)
         except record.DecodeError as exc:
             logger.warning("discarding unreadable session record on driver %r: %s",
                            self._rt.name, exc)
             return None
-        return data, meta, stale
 
     def _encode(self) -> tuple[bytes, bytes]:
-        version = record.new_version()
+        d = self._d
         while True:
-            d = self._d
             try:
-                body = self._rt.codec.encode(self._id, record.layout(d.data, d.meta))
+                return record.encode(self._rt.codec, self._id, d.data, d.meta)
             except SerializationError as exc:
                 key = exc.key
                 if key is None or key in d.changes or key not in d.data:
                     raise  # this request's own value: the handler's error to see
                 # a stored value this request did not touch, which loads but cannot be
-                # saved again (written by something else): drop it rather than fail every
-                # request of this session from now on
+                # saved again (written by something else): dropped, rather than fail
+                # every request of this session from now on
                 logger.warning("session %s…: dropping stored key %r, which cannot be "
                                "saved again: %s", self._id[:6], key, exc)
                 d.delete(key)
-                continue
-            return version, version + body
 
     def _rebase(self, raw: bytes | None, session_id: str | None = None) -> bytes | None:
         """Replay this request's delta on the record another request just wrote.
@@ -500,18 +470,6 @@ class SessionStore(SessionData):
     def _require_started(self) -> None:
         if self._state is State.UNSTARTED:
             raise SessionError("the session is not started; call await session.start() first")
-
-    # -- CSRF token ------------------------------------------------------------------------
-
-    @property
-    def token(self) -> str:
-        """The per-session CSRF secret, created on first use."""
-        token = self._d.meta.get("k")
-        return token if isinstance(token, str) else self._d.new_token(rotate=False)
-
-    def regenerate_token(self) -> str:
-        """Replace the CSRF secret and return it (done automatically on ``regenerate()``)."""
-        return self._d.new_token()
 
 
 class Session(SessionStore):

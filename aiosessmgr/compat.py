@@ -50,7 +50,7 @@ Decisions:
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator, MutableMapping
+from collections.abc import Callable, Iterator, MutableMapping
 from dataclasses import dataclass, field
 from typing import Any, NoReturn, cast
 
@@ -68,13 +68,15 @@ __all__ = ["CompatSession", "get_session", "new_session", "session_middleware", 
 class CompatSession(MutableMapping[str, Any]):
     """aiohttp-session's ``Session`` API over an aiosessmgr session (``.store``)."""
 
-    __slots__ = ("_created", "_manager", "_pending", "_store")
+    __slots__ = ("_arm", "_created", "_manager", "_pending", "_store")
 
     def __init__(self, store: SessionStore, manager: SessionManager) -> None:
         self._store = store
         self._manager = manager
         # invalidate() was called; the async part runs before the cookie is decided
         self._pending = False
+        # set by get_session/new_session: schedules settle() at the end of the request
+        self._arm: Callable[[], None] | None = None
         # creation time for stores without ``created_at`` (not a Session subclass)
         self._created = int(time.time())
 
@@ -128,17 +130,21 @@ class CompatSession(MutableMapping[str, Any]):
     def invalidate(self) -> None:
         """Clear the data now; before the response, the id changes and the old record goes."""
         self._store.flush()
-        self._pending = True
+        if not self._pending:
+            self._pending = True
+            if self._arm is not None:
+                self._arm()  # the middleware runs settle() before it decides the cookie
 
     async def settle(self) -> None:
-        """Carry out a pending ``invalidate()`` now (the middleware does it for you)."""
+        """Carry out a pending ``invalidate()`` now (the middleware does it for you).
+
+        What was set after ``invalidate()`` moves to the new id as it is (aiohttp-session
+        keeps those keys): flash data stays flash data, a CSRF token made since stays.
+        """
         if not self._pending:
             return
         self._pending = False
-        kept = self._store.all()  # written after invalidate(): aiohttp-session keeps them
-        await self._store.invalidate()
-        if kept:
-            self._store.put(kept)
+        await self._store.invalidate(flush=False)
 
     def discard_invalidation(self) -> None:
         """Forget a pending ``invalidate()`` (``new_session`` replaces the session anyway)."""
@@ -203,8 +209,9 @@ def _state(request: web.Request, manager: SessionManager | None) -> tuple[_State
 def _adapt(request: web.Request, state: _State, mgr: SessionManager,
            store: SessionStore) -> CompatSession:
     adapter = state.adapters[mgr] = CompatSession(store, mgr)
-    # a pending invalidate() is carried out before the middleware decides the cookie
-    _web.add_finalizer(request, adapter.settle, mgr)
+    # each invalidate() is carried out before the middleware decides the cookie (or, after
+    # a stream was prepared, before the request ends)
+    adapter._arm = lambda: _web.add_finalizer(request, adapter.settle, mgr)
     return adapter
 
 

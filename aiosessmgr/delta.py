@@ -61,7 +61,7 @@ class Delta:
     """The working copy of one session in one request and the changes that made it."""
 
     __slots__ = ("changes", "data", "fd", "flushed", "meta", "meta_changed", "rewrite",
-                 "token_change", "whole")
+                 "token_at_flush", "token_change", "whole")
 
     def __init__(self, data: dict[str, Any] | None = None,
                  meta: dict[str, Any] | None = None) -> None:
@@ -72,6 +72,8 @@ class Delta:
         self.meta_changed: set[str] = set()
         # "created" (lazily, on first use) or "rotated" (regenerate_token, regenerate)
         self.token_change: str | None = None
+        # the CSRF token when flush() last ran (a token made after it is a new one)
+        self.token_at_flush: str | None = None
         # this request's flash changes; made the first time it touches flash data
         self.fd: _FlashDelta | None = None
         # the stored record is rewritten although nothing changed (stale key, touch)
@@ -137,6 +139,14 @@ class Delta:
         self.flushed = True
         self.meta.pop("f", None)
         self.fd = None
+        self.token_at_flush = self.meta.get("k")
+
+    def drop_token(self, unless_new: bool = False) -> None:
+        """Forget the CSRF token (a logout); *unless_new*: keep one made since flush()."""
+        if unless_new and self.meta.get("k") not in (None, self.token_at_flush):
+            return
+        self.meta.pop("k", None)
+        self.token_change = None
 
     def set_meta(self, name: str, value: Any) -> None:
         """Write one metadata entry (it wins over the stored one at a merge)."""

@@ -395,17 +395,19 @@ class SessionStore(SessionData):
             SessionEventInfo(SessionEvents.REGENERATED, self._id, self, old_id=old_id)
         )
 
-    async def invalidate(self) -> None:
+    async def invalidate(self, *, flush: bool = True) -> None:
         """Log out: clear the data, switch to a new id and destroy the old record now.
 
         At once, unlike ``regenerate()``: a logout takes effect even if the request fails
-        afterwards.
+        afterwards. ``flush=False`` is for a caller that already flushed (``compat``'s
+        synchronous ``invalidate()``): what was set since, flash data and a CSRF token
+        made since included, moves to the new id.
         """
         self._require_started()
         old_id, d = self._id, self._d
-        d.flush()
-        d.meta.pop("k", None)
-        d.token_change = None
+        if flush:
+            d.flush()
+        d.drop_token(unless_new=not flush)
         d.meta["c"] = self._rt.clock()  # a new session: the absolute lifetime restarts
         await self._move(True, at_save=False)
         self._rt.events.emit(

@@ -282,23 +282,35 @@ def session_middleware(manager: SessionManager) -> Middleware:
 
 
 async def _on_response_prepare(request: web.Request, response: web.StreamResponse) -> None:
-    """Finalize sessions of responses prepared inside the handler (streams, files)."""
+    """Finalize sessions of responses prepared inside the handler (streams, files).
+
+    Nothing raised here may escape: aiohttp has set up the streamed body's framing, and
+    an error would send a status line that disagrees with it (the connection then goes
+    out of step). A failure is logged and the response goes out as a well-framed 503.
+    """
     slots = request.get(_SLOTS)
     if not slots:
         return
     for slot in slots.values():
-        if not slot.finalized and not slot.failed and slot.session is not None:
-            try:
-                await slot.front.finalize(slot, response, preparing=True)
-            except DriverError as exc:
-                slot.failed = True
-                slot.front.store_failed(exc)
-                _unsaved(response)
-            except SessionSaveTimeout as exc:
-                slot.failed = True
-                slot.front.save_timed_out(exc)
-                _unsaved(response)
-                response.headers[hdrs.RETRY_AFTER] = "1"
+        if slot.finalized or slot.failed or (slot.session is None and not slot.finalizers):
+            continue
+        try:
+            await slot.front.finalize(slot, response, preparing=True)
+        except DriverError as exc:
+            slot.failed = True
+            slot.front.store_failed(exc)
+            _unsaved(response)
+        except SessionSaveTimeout as exc:
+            slot.failed = True
+            slot.front.save_timed_out(exc)
+            _unsaved(response)
+            response.headers[hdrs.RETRY_AFTER] = "1"
+        except Exception:
+            # a value the serializer refuses, a finalizer's own error, an HTTPException
+            # raised by one: the handler's error, but a streamed status cannot be a 500
+            slot.failed = True
+            logger.exception("the session of a streamed response could not be saved")
+            _unsaved(response)
 
 
 def _unsaved(response: web.StreamResponse) -> None:

@@ -466,3 +466,66 @@ async def test_module_docstring_runs() -> None:
         assert len(namespace["app"].middlewares) == 1
     finally:
         await manager.close()
+
+
+async def _compat_client(aiohttp_client: ClientFactory, manager: SessionManager,
+                         **routes: Handler) -> Any:
+    app = web.Application()
+    for path, route in routes.items():
+        app.router.add_get(f"/{path}", route)
+    compat.setup(app, manager)
+    return await aiohttp_client(app)
+
+
+def _cookie_of(client: Any) -> str | None:
+    jar = client.session.cookie_jar.filter_cookies(client.make_url("/"))
+    return jar[COOKIE].value if COOKIE in jar else None
+
+
+async def test_invalidate_after_a_stream_was_prepared_is_still_carried_out(
+        manager: SessionManager, aiohttp_client: ClientFactory) -> None:
+    async def login(request: web.Request) -> web.Response:
+        (await compat.get_session(request))["user"] = "alice"
+        return web.Response(text="in")
+
+    async def stream_logout(request: web.Request) -> web.StreamResponse:
+        session = await compat.get_session(request)
+        response = web.StreamResponse()
+        await response.prepare(request)  # the cookie is decided: too late to change it
+        session.invalidate()  # but the old record must still go
+        await response.write(b"bye")
+        return response
+
+    client = await _compat_client(aiohttp_client, manager, login=login, logout=stream_logout)
+    await client.get("/login")
+    old_id = _cookie_of(client)
+    assert old_id is not None
+    assert (await client.get("/logout")).status == 200
+    assert await manager.runtime().driver.read(old_id) is None
+
+
+async def test_flash_now_and_token_set_after_invalidate_keep_their_meaning(
+        manager: SessionManager, aiohttp_client: ClientFactory) -> None:
+    async def login(request: web.Request) -> web.Response:
+        (await compat.get_session(request))["user"] = "alice"
+        return web.Response(text="in")
+
+    async def logout(request: web.Request) -> web.Response:
+        session = await compat.get_session(request)
+        session.invalidate()
+        session.store.flash("status", "logged out")  # shown once, on the next page
+        session.store.now("tmp", "this request only")
+        token = session.store.token  # the login form of the logout page
+        return web.Response(text=token)
+
+    async def page(request: web.Request) -> web.Response:
+        session = await compat.get_session(request)
+        return web.Response(text=f"{session.get('status')} {session.get('tmp')} "
+                                 f"{session.get('user')} {session.store.token}")
+
+    client = await _compat_client(aiohttp_client, manager, login=login, logout=logout,
+                                  page=page)
+    await client.get("/login")
+    token = await (await client.get("/logout")).text()
+    assert await (await client.get("/page")).text() == f"logged out None None {token}"
+    assert await (await client.get("/page")).text() == f"None None None {token}"

@@ -1080,3 +1080,68 @@ async def test_a_slow_id_rotation_does_not_undo_a_logout(aiohttp_client: ClientF
     late = await pending
     assert raw_set_cookies(late) == []  # the rotated id is not handed out
     assert await (await client.get("/peek")).text() == "{}"  # still logged out
+
+
+@pytest.mark.parametrize("failure", ["finalizer-error", "finalizer-http", "unserializable"])
+async def test_a_failure_while_a_stream_is_prepared_is_a_well_framed_503(
+        aiohttp_client: ClientFactory, failure: str, caplog: pytest.LogCaptureFixture) -> None:
+    import datetime
+
+    import aiohttp
+
+    from aiosessmgr.web import add_finalizer
+
+    manager, driver = make_manager()
+
+    async def fail() -> None:
+        if failure == "finalizer-http":
+            raise web.HTTPForbidden(text="nope")
+        raise ValueError("a bug in a finalizer")
+
+    async def stream(req: web.Request) -> web.StreamResponse:
+        session = await get_session(req)
+        session["n"] = 1
+        if failure == "unserializable":
+            session["day"] = datetime.date(2026, 1, 1)  # not in the accepted set
+        else:
+            add_finalizer(req, fail)
+        response = web.StreamResponse()
+        await response.prepare(req)
+        await response.write(b"body")
+        return response
+
+    client = await cast(Any, aiohttp_client)(app_with(manager, stream=stream),
+                                             connector=aiohttp.TCPConnector(limit=1))
+    with caplog.at_level(logging.ERROR, logger="aiosessmgr"):
+        response = await client.get("/stream")
+        assert response.status == 503 and await response.read() == b"body"
+    assert "streamed response could not be saved" in caplog.text
+    assert driver.calls["compare_and_set"] == 0 and driver.calls["write"] == 0  # nothing saved
+    # the same keep-alive connection is still in step
+    assert (await client.get("/count")).status == 200
+
+
+async def test_a_finalizer_runs_at_prepare_even_before_the_session_is_loaded(
+        aiohttp_client: ClientFactory) -> None:
+    from aiosessmgr.web import add_finalizer
+
+    manager, _ = make_manager()
+    order: list[str] = []
+
+    async def stream(req: web.Request) -> web.StreamResponse:
+        async def load_and_set() -> None:
+            order.append("finalizer")
+            (await get_session(req))["from_finalizer"] = True
+
+        add_finalizer(req, load_and_set)
+        response = web.StreamResponse()
+        await response.prepare(req)
+        order.append("prepared")
+        await response.write(b"body")
+        return response
+
+    client = await cast(Any, aiohttp_client)(app_with(manager, stream=stream))
+    response = await client.get("/stream")
+    assert order == ["finalizer", "prepared"]
+    assert set_cookie(response) is not None  # the record it saved is reachable
+    assert await (await client.get("/peek")).text() == "{'from_finalizer': True}"

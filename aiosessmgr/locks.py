@@ -7,6 +7,7 @@ Exclusive within one process only; a driver with a cross-process lock implements
 from __future__ import annotations
 
 import asyncio
+import itertools
 
 __all__ = ["LocalLocks"]
 
@@ -15,12 +16,21 @@ class LocalLocks:
     """Per-id asyncio locks: exclusive within this process only (SupportsLock).
 
     The memory driver's lock, and the session's fallback for drivers without one.
-    ``ttl`` is not needed: a holder that fails still releases in its ``finally``.
+    ``ttl`` is not needed: a holder that fails still releases in its ``finally``. Each
+    acquisition gets its own token, and a release with any other token (a late one, of
+    an earlier holder) leaves the lock alone, as the driver contract says.
     """
 
     def __init__(self) -> None:
         # id -> (lock, number of tasks holding or waiting), dropped when unused
         self._locks: dict[str, tuple[asyncio.Lock, int]] = {}
+        # id -> the token of the task holding its lock
+        self._holders: dict[str, str] = {}
+        self._tokens = itertools.count(1)
+
+    def _held(self, session_id: str) -> str:
+        token = self._holders[session_id] = str(next(self._tokens))
+        return token
 
     async def acquire_lock(self, session_id: str, ttl: float, wait: float) -> str | None:
         """Wait up to *wait* seconds for the id's lock; None on timeout."""
@@ -30,7 +40,7 @@ class LocalLocks:
             lock = asyncio.Lock()
             self._locks[session_id] = (lock, 1)
             await lock.acquire()
-            return session_id
+            return self._held(session_id)
         lock, users = entry
         self._locks[session_id] = (lock, users + 1)
         try:
@@ -42,14 +52,15 @@ class LocalLocks:
         except BaseException:
             self._unuse(session_id)
             raise
-        return session_id
+        return self._held(session_id)
 
     async def release_lock(self, session_id: str, token: str) -> None:
-        """Release the id's lock taken by acquire_lock."""
-        entry = self._locks.get(session_id)
-        if entry is not None and entry[0].locked():
-            entry[0].release()
-            self._unuse(session_id)
+        """Release the id's lock if *token* (from acquire_lock) still holds it."""
+        if self._holders.get(session_id) != token:
+            return
+        del self._holders[session_id]
+        self._locks[session_id][0].release()
+        self._unuse(session_id)
 
     def _unuse(self, session_id: str) -> None:
         lock, users = self._locks[session_id]

@@ -15,8 +15,8 @@ def test_all_is_sorted_and_complete() -> None:
     public = {name for name in dir(aiosessmgr) if not name.startswith("_")}
     modules = {"body", "codec", "commit", "compat", "config", "cookies", "csrf", "data",
                "delta", "deprecation", "drivers", "errors", "events", "ids", "keys", "locks",
-               "manager", "record", "renamed", "runtime", "serializers", "session", "web",
-               "annotations"}  # submodules, the deprecation helper, the __future__ import
+               "manager", "record", "renamed", "runtime", "serializers", "session", "testing",
+               "web", "annotations"}  # submodules, the deprecation helper, the __future__ import
     assert public - modules - set(exported) == set()
     for name in exported:
         assert hasattr(aiosessmgr, name), name

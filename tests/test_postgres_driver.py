@@ -1,5 +1,9 @@
 """examples/postgres_driver.py against the machine's real PostgreSQL.
 
+The driver contract (aiosessmgr.testing.DriverContract) runs in TestPostgresDriverContract;
+the tests after it cover what is PostgreSQL's own: the table, the touch throttle, batched
+gc, options, outages.
+
 The database comes from ``DATABASE_URL`` (default: the example's DEFAULT_DSN, then the
 local Unix socket). Each test gets its own table, dropped at teardown. Without a
 reachable server the tests skip, except in CI (``CI=true``), where they fail.
@@ -10,8 +14,8 @@ from __future__ import annotations
 import asyncio
 import os
 import secrets
-import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from datetime import timedelta
 from typing import Any
 
 import asyncpg
@@ -21,6 +25,7 @@ from aiohttp.test_utils import TestClient
 
 from aiosessmgr import ConfigError, DriverConfig, DriverError, SupportsCompareAndSet
 from aiosessmgr.drivers.base import SupportsTouch
+from aiosessmgr.testing import Advance, DriverContract
 from examples import postgres_driver
 from examples.postgres_driver import PostgresDriver
 
@@ -28,7 +33,7 @@ Client = TestClient[web.Request, web.Application]
 ClientFactory = Callable[[web.Application], Awaitable[Client]]
 
 SOCKET_DSN = "postgresql://postgres@/test?host=/var/run/postgresql"
-V1, V2, V3 = b"version1", b"version2", b"version3"
+V1, V2 = b"version1", b"version2"
 SID = "s" * 43
 
 _reachable: list[str] = []  # the DSN that answered, found once per run
@@ -101,6 +106,26 @@ async def seconds_left(admin: asyncpg.Connection, table: str, sid: str) -> float
 # -- against the database --------------------------------------------------------------------
 
 
+class TestPostgresDriverContract(DriverContract):
+    """The public driver contract (aiosessmgr.testing); time moves by moving expires_at."""
+
+    capabilities = frozenset({SupportsTouch, SupportsCompareAndSet})
+
+    @pytest.fixture
+    async def driver(self, dsn: str, table: str) -> AsyncIterator[PostgresDriver]:
+        drv = PostgresDriver(dsn, table=table, timeout=5)
+        yield drv
+        await drv.close()
+
+    @pytest.fixture
+    def advance(self, admin: asyncpg.Connection, table: str) -> Advance:
+        async def advance(seconds: float) -> None:
+            await admin.execute(f'UPDATE "{table}" SET expires_at = expires_at - $1::interval',
+                                timedelta(seconds=seconds))
+
+        return advance
+
+
 async def test_round_trip_creates_the_table_on_first_use(
     driver: PostgresDriver, admin: asyncpg.Connection, table: str,
 ) -> None:
@@ -117,17 +142,6 @@ async def test_round_trip_creates_the_table_on_first_use(
     assert await driver.read(SID) == V2 + b"\xff" * 1000
     assert await admin.fetchval(f'SELECT count(*) FROM "{table}"') == 1
     assert 55 < await seconds_left(admin, table, SID) <= 60
-
-
-async def test_expired_rows_are_not_read(
-    driver: PostgresDriver, admin: asyncpg.Connection, table: str,
-) -> None:
-    await driver.write(SID, V1 + b"data", 1)
-    assert await driver.read(SID) == V1 + b"data"
-    await expire(admin, table, SID)
-    assert await driver.read(SID) is None
-    assert await driver.read_touch(SID, 60) is None  # and a touch does not revive it
-    assert await seconds_left(admin, table, SID) < 0
 
 
 async def test_read_touch_extends_expiry_at_most_once_per_tenth(
@@ -180,41 +194,6 @@ async def test_gc_works_in_batches(
         assert await admin.fetchval(f'SELECT count(*) FROM "{table}"') == 1
     finally:
         await small.close()
-
-
-async def test_compare_and_set(
-    driver: PostgresDriver, admin: asyncpg.Connection, table: str,
-) -> None:
-    assert isinstance(driver, SupportsCompareAndSet)
-    assert await driver.compare_and_set(SID, V1 + b"a", 60, None)
-    assert not await driver.compare_and_set(SID, V2 + b"b", 60, None)  # exists already
-    assert not await driver.compare_and_set(SID, V2 + b"b", 60, V3)    # wrong version
-    assert await driver.read(SID) == V1 + b"a"
-    assert await driver.compare_and_set(SID, V2 + b"b", 60, V1)
-    assert not await driver.compare_and_set(SID, V3 + b"c", 60, V1)    # V1 is gone
-    assert await driver.read(SID) == V2 + b"b"
-
-    await expire(admin, table, SID)
-    assert not await driver.compare_and_set(SID, V3 + b"c", 60, V2)    # expired: not there
-    assert await driver.compare_and_set(SID, V3 + b"c", 60, None)      # ... so insertable
-    assert await driver.read(SID) == V3 + b"c"
-    assert 55 < await seconds_left(admin, table, SID) <= 60
-
-    await driver.destroy(SID)
-    assert not await driver.compare_and_set(SID, V1 + b"d", 60, V3)    # destroyed stays gone
-    assert await driver.read(SID) is None
-
-
-async def test_compare_and_set_has_one_winner(driver: PostgresDriver) -> None:
-    await driver.write(SID, V1 + b"start", 60)
-    results = await asyncio.gather(*(
-        driver.compare_and_set(SID, i.to_bytes(8, "big") + b"x", 60, V1) for i in range(20)))
-    assert results.count(True) == 1
-    winner = results.index(True)
-    assert await driver.read(SID) == winner.to_bytes(8, "big") + b"x"
-    inserts = await asyncio.gather(*(
-        driver.compare_and_set("n" * 43, i.to_bytes(8, "big"), 60, None) for i in range(20)))
-    assert inserts.count(True) == 1
 
 
 async def test_factory_reads_options_and_does_no_io(dsn: str, table: str) -> None:
@@ -304,10 +283,8 @@ async def test_silent_server_times_out() -> None:
     driver = PostgresDriver(f"postgresql://postgres@127.0.0.1:{port}/test?sslmode=disable",
                             timeout=0.5)
     try:
-        started = time.monotonic()
         with pytest.raises(DriverError, match=r"no answer within 0\.5s"):
             await driver.read(SID)
-        assert time.monotonic() - started < 3
     finally:
         await driver.close()
         for writer in held:

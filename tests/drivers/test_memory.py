@@ -1,32 +1,16 @@
-"""The memory driver: expiry per entry, passive expiry, chunked GC, compare-and-set."""
+"""The memory driver beyond the contract (tests/drivers/test_contract.py): passive expiry,
+GC counts and chunking."""
 
 from __future__ import annotations
 
 import asyncio
 
-from aiosessmgr import MemoryDriver, SessionDriver, SupportsCompareAndSet, SupportsTouch
+from aiosessmgr import MemoryDriver
 from aiosessmgr.drivers import memory
 
 from ..conftest import FakeClock
 
-V1, V2 = b"v1------", b"v2------"
-
-
-def test_capabilities() -> None:
-    driver = MemoryDriver()
-    assert isinstance(driver, SessionDriver)
-    assert isinstance(driver, SupportsTouch)
-    assert isinstance(driver, SupportsCompareAndSet)
-
-
-async def test_round_trip_destroy(clock: FakeClock) -> None:
-    driver = MemoryDriver(clock=clock)
-    assert await driver.read("a") is None
-    await driver.write("a", V1 + b"payload", 60)
-    assert await driver.read("a") == V1 + b"payload"
-    await driver.destroy("a")
-    await driver.destroy("a")  # no error for a missing id
-    assert await driver.read("a") is None
+V1 = b"v1------"
 
 
 async def test_passive_expiry_on_read(clock: FakeClock) -> None:
@@ -37,29 +21,6 @@ async def test_passive_expiry_on_read(clock: FakeClock) -> None:
     clock.advance(1)
     assert await driver.read("a") is None
     assert len(driver) == 0  # removed the moment it was seen expired
-
-
-async def test_read_touch_extends_expiry(clock: FakeClock) -> None:
-    driver = MemoryDriver(clock=clock)
-    await driver.write("a", V1, 60)
-    clock.advance(50)
-    assert await driver.read_touch("a", 60) == V1
-    clock.advance(50)
-    assert await driver.read("a") == V1
-    assert await driver.read_touch("missing", 60) is None
-
-
-async def test_compare_and_set(clock: FakeClock) -> None:
-    driver = MemoryDriver(clock=clock)
-    assert await driver.compare_and_set("a", V1 + b"x", 60, None)
-    assert not await driver.compare_and_set("a", V2 + b"y", 60, None)
-    assert not await driver.compare_and_set("a", V2 + b"y", 60, V2)
-    assert await driver.compare_and_set("a", V2 + b"y", 60, V1)
-    assert await driver.read("a") == V2 + b"y"
-    clock.advance(61)
-    # an expired record counts as absent
-    assert not await driver.compare_and_set("a", V1, 60, V2)
-    assert await driver.compare_and_set("a", V1, 60, None)
 
 
 async def test_gc_removes_only_expired(clock: FakeClock) -> None:

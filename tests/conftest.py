@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
+import asyncio
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
 import aiohttp
@@ -24,6 +26,19 @@ class FakeClock:
 
     def advance(self, seconds: float) -> None:
         self.now += seconds
+
+
+async def eventually(condition: Callable[[], bool], what: str, seconds: float = 10.0) -> None:
+    """Poll *condition* until it holds; fail naming *what* after *seconds*.
+
+    For something that happens in the background (a scheduled GC, a log line): waits only
+    as long as needed, and the deadline is generous so a slow machine does not flake.
+    """
+    deadline = time.monotonic() + seconds
+    while not condition():
+        if time.monotonic() > deadline:
+            pytest.fail(f"{what}: not within {seconds:g} s")
+        await asyncio.sleep(0.001)
 
 
 @pytest.fixture

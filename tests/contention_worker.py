@@ -1,7 +1,7 @@
 """One worker process of the save-contention test (tests/test_session.py).
 
-``python -m tests.contention_worker CONFIG_JSON SESSION_ID WORKER TASKS ROUNDS``: waits
-for a line on stdin (so that every worker starts together), then runs TASKS
+``python -m tests.contention_worker CONFIG_JSON SESSION_ID WORKER TASKS ROUNDS``: prints
+``ready`` and waits for a line on stdin (so that every worker starts together), then runs TASKS
 concurrent tasks, each loading the session ROUNDS times, incrementing ``n``, adding a
 key of its own and saving. Prints ``{"saves": ..., "failures": [...]}`` as JSON.
 """
@@ -35,6 +35,7 @@ async def main(config: dict[str, object], sid: str, worker: int, tasks: int,
             else:
                 saves += 1
 
+    print("ready", flush=True)  # the test sends the go signal once every worker is ready
     await asyncio.to_thread(sys.stdin.readline)  # the go signal
     try:
         await asyncio.gather(*(task(i) for i in range(tasks)))

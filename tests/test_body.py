@@ -379,7 +379,7 @@ async def test_client_gone_mid_body(content_type: str) -> None:
             await writer.drain()
             writer.close()
             await writer.wait_closed()
-            await done.wait()
+            await asyncio.wait_for(done.wait(), 30)  # a bound on a hang, not on speed
         finally:
             await runner.cleanup()
         return seen[0]

@@ -154,7 +154,8 @@ async def test_demo_counts_visits_on_the_file_driver() -> None:
         url = f"http://127.0.0.1:{port}/"
         # the server prints its banner before it listens: wait until it answers
         jar = aiohttp.CookieJar(unsafe=True)  # unsafe: keep cookies of an IP address host
-        async with aiohttp.ClientSession(cookie_jar=jar) as client:
+        async with aiohttp.ClientSession(cookie_jar=jar,
+                                         timeout=aiohttp.ClientTimeout(total=30)) as client:
             for _ in range(300):
                 try:
                     async with client.get(url) as resp:

@@ -14,7 +14,7 @@ from aiohttp.test_utils import TestClient
 
 from aiosessmgr import SessionManager
 
-from .concurrency_app import app_for
+from .concurrency_app import GATES, app_for
 from .stores import store_entry
 
 Client = TestClient[web.Request, web.Application]
@@ -55,7 +55,8 @@ async def all_ok(requests: Sequence[Awaitable[Any]]) -> None:
 async def test_100_concurrent_distinct_keys(aiohttp_client: ClientFactory,
                                             manager: SessionManager) -> None:
     client = await started(aiohttp_client, manager)
-    await all_ok([client.get(f"/set?key=k{i}") for i in range(100)])
+    # together=100: every request loads the same record before any saves, so all conflict
+    await all_ok([client.get(f"/set?key=k{i}&together=100") for i in range(100)])
     data = await dump(client)
     assert len(data) == 101 and all(data[f"k{i}"] for i in range(100))
 
@@ -63,23 +64,23 @@ async def test_100_concurrent_distinct_keys(aiohttp_client: ClientFactory,
 async def test_100_concurrent_increments(aiohttp_client: ClientFactory,
                                          manager: SessionManager) -> None:
     client = await started(aiohttp_client, manager)
-    await all_ok([client.get("/incr") for _ in range(100)])
+    await all_ok([client.get("/incr?together=100") for _ in range(100)])
     assert (await dump(client))["n"] == 100
 
 
 async def test_50_concurrent_pushes(aiohttp_client: ClientFactory,
                                     manager: SessionManager) -> None:
     client = await started(aiohttp_client, manager)
-    await all_ok([client.get(f"/push?i={i}") for i in range(50)])
+    await all_ok([client.get(f"/push?i={i}&together=50") for i in range(50)])
     assert sorted((await dump(client))["items"]) == list(range(50))
 
 
 async def test_mixed_sets_and_deletes(aiohttp_client: ClientFactory,
                                       manager: SessionManager) -> None:
     client = await started(aiohttp_client, manager)
-    await all_ok([client.get(f"/set?key=old{i}") for i in range(20)])
-    requests = [client.get(f"/forget?key=old{i}") for i in range(0, 20, 2)]
-    requests += [client.get(f"/set?key=new{i}&value=v{i}") for i in range(20)]
+    await all_ok([client.get(f"/set?key=old{i}&together=20") for i in range(20)])
+    requests = [client.get(f"/forget?key=old{i}&together=30") for i in range(0, 20, 2)]
+    requests += [client.get(f"/set?key=new{i}&value=v{i}&together=30") for i in range(20)]
     await all_ok(requests)
     expected: dict[str, Any] = {"first": True}
     expected.update({f"old{i}": True for i in range(1, 20, 2)})
@@ -91,11 +92,16 @@ async def test_logout_race_does_not_resurrect(aiohttp_client: ClientFactory,
                                               manager: SessionManager) -> None:
     client = await started(aiohttp_client, manager)
     old_id = client.session.cookie_jar.filter_cookies(client.make_url("/"))[COOKIE].value
-    slow = asyncio.create_task(client.get("/slow_write?sleep=0.3"))  # A loads, sleeps
-    await asyncio.sleep(0.1)
+    assert client.app is not None
+    gates = client.app[GATES]
+    slow = asyncio.create_task(client.get("/slow_write?gate=a"))  # A loads, is held
     other: Client = await aiohttp_client(app_for(manager))
-    logout = await other.get("/logout", cookies={COOKIE: old_id})  # B invalidates
-    assert logout.status == 200
+    try:
+        await gates.reached("a")
+        logout = await other.get("/logout", cookies={COOKIE: old_id})  # B invalidates
+        assert logout.status == 200
+    finally:
+        gates.open("a")
     assert (await slow).status == 200  # A modified and saved after the logout
     assert await manager.get_driver().read(old_id) is None  # ...but did not recreate it
     replay = await other.get("/dump", cookies={COOKIE: old_id})

@@ -48,9 +48,10 @@ async def dump(http: aiohttp.ClientSession, url: str, sid: str) -> dict[str, Any
 async def test_two_processes_lose_nothing(servers: list[str],
                                           http: aiohttp.ClientSession) -> None:
     sid = await start_session(http, servers[0])
-    await fan_out(http, servers, sid, [f"/set?key=k{i}" for i in range(100)])
-    await fan_out(http, servers, sid, ["/incr"] * 100)
-    await fan_out(http, servers, sid, [f"/push?i={i}" for i in range(50)])
+    # each process gets half; together=N: its N requests all load before any of them saves
+    await fan_out(http, servers, sid, [f"/set?key=k{i}&together=50" for i in range(100)])
+    await fan_out(http, servers, sid, ["/incr?together=50"] * 100)
+    await fan_out(http, servers, sid, [f"/push?i={i}&together=25" for i in range(50)])
     data = await dump(http, servers[1], sid)
     assert all(data[f"k{i}"] for i in range(100))
     assert data["n"] == 100

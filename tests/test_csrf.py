@@ -148,8 +148,9 @@ async def test_own_origin_is_allowed(client: Client) -> None:
 
 
 async def test_exempt_routes(client: Client) -> None:
-    assert (await client.post("/hook")).status == 200
-    assert (await client.post("/webhooks/github")).status == 200
+    assert await (await client.post("/hook")).text() == "hooked"
+    assert await (await client.post("/webhooks/github")).text() == "accepted"
+    assert (await client.post("/submit")).status == 403  # the same request, not exempt
 
 
 async def test_safe_methods_are_not_checked(client: Client) -> None:
@@ -160,7 +161,7 @@ async def test_no_session_means_no_valid_token(aiohttp_client: ClientFactory) ->
     fresh = await aiohttp_client(make_app())
     forged = mask_token("A" * 43)
     response = await fresh.post("/submit", headers={"X-CSRF-Token": forged})
-    assert response.status == 403
+    assert response.status == 403 and "CSRF token mismatch" in await response.text()
 
 
 async def test_token_rotates_on_login(client: Client) -> None:
@@ -168,9 +169,9 @@ async def test_token_rotates_on_login(client: Client) -> None:
     login = await client.post("/login", headers={"X-CSRF-Token": before})
     assert login.status == 200
     response = await client.post("/submit", headers={"X-CSRF-Token": before})
-    assert response.status == 403
+    assert response.status == 403 and "CSRF token mismatch" in await response.text()
     response = await client.post("/submit", headers={"X-CSRF-Token": await token(client)})
-    assert response.status == 200
+    assert response.status == 200 and await response.text() == "accepted"
 
 
 #: a body as sent, and what a handler reading it each way answers

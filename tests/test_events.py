@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 
 import pytest
@@ -39,12 +40,16 @@ async def test_lifecycle_events(manager: SessionManager) -> None:
 
 async def test_async_listeners_run_in_the_background(manager: SessionManager) -> None:
     got: list[str] = []
+    release = asyncio.Event()
 
     async def listener(event: SessionEventInfo) -> None:
+        await release.wait()  # finishes only when the test says
         got.append(event.session_id)
 
     manager.on(SessionEvents.STARTED, listener)
-    s = await manager.driver()
+    s = await asyncio.wait_for(manager.driver(), 10)  # did not wait for the listener
+    assert got == []
+    release.set()
     await manager.events.drain()
     assert got == [s.id]
 
@@ -81,10 +86,12 @@ async def test_off_removes_listeners(manager: SessionManager) -> None:
         calls.append(event.session_id)
 
     manager.on(SessionEvents.STARTED, listener)
+    first = await manager.driver()
+    assert calls == [first.id]  # the control: it was listening
     manager.off(SessionEvents.STARTED, listener)
     manager.off(SessionEvents.STARTED, listener)  # removing twice is fine
     await manager.driver()
     manager.on(SessionEvents.STARTED, listener)
     manager.off(SessionEvents.STARTED)
     await manager.driver()
-    assert calls == []
+    assert calls == [first.id]

@@ -164,17 +164,21 @@ def cookie_value(client: Client) -> str:
 
 async def test_replayed_ids_after_login_and_logout_are_dead(
         aiohttp_client: ClientFactory) -> None:
-    client = await aiohttp_client(app_for(SessionManager({"lottery": (0, 1)})))
+    manager = SessionManager({"lottery": (0, 1)})
+    client = await aiohttp_client(app_for(manager))
     await client.get("/")
     anonymous_id = cookie_value(client)
     await client.post("/login")
     logged_in_id = cookie_value(client)
     assert logged_in_id != anonymous_id
     assert await (await client.get("/whoami")).text() == "ada"
-    # an attacker who planted or saw the pre-login id gets nothing
-    replay = await client.get("/whoami", cookies={COOKIE: anonymous_id})
-    assert await replay.text() == "None"
+    # an attacker who planted or saw the pre-login id gets nothing: its record is gone
+    assert await manager.get_driver().read(anonymous_id) is None
+    replay = await client.get("/", cookies={COOKIE: anonymous_id})
+    assert await replay.text() == "1"  # a fresh session, not the visitor's (n was 1)
+    assert cookie_value(client) not in (anonymous_id, logged_in_id)
     await client.post("/logout", cookies={COOKIE: logged_in_id})
+    assert await manager.get_driver().read(logged_in_id) is None
     replay = await client.get("/whoami", cookies={COOKIE: logged_in_id})
     assert await replay.text() == "None"
 

@@ -47,6 +47,7 @@ async def test_mapping_protocol(manager: SessionManager) -> None:
         del s["a"]
     assert s.setdefault("c", 3) == 3 and s.pop("c") == 3
     s.update({"d": 4})
+    assert s["d"] == 4
     s.clear()
     assert len(s) == 0 and s.modified
 
@@ -217,10 +218,12 @@ async def test_concurrent_saves_merge_their_deltas(manager: SessionManager) -> N
 
 async def test_many_concurrent_increments_are_all_counted(manager: SessionManager) -> None:
     base = await stored(manager, n=0)
+    all_loaded = asyncio.Barrier(50)
 
     async def bump() -> None:
         s = await manager.load(base.id)
-        await asyncio.sleep(0.001)
+        async with asyncio.timeout(10):
+            await all_loaded.wait()  # all load the same record before any saves: all conflict
         s.increment("n")
         await s.save()
 
@@ -671,7 +674,9 @@ async def test_heavy_cross_process_contention_loses_no_save(
         str(worker), str(tasks), str(rounds), cwd=ROOT, stdin=asyncio.subprocess.PIPE,
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
         for worker in range(workers)]
-    await asyncio.sleep(1.0)  # let them start up and wait for the go signal
+    for proc in procs:  # each has started and waits for the go signal
+        assert proc.stdout is not None
+        assert await asyncio.wait_for(proc.stdout.readline(), 120) == b"ready\n"
     results = []
     outputs = await asyncio.wait_for(
         asyncio.gather(*(proc.communicate(b"go\n") for proc in procs)), 300)

@@ -19,6 +19,7 @@ from aiohttp.test_utils import TestClient
 from aiosessmgr import (
     DriverError,
     MemoryDriver,
+    SessionError,
     SessionManager,
     get_session,
     new_session,
@@ -26,6 +27,8 @@ from aiosessmgr import (
     session_lock,
     setup,
 )
+
+from .conftest import eventually
 
 Client = TestClient[web.Request, web.Application]
 ClientFactory = Callable[[web.Application], Awaitable[Client]]
@@ -39,7 +42,8 @@ class CountingDriver(MemoryDriver):
         super().__init__()
         self.calls: Counter[str] = Counter()
         self.fail: Exception | None = None
-        self.gc_delay = 0.0
+        # if set, gc() waits for it: the test decides when a collection finishes
+        self.gc_gate: asyncio.Event | None = None
 
     def _count(self, name: str) -> None:
         self.calls[name] += 1
@@ -69,7 +73,9 @@ class CountingDriver(MemoryDriver):
 
     async def gc(self, max_lifetime: int) -> int:
         self._count("gc")
-        await asyncio.sleep(self.gc_delay)
+        if self.gc_gate is not None:
+            async with asyncio.timeout(10):
+                await self.gc_gate.wait()
         self.calls["gc_finished"] += 1
         return await super().gc(max_lifetime)
 
@@ -355,16 +361,25 @@ async def test_two_managers_keep_separate_cookies(aiohttp_client: ClientFactory)
 
 async def test_lottery_gc_runs_after_the_response(aiohttp_client: ClientFactory) -> None:
     manager, driver = make_manager(lottery=(1, 1))
-    driver.gc_delay = 0.3
+    driver.gc_gate = asyncio.Event()  # a collection that finishes only when the test says
+    started: list[bool] = []
+    schedule = manager.schedule_gc
+
+    def recording_schedule(name: str | None = None) -> bool:
+        started.append(schedule(name))
+        return started[-1]
+
+    manager.schedule_gc = recording_schedule  # type: ignore[method-assign]
     client = await aiohttp_client(app_with(manager))
-    response = await client.get("/count")
+    response = await asyncio.wait_for(client.get("/count"), 10)  # not held up by the GC
     assert await response.text() == "1"
-    assert driver.calls["gc_finished"] == 0  # the response did not wait for it
-    await asyncio.sleep(0.05)
+    await eventually(lambda: driver.calls["gc"] == 1, "the lottery's GC run started")
+    assert driver.calls["gc_finished"] == 0  # it is still running
+    assert await (await client.get("/count")).text() == "2"
+    await eventually(lambda: len(started) == 2, "the second request drew the lottery")
+    assert started == [True, False]  # one run at a time per driver
     assert driver.calls["gc"] == 1
-    await client.get("/count")  # one run at a time per driver
-    await asyncio.sleep(0.05)
-    assert driver.calls["gc"] == 1
+    driver.gc_gate.set()
     await manager.wait_gc()
     assert driver.calls["gc_finished"] == 1
 
@@ -383,10 +398,12 @@ async def test_failing_gc_does_not_affect_the_response(
     client = await aiohttp_client(app_with(manager))
     response = await client.get("/count")
     assert response.status == 200 and await response.text() == "1"
-    await asyncio.sleep(0.05)
+    await eventually(lambda: driver.calls["gc"] == 1, "the lottery's GC run started")
     await manager.wait_gc()
-    assert driver.calls["gc"] == 1
-    assert any("garbage collection" in r.getMessage() for r in caplog.records)
+    [logged] = [r for r in caplog.records if "garbage collection" in r.getMessage()]
+    assert logged.levelno == logging.ERROR and logged.name == "aiosessmgr"
+    assert logged.exc_info is not None and isinstance(logged.exc_info[1], OSError)
+    assert await (await client.get("/count")).text() == "2"  # later requests too
 
 
 async def test_driver_error_is_a_503_logged_once(aiohttp_client: ClientFactory,
@@ -404,10 +421,13 @@ async def test_driver_error_is_a_503_logged_once(aiohttp_client: ClientFactory,
     assert await (await client.get("/count")).text() == "2"
 
 
-async def test_listener_error_does_not_break_request(aiohttp_client: ClientFactory) -> None:
+async def test_listener_error_does_not_break_request(
+        aiohttp_client: ClientFactory, caplog: pytest.LogCaptureFixture) -> None:
     manager, _ = make_manager()
+    called: list[Any] = []
 
     def broken(event: Any) -> None:
+        called.append(event)
         raise RuntimeError("listener bug")
 
     from aiosessmgr import SessionEvents
@@ -415,24 +435,38 @@ async def test_listener_error_does_not_break_request(aiohttp_client: ClientFacto
     for event in SessionEvents:
         manager.on(event, broken)
     client = await aiohttp_client(app_with(manager))
-    assert await (await client.get("/count")).text() == "1"
-    assert await (await client.get("/count")).text() == "2"
+    with caplog.at_level(logging.ERROR, logger="aiosessmgr"):
+        assert await (await client.get("/count")).text() == "1"
+        assert await (await client.get("/count")).text() == "2"
+    assert called  # the listener did run, and raise
+    failures = [r for r in caplog.records if "listener" in r.getMessage()]
+    assert len(failures) == len(called) and all(r.exc_info for r in failures)
 
 
 async def test_concurrent_requests_on_one_session_lose_nothing(
         aiohttp_client: ClientFactory) -> None:
+    loaded = 0
+    all_loaded = asyncio.Event()
+
     async def slow_set(request: web.Request) -> web.Response:
+        nonlocal loaded
         session = await get_session(request)
-        await asyncio.sleep(0.005)  # read, wait, then write: the racy pattern
+        loaded += 1
+        if loaded == 100:
+            all_loaded.set()
+        async with asyncio.timeout(10):
+            await all_loaded.wait()  # every request loaded the same record: all conflict
         session[f"k{request.query['i']}"] = True
         session.increment("n")
         return web.Response(text="ok")
 
-    manager, _ = make_manager()
+    manager, driver = make_manager()
     client = await aiohttp_client(app_with(manager, slow_set=slow_set))
     await client.get("/count")
+    driver.calls.clear()
     responses = await asyncio.gather(*(client.get(f"/slow_set?i={i}") for i in range(100)))
-    assert all(r.status == 200 for r in responses)
+    assert [r.status for r in responses] == [200] * 100
+    assert driver.calls["compare_and_set"] > 100  # the saves did conflict, and were replayed
     data = ast.literal_eval(await (await client.get("/peek")).text())
     assert data["n"] == 101
     assert len(data) == 101  # n plus 100 distinct keys
@@ -440,11 +474,24 @@ async def test_concurrent_requests_on_one_session_lose_nothing(
 
 async def test_get_session_without_middleware_is_a_clear_error(
         aiohttp_client: ClientFactory) -> None:
+    raised: list[BaseException] = []
+
+    async def handler(request: web.Request) -> web.Response:
+        try:
+            await get_session(request)
+        except BaseException as exc:
+            raised.append(exc)
+            raise
+        return web.Response(text="no error")
+
     app = web.Application()
-    app.router.add_get("/count", counter)
+    app.router.add_get("/count", handler)
     client = await aiohttp_client(app)
     response = await client.get("/count")
     assert response.status == 500  # a programming error, reported clearly in the log
+    [error] = raised
+    assert type(error) is SessionError
+    assert "no session middleware" in str(error) and "aiosessmgr.setup(app, manager)" in str(error)
 
 
 async def test_cleanup_closes_the_manager() -> None:
@@ -463,13 +510,9 @@ async def test_cleanup_closes_the_manager() -> None:
 
 
 async def test_periodic_gc(aiohttp_client: ClientFactory) -> None:
-    manager, driver = make_manager(gc_interval=0.02)
+    manager, driver = make_manager(gc_interval=0.02)  # lottery (0, 1): only the timer collects
     await aiohttp_client(app_with(manager))
-    for _ in range(100):
-        if driver.calls["gc"] >= 2:
-            break
-        await asyncio.sleep(0.01)
-    assert driver.calls["gc"] >= 2
+    await eventually(lambda: driver.calls["gc"] >= 2, "two periodic GC runs")
 
 
 # -- which cookie a request uses (issue: duplicates, quoting) ----------------------------
@@ -840,20 +883,34 @@ async def test_a_reading_poll_on_another_process_does_not_undo_a_login(
 
     # max_age 10 s: the poll, 1.2 s after the last write, is due to re-send the cookie
     with two_servers(store_entry(kind, request, tmp_path), cookie={"max_age": 10}) as urls:
-        async with aiohttp.ClientSession(cookie_jar=aiohttp.DummyCookieJar()) as http:
+        async with aiohttp.ClientSession(cookie_jar=aiohttp.DummyCookieJar(),
+                                         timeout=aiohttp.ClientTimeout(total=60)) as http:
+
+            async def call(url: str) -> str:
+                async with http.get(url) as response:
+                    assert response.status == 200
+                    return await response.text()
+
+            async def advance_clocks(seconds: float) -> None:
+                for url in urls:  # both processes: their records share one timeline
+                    await call(f"{url}/advance?seconds={seconds}")
+
             async with http.get(f"{urls[0]}/set?key=anon") as first:
                 sid = first.cookies[COOKIE].value
-            await asyncio.sleep(1.2)
+            await advance_clocks(1.2)
             headers = {"Cookie": f"{COOKIE}={sid}"}
-            async with http.get(f"{urls[0]}/slow_read?sleep=0", headers=headers) as control:
+            async with http.get(f"{urls[0]}/slow_read", headers=headers) as control:
                 assert control.status == 200
                 assert raw_set_cookies(control) != []  # due: the rolling refresh is sent
-            await asyncio.sleep(1.2)
-            poll = asyncio.ensure_future(http.get(f"{urls[0]}/slow_read?sleep=1",
+            await advance_clocks(1.2)
+            poll = asyncio.ensure_future(http.get(f"{urls[0]}/slow_read?gate=poll",
                                                   headers=headers))
-            await asyncio.sleep(0.3)  # the poll has loaded the session
-            async with http.get(f"{urls[1]}/login", headers=headers) as login:
-                assert login.status == 200 and login.cookies[COOKIE].value != sid
+            try:
+                await call(f"{urls[0]}/gate/reached?name=poll")  # the poll loaded the session
+                async with http.get(f"{urls[1]}/login", headers=headers) as login:
+                    assert login.status == 200 and login.cookies[COOKIE].value != sid
+            finally:
+                await call(f"{urls[0]}/gate/open?name=poll")
             late = await poll
             assert late.status == 200
             assert raw_set_cookies(late) == []  # the old id is not sent back
@@ -1022,6 +1079,9 @@ async def test_a_bodiless_or_upgraded_stream_whose_session_cannot_be_saved(
         async with client.ws_connect("/ws") as socket:  # the upgrade goes ahead
             message = await asyncio.wait_for(socket.receive(), 10)
             assert message.data == "hi"
+        driver.fail = None
+        again = await asyncio.wait_for(client.get("/peek"), 10)
+        assert await again.text() == "{'n': 1}"  # and nothing was saved
 
 
 async def test_a_rolling_cookie_is_re_sent_even_when_other_writes_send_none(

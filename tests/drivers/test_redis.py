@@ -16,10 +16,7 @@ from redis.exceptions import NoScriptError, ResponseError
 from aiosessmgr import (
     ConfigError,
     DriverError,
-    SessionDriver,
     SessionManager,
-    SupportsCompareAndSet,
-    SupportsTouch,
     get_session,
     is_valid_session_id,
     new_session_id,
@@ -31,39 +28,7 @@ from .conftest import ClientFactory, redis_driver, redis_manager, session_app
 
 pytestmark = pytest.mark.redis
 
-V1, V2, V3 = b"v1------", b"v2------", b"v3------"
-
-
-def test_capabilities(redis_server: RedisServer) -> None:
-    driver = redis_driver(url=redis_server.url)
-    assert isinstance(driver, SessionDriver)
-    assert isinstance(driver, SupportsTouch)
-    assert isinstance(driver, SupportsCompareAndSet)
-
-
-async def test_round_trip_and_destroy(driver: RedisDriver) -> None:
-    assert await driver.read("a") is None
-    assert await driver.read_touch("a", 60) is None
-    await driver.write("a", V1 + b"payload", 60)
-    assert await driver.read("a") == V1 + b"payload"
-    await driver.write("a", V2 + b"replaced", 60)
-    assert await driver.read_touch("a", 60) == V2 + b"replaced"
-    await driver.destroy("a")
-    await driver.destroy("a")  # no error for a missing id
-    assert await driver.read("a") is None
-
-
-@pytest.mark.parametrize("payload", [
-    pytest.param(bytes(range(256)) * 4, id="every-byte"),
-    pytest.param(b"\x00" * 9, id="nul-bytes"),
-    pytest.param(b"\r\n$-1\r\n*3\r\n", id="resp-lookalike"),
-    pytest.param(b"\xff" * 8 + bytes(1 << 20), id="one-mebibyte"),
-])
-async def test_binary_payloads(driver: RedisDriver, payload: bytes) -> None:
-    await driver.write("bin", payload, 60)
-    assert await driver.read("bin") == payload
-    assert await driver.compare_and_set("bin", payload[::-1], 60, payload[:8])
-    assert await driver.read_touch("bin", 60) == payload[::-1]
+V1, V2 = b"v1------", b"v2------"
 
 
 async def test_expiry_is_set_and_rolled_by_read_touch(driver: RedisDriver,
@@ -100,32 +65,6 @@ async def test_gc_returns_zero_and_leaves_records(driver: RedisDriver) -> None:
     await driver.write("a", V1, 60)
     assert await driver.gc(0) == 0
     assert await driver.read("a") == V1
-
-
-async def test_compare_and_set(driver: RedisDriver) -> None:
-    # expected None: only if absent
-    assert await driver.compare_and_set("a", V1 + b"x", 60, None)
-    assert not await driver.compare_and_set("a", V2 + b"y", 60, None)
-    # expected version: only if it is the stored one
-    assert not await driver.compare_and_set("a", V2 + b"y", 60, V2)
-    assert not await driver.compare_and_set("a", V2 + b"y", 60, V1 + b"x")
-    assert await driver.read("a") == V1 + b"x"
-    assert await driver.compare_and_set("a", V2 + b"y", 60, V1)
-    assert await driver.read("a") == V2 + b"y"
-    # a destroyed record is absent: the old version no longer matches
-    await driver.destroy("a")
-    assert not await driver.compare_and_set("a", V3, 60, V2)
-    assert await driver.read("a") is None
-
-
-async def test_compare_and_set_is_atomic_under_concurrency(driver: RedisDriver) -> None:
-    await driver.write("a", V1, 60)
-    results = await asyncio.gather(*(
-        driver.compare_and_set("a", b"%08d" % i, 60, V1) for i in range(20)
-    ))
-    assert results.count(True) == 1
-    winner = results.index(True)
-    assert await driver.read("a") == b"%08d" % winner
 
 
 async def test_noscript_recovery(driver: RedisDriver, inspector: Redis) -> None:

@@ -49,23 +49,6 @@ async def test_sessions_through_the_middleware(aiohttp_client: ClientFactory,
     assert await (await client.get("/read")).json() == {"n": 11, "user": "ann"}
 
 
-async def test_concurrent_saves_of_one_session_keep_both_keys(manager: SessionManager) -> None:
-    first = await manager.driver()
-    first.put("base", 0)
-    await first.save()
-    one, two = await manager.load(first.id), await manager.load(first.id)
-    one.put("a", 1)
-    two.put("b", 2)
-    await one.save()
-    await two.save()  # its compare-and-set fails, it re-reads, merges and writes again
-    assert (await manager.load(first.id)).all() == {"base": 0, "a": 1, "b": 2}
-    three, four = await manager.load(first.id), await manager.load(first.id)
-    three.put("c", 3)
-    four.forget("base")
-    await asyncio.gather(three.save(), four.save())
-    assert (await manager.load(first.id)).all() == {"a": 1, "b": 2, "c": 3}
-
-
 async def test_one_batch_spans_slots_on_every_node(cluster: ClusterServers,
                                                    manager: SessionManager) -> None:
     sessions = [manager.session() for _ in range(60)]
@@ -146,3 +129,22 @@ async def test_first_use_by_many_requests_at_once(cluster: ClusterServers, prefi
         finally:
             await driver.close()
         prefix += "x"
+
+
+async def test_session_locks_on_every_node(cluster: ClusterServers, prefix: str) -> None:
+    driver = redis_driver(url=cluster.url, cluster=True, prefix=prefix)
+    try:
+        sids = [f"id{i}" for i in range(12)]
+        tokens = await asyncio.gather(*(driver.acquire_lock(sid, 10, 1) for sid in sids))
+        assert all(tokens)
+        assert all(count > 0 for count in keys_per_node(cluster, prefix))
+        assert await asyncio.gather(*(driver.acquire_lock(sid, 10, 0) for sid in sids)) \
+            == [None] * 12
+        # redis-py's Lock reloads its release script on whichever node lost it
+        for node in cluster.nodes:
+            node.cli("SCRIPT", "FLUSH")
+        await asyncio.gather(*(driver.release_lock(sid, token)
+                               for sid, token in zip(sids, tokens, strict=True) if token))
+        assert keys_per_node(cluster, prefix) == [0, 0, 0]
+    finally:
+        await driver.close()

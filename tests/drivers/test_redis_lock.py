@@ -1,4 +1,4 @@
-"""Redis driver session locks: SET NX PX with a token, released by a Lua script."""
+"""Redis driver session locks: redis-py's Lock (SET NX PX with a token, Lua release)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 from redis.asyncio import Redis
 
 from aiosessmgr import DriverError
-from aiosessmgr.drivers.redis import RELEASE_SHA, RedisDriver
+from aiosessmgr.drivers.redis import LOCK_POLL_MAX, RELEASE_SHA, RedisDriver
 
 from ..redis_server import RedisServer, calls_delta
 from .conftest import redis_driver
@@ -43,7 +43,8 @@ async def test_second_acquire_times_out_within_wait(driver: RedisDriver) -> None
     loop = asyncio.get_running_loop()
     started = loop.time()
     assert await driver.acquire_lock(sid, 10, 0.2) is None
-    assert 0.2 <= loop.time() - started < 0.6
+    # redis-py's Lock stops when its next try would come after the wait
+    assert 0.2 - LOCK_POLL_MAX <= loop.time() - started < 0.6
     assert await driver.acquire_lock(sid, 10, 0) is None  # wait 0: one attempt
     await driver.release_lock(sid, token)
 
@@ -121,9 +122,10 @@ async def test_release_script_reloads_after_script_flush(own_redis: RedisServer)
         assert token is not None
         own_redis.cli("SCRIPT", "FLUSH")
         before = own_redis.command_calls()
-        await drv.release_lock(sid, token)  # NOSCRIPT, then EVAL
+        await drv.release_lock(sid, token)  # redis-py's Script: NOSCRIPT, LOAD, EVALSHA
         delta = calls_delta(before, own_redis.command_calls())
-        assert delta.get("eval") == 1 and delta.get("evalsha") == 1
+        assert delta.get("evalsha") == 2 and delta.get("script|load") == 1
+        assert delta.get("del") == 1  # the lock was ours: released
         assert own_redis.cli("SCRIPT", "EXISTS", RELEASE_SHA).strip() == "1"
         assert await drv.acquire_lock(sid, 10, 0) is not None
     finally:
@@ -178,4 +180,23 @@ async def test_frozen_redis_is_a_driver_error_within_the_timeout(
         assert loop.time() - started < 2
     finally:
         own_redis.resume()
+        await drv.close()
+
+
+async def test_an_uncontended_lock_costs_one_set_and_one_script(own_redis: RedisServer) -> None:
+    drv = redis_driver(url=own_redis.url)
+    try:
+        # the connection is open and the release script loaded (redis-py loads it on NOSCRIPT)
+        warm = await drv.acquire_lock("warm", 10, 1)
+        assert warm is not None
+        await drv.release_lock("warm", warm)
+        sid = new_id()
+        before = own_redis.command_calls()
+        token = await drv.acquire_lock(sid, 10, 1)
+        assert token is not None
+        await drv.release_lock(sid, token)
+        # SET NX PX, then redis-py's release script (its GET and DEL run inside it)
+        assert calls_delta(before, own_redis.command_calls()) == {"set": 1, "evalsha": 1,
+                                                                  "get": 1, "del": 1}
+    finally:
         await drv.close()

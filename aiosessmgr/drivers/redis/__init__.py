@@ -1,0 +1,62 @@
+"""Redis driver: redis.asyncio on one node, Sentinel or Cluster, with auto-pipelining.
+
+Public API of redis-py only (``Pipeline``, ``execute_command``, ``Lock``); modules:
+``client`` builds the client from options (url, connection, Sentinel, Cluster),
+``batching`` sends one loop turn's commands as one pipeline, ``lock`` is the session
+lock on redis-py's ``Lock``, ``driver`` the :class:`RedisDriver` itself.
+
+Records are plain string keys, ``prefix + "{" + id + "}"``: the braces are a hash tag,
+so every key of one session (the record, its lock) lives in one Cluster hash slot.
+Redis expires records itself: ``write`` is ``SET key value EX ttl``, a read is
+``GETEX key EX ttl`` (read and extend in one round trip), and ``gc()`` has nothing to
+do. ``compare_and_set`` is a Lua script run with ``EVALSHA`` (one round trip; on
+``NOSCRIPT`` it is sent once more with ``EVAL``, which also caches it on that node).
+
+Session locks (``acquire_lock`` / ``release_lock``, behind ``session.lock()``) are
+redis-py's ``Lock`` on the key ``prefix + "{" + id + "}:lock"`` in the record's slot:
+``SET key token NX PX ttl``, tried again at a fixed interval until ``wait`` runs out,
+and released by Lock's Lua script, which deletes the key only if it still holds the
+holder's random token. Redis expires the lock after ``ttl`` whatever happens to its
+holder: a holder that dies frees it then, and one still working after ``ttl`` no
+longer excludes anyone.
+
+A key of another type (a hash, a list...) under a record's or a lock's name is one bad
+key, not an outage: reads answer "no record" and log a WARNING (the id abbreviated),
+the compare-and-set answers "not written", a lock is never taken over it, and none of
+them changes it (an explicit ``destroy`` deletes it). Other failures are a
+``DriverError``, and every call is bounded by the driver's overall timeout.
+
+Connections, their checks and retries are redis-py's: a pooled connection that died
+(Redis restarted, ``CLIENT KILL``) is replaced when the pool hands it out, or the
+command is retried once on a fresh connection (the clients the driver builds; a
+client of the application's own keeps its settings). Every command the driver sends
+is safe to run twice (see ``client.build_client``).
+
+Auto-pipelining (``pipelining: true``, the default): every command issued while the
+event loop runs one turn - typically the reads of all requests that arrived together -
+goes out as one redis-py pipeline (``transaction=False``), and each reply (or error
+reply) is handed back to the caller that issued it. Replies are the same, with the same
+types, as without pipelining (``pipelining: false`` sends each command on its own).
+
+Configuration (the options of a ``"driver": "redis"`` entry)::
+
+    {"driver": "redis", "lifetime": 120, "url": "redis://127.0.0.1:6379/0"}
+    {"driver": "redis", "connection": {"host": "10.0.0.5", "port": 6379, "db": 2}}
+    {"driver": "redis", "url": "redis://10.0.0.5:7000", "cluster": True}
+    {"driver": "redis", "sentinel": {"hosts": ["10.0.0.7:26379"], "service_name": "mymaster"}}
+    {"driver": "redis", "client": existing_redis_asyncio_client}   # not closed by us
+"""
+
+from __future__ import annotations
+
+# the "X as X" names are importable from here as before, outside __all__
+from .client import DEFAULT_CONNECT_TIMEOUT as DEFAULT_CONNECT_TIMEOUT
+from .client import DEFAULT_SOCKET_TIMEOUT as DEFAULT_SOCKET_TIMEOUT
+from .driver import CAS_SCRIPT as CAS_SCRIPT
+from .driver import CAS_SHA as CAS_SHA
+from .driver import DEFAULT_PREFIX as DEFAULT_PREFIX
+from .driver import LOCK_POLL_MAX, LOCK_POLL_MIN, RedisDriver
+from .driver import RELEASE_SCRIPT as RELEASE_SCRIPT
+from .driver import RELEASE_SHA as RELEASE_SHA
+
+__all__ = ["LOCK_POLL_MAX", "LOCK_POLL_MIN", "RedisDriver"]

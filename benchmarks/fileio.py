@@ -1,9 +1,18 @@
-"""File I/O benchmark: aiofiles versus one thread hop per read (the file driver's choice).
+"""File I/O benchmark: what a file-driver read costs, and why it is one hop.
 
-Run: ``python -m benchmarks.fileio [--reads N]``. Reads one 300-byte file N times at
-concurrency 1 and 64, (a) with aiofiles, which hops to a thread for each call (open,
-read, close), and (b) with a single ``run_in_executor`` hop doing all three. This is
-the measurement behind the file driver's I/O design (see aiosessmgr/drivers/file.py).
+Run: ``python -m benchmarks.fileio [--reads N] [--max-workers N]``. Reads one 200-byte
+session N times at concurrency 1 and 64 in four ways, all but the memory driver on one
+``ThreadPoolExecutor`` of ``--max-workers`` threads (the file driver's default size):
+
+* ``driver``: ``FileDriver.read_touch``, what a read-only request does (one
+  ``aiofiles.os.wrap`` hop to the driver's own pool: open with ``O_NOFOLLOW``, fstat,
+  read, close, touch when due);
+* ``one hop``: the same open/read/close as one function through ``aiofiles.os.wrap``
+  with ``executor=pool``, without the driver around it;
+* ``aiofiles.open``: ``aiofiles.open`` / ``read`` / ``close`` with ``executor=pool``,
+  one hop per call (three per read);
+* ``memory``: ``MemoryDriver.read_touch``, the baseline of the driver's ">= 0.5x memory"
+  target (met at the HTTP level; see ``benchmarks.drivers`` and ``benchmarks.http``).
 """
 
 from __future__ import annotations
@@ -11,71 +20,90 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import secrets
 import tempfile
 import time
 from collections.abc import Awaitable, Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
+
+import aiofiles
+import aiofiles.os
+
+from aiosessmgr import MemoryDriver
+from aiosessmgr.drivers.file import DEFAULT_MAX_WORKERS, FileDriver
 
 from ._common import setup_line, table, write_json
 
+RECORD_SIZE = 200
+TTL = 7200
+METHODS = ("driver", "one hop", "aiofiles.open", "memory")
+
 
 def _read_sync(path: str) -> bytes:
-    fd = os.open(path, os.O_RDONLY)
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
     try:
         return os.read(fd, 65536)
     finally:
         os.close(fd)
 
 
-def _write_sync(path: str, data: bytes) -> None:
-    with open(path, "wb") as f:
-        f.write(data)
-
-
-async def read_one_hop(path: str) -> bytes:
-    """Open, read and close in one executor hop."""
-    return await asyncio.get_running_loop().run_in_executor(None, _read_sync, path)
-
-
-async def read_aiofiles(path: str) -> bytes:
-    """Open, read and close through aiofiles (a hop per call)."""
-    import aiofiles
-
-    async with aiofiles.open(path, "rb") as f:
-        data: bytes = await f.read()
-        return data
-
-
-async def _rate(read: Callable[[str], Awaitable[bytes]], path: str, reads: int,
-                concurrency: int) -> float:
+async def _rate(read: Callable[[], Awaitable[Any]], reads: int, concurrency: int) -> float:
     left = reads
 
     async def worker() -> None:
         nonlocal left
         while left > 0:
             left -= 1
-            await read(path)
+            await read()
 
     start = time.perf_counter()
     await asyncio.gather(*(worker() for _ in range(concurrency)))
     return reads / (time.perf_counter() - start)
 
 
-async def measure(reads: int) -> list[dict[str, Any]]:
-    """Reads per second for both methods at concurrency 1 and 64."""
-    with tempfile.TemporaryDirectory() as directory:
-        path = os.path.join(directory, "record")
-        await asyncio.to_thread(_write_sync, path, os.urandom(300))
-        rows = []
-        for concurrency in (1, 64):
-            hop = await _rate(read_one_hop, path, reads, concurrency)
+async def measure(reads: int, max_workers: int) -> list[dict[str, Any]]:
+    """Reads per second of each method at concurrency 1 and 64."""
+    with tempfile.TemporaryDirectory() as directory, \
+            ThreadPoolExecutor(max_workers, thread_name_prefix="bench-fileio") as pool:
+        driver = FileDriver(directory, ttl=TTL, max_workers=max_workers)
+        memory = MemoryDriver()
+        sid, payload = secrets.token_urlsafe(32), os.urandom(RECORD_SIZE)
+        await driver.write(sid, payload, TTL)
+        await memory.write(sid, payload, TTL)
+        path = os.path.join(directory, f"sess_{sid}")
+        one_hop = aiofiles.os.wrap(_read_sync)
+
+        async def hop() -> bytes:
+            data: bytes = await one_hop(path, executor=pool)
+            return data
+
+        async def per_call() -> bytes:
+            f = await aiofiles.open(path, "rb", executor=pool)
             try:
-                aio: float | None = await _rate(read_aiofiles, path, reads, concurrency)
-            except ImportError:
-                aio = None
-            rows.append({"concurrency": concurrency, "one_hop_per_s": hop,
-                         "aiofiles_per_s": aio,
-                         "one_hop_vs_aiofiles": None if aio is None else hop / aio})
+                data: bytes = await f.read()
+            finally:
+                await f.close()  # not ``async with``: that closes in the default executor
+            return data
+
+        methods: dict[str, Callable[[], Awaitable[Any]]] = {
+            "driver": lambda: driver.read_touch(sid, TTL),
+            "one hop": hop,
+            "aiofiles.open": per_call,
+            "memory": lambda: memory.read_touch(sid, TTL),
+        }
+        rows = []
+        try:
+            for concurrency in (1, 64):
+                rates = {name: await _rate(read, reads, concurrency)
+                         for name, read in methods.items()}
+                rows.append({"concurrency": concurrency,
+                             **{f"{name}_per_s": rate for name, rate in rates.items()},
+                             "driver_vs_memory": rates["driver"] / rates["memory"],
+                             "one_hop_vs_aiofiles_open": rates["one hop"]
+                             / rates["aiofiles.open"]})
+        finally:
+            await driver.close()
         return rows
 
 
@@ -83,17 +111,21 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     """Run, print the table and write benchmarks/results/fileio.json."""
     parser = argparse.ArgumentParser(prog="python -m benchmarks.fileio")
     parser.add_argument("--reads", type=int, default=5000)
+    parser.add_argument("--max-workers", type=int, default=DEFAULT_MAX_WORKERS,
+                        help=f"threads in the pool (default {DEFAULT_MAX_WORKERS}, the "
+                             f"file driver's default)")
     args = parser.parse_args(argv)
-    print("## File reads: aiofiles vs one thread hop\n")
-    print(setup_line(reads=args.reads, file_bytes=300))
-    rows = asyncio.run(measure(args.reads))
+    print("## File reads: the file driver, one aiofiles hop, aiofiles.open, memory\n")
+    print(setup_line(reads=args.reads, file_bytes=RECORD_SIZE, max_workers=args.max_workers))
+    rows = asyncio.run(measure(args.reads, args.max_workers))
     print()
-    print(table(["concurrency", "one hop reads/s", "aiofiles reads/s", "one hop vs aiofiles"],
-                [[r["concurrency"], r["one_hop_per_s"],
-                  "not installed" if r["aiofiles_per_s"] is None else r["aiofiles_per_s"],
-                  "-" if r["one_hop_vs_aiofiles"] is None else r["one_hop_vs_aiofiles"]]
+    print(table(["concurrency", *(f"{m} reads/s" for m in METHODS), "driver vs memory",
+                 "one hop vs aiofiles.open"],
+                [[r["concurrency"], *(r[f"{m}_per_s"] for m in METHODS),
+                  f"{r['driver_vs_memory']:.2f}x", f"{r['one_hop_vs_aiofiles_open']:.2f}x"]
                  for r in rows]))
-    result = {"rows": rows}
+    result = {"setup": {"reads": args.reads, "file_bytes": RECORD_SIZE,
+                        "max_workers": args.max_workers}, "rows": rows}
     write_json("fileio", result)
     return result
 

@@ -90,22 +90,6 @@ async def test_prefix_names_the_files(store: Path) -> None:
     assert session_files(store, "app1-") == [f"app1-{sid}"]
 
 
-async def test_compare_and_set(driver: FileDriver, store: Path) -> None:
-    sid = new_id()
-    first, second, third = record(), record(), record()
-    assert await driver.compare_and_set(sid, first, TTL, None)
-    assert not await driver.compare_and_set(sid, second, TTL, None)
-    assert not await driver.compare_and_set(sid, second, TTL, second[:VERSION_SIZE])
-    assert await driver.read(sid) == first
-    assert await driver.compare_and_set(sid, second, TTL, first[:VERSION_SIZE])
-    assert await driver.read(sid) == second
-    # an expired record counts as absent
-    age(store / f"sess_{sid}", TTL + 5)
-    assert not await driver.compare_and_set(sid, third, TTL, second[:VERSION_SIZE])
-    assert await driver.compare_and_set(sid, third, TTL, None)
-    assert await driver.read(sid) == third
-
-
 # -- expiry and touch --------------------------------------------------------------------------
 
 
@@ -235,13 +219,19 @@ def file_config(path: Any, **options: Any) -> dict[str, Any]:
 @pytest.mark.parametrize(
     ("options", "message"),
     [
-        pytest.param({"pth": "x"}, "valid keys: driver, fsync, lifetime, path, prefix, "
-                                   "touch_interval", id="unknown-key"),
+        pytest.param({"pth": "x"}, "valid keys: driver, fsync, lifetime, lock_timeout, "
+                                   "max_workers, path, prefix, touch_interval", id="unknown-key"),
         pytest.param({"touchInterval": 5}, "did you mean 'touch_interval'", id="camel-case"),
         pytest.param({"prefix": "../x"}, "prefix", id="prefix-traversal"),
         pytest.param({"prefix": "a/b"}, "prefix", id="prefix-slash"),
         pytest.param({"fsync": "yes"}, "fsync", id="fsync-not-bool"),
         pytest.param({"touch_interval": -1}, "touch_interval", id="negative-touch"),
+        pytest.param({"max_workers": 0}, "max_workers", id="no-workers"),
+        pytest.param({"max_workers": 2.5}, "max_workers", id="fractional-workers"),
+        pytest.param({"max_workers": True}, "max_workers", id="bool-workers"),
+        pytest.param({"lock_timeout": 0}, "lock_timeout", id="zero-lock-timeout"),
+        pytest.param({"lock_timeout": float("inf")}, "lock_timeout", id="endless-lock-timeout"),
+        pytest.param({"lock_timeout": "5"}, "lock_timeout", id="lock-timeout-string"),
     ],
 )
 def test_bad_options_fail_at_startup(store: Path, options: dict[str, Any], message: str) -> None:

@@ -8,6 +8,7 @@ import secrets
 import shutil
 import signal
 import sys
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import cast
 
@@ -45,14 +46,18 @@ def store(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
-def driver(store: Path) -> FileDriver:
-    return FileDriver(store)
+async def driver(store: Path) -> AsyncIterator[FileDriver]:
+    drv = FileDriver(store)
+    yield drv
+    await drv.close()
 
 
 @pytest.fixture
-def other(store: Path) -> FileDriver:
+async def other(store: Path) -> AsyncIterator[FileDriver]:
     """A second driver on the same directory: its flocks are separate file descriptions."""
-    return FileDriver(store)
+    drv = FileDriver(store)
+    yield drv
+    await drv.close()
 
 
 async def test_acquire_and_release(driver: FileDriver, store: Path) -> None:

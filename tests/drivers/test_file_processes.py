@@ -140,7 +140,7 @@ async def test_compare_and_set_is_atomic_across_processes(tmp_path: Path) -> Non
 
 
 def test_reads_work_in_a_forked_child(tmp_path: Path) -> None:
-    """The reader thread does not survive fork(); a child must start its own, not hang."""
+    """The pool's threads do not survive fork(); a child must start its own, not hang."""
     driver = FileDriver(tmp_path / "sessions")
     sid, record = secrets.token_urlsafe(32), b"v" * 8 + b"forked"
 
@@ -148,7 +148,7 @@ def test_reads_work_in_a_forked_child(tmp_path: Path) -> None:
         await driver.write(sid, record, 60)
         return await driver.read(sid)
 
-    assert asyncio.run(write_and_read()) == record  # the parent's reader thread now runs
+    assert asyncio.run(write_and_read()) == record  # the parent's pool threads now run
     pid = os.fork()
     if pid == 0:  # pragma: no cover - the child reports through its exit code
         try:

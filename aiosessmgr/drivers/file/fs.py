@@ -1,0 +1,437 @@
+"""The file driver's file system work: what one thread hop does, as plain ``os`` calls.
+
+Each public method of :class:`Directory` is one whole operation (open, check, read or
+write, close) and runs in a thread of the driver's pool, called through
+``aiofiles.os.wrap``. None of them waits for a lock: an operation that needs the id's
+stripe lock tries it once and returns :data:`~.locking.BUSY` if another holder has it,
+and the coroutine in the driver backs off and calls again. Errors of the store (the
+directory is gone, the disk is full) leave as :class:`~aiosessmgr.DriverError` with the
+``OSError`` as cause; a single unusable session file is logged and reads as absent.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import logging
+import os
+import re
+import secrets
+import stat
+import time
+import zlib
+from collections.abc import Iterator
+from contextlib import suppress
+from typing import Final
+
+from ...errors import ConfigError, DriverError
+from ..base import VERSION_SIZE
+from .locking import (
+    BUSY,
+    STRIPE_FLAGS,
+    Busy,
+    remove_abandoned,
+    try_flock,
+    try_session_lock,
+    try_stripe,
+    unlock_session,
+)
+
+__all__ = ["GC_BATCH", "LOCK_STRIPES", "TEMP_MAX_AGE", "Deferred", "Directory", "ReadRequest",
+           "prepare_directory", "stripe_of"]
+
+logger = logging.getLogger("aiosessmgr")
+
+#: number of lock files; a session id maps to one of them by hash
+LOCK_STRIPES: Final = 64
+#: seconds after which gc() removes a temporary file (a write takes milliseconds)
+TEMP_MAX_AGE: Final = 300
+#: directory entries examined per thread hop during gc()
+GC_BATCH: Final = 2_000
+
+_READ_FLAGS: Final = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+_TEMP_FLAGS: Final = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+# errors that concern one session file, not the store: the record is treated as unreadable
+_FILE_ERRNOS: Final = frozenset({errno.EACCES, errno.EPERM, errno.ELOOP, errno.EISDIR,
+                                 errno.ENXIO})
+
+#: a session gc() could not remove yet because its stripe lock was held: (path, id)
+Deferred = tuple[str, str]
+#: one read of a batch: (session id, ttl in seconds, touch)
+ReadRequest = tuple[str, float, bool]
+
+
+def stripe_of(session_id: str) -> int:
+    """The stripe lock (0 to LOCK_STRIPES - 1) an id's writers take."""
+    return zlib.crc32(session_id.encode("ascii")) % LOCK_STRIPES
+
+
+def _read_all(fd: int, size: int) -> bytes:
+    chunks: list[bytes] = []
+    want = max(size, 0) + 1  # one byte more than fstat said, so growth is noticed
+    while True:
+        chunk = os.read(fd, want)
+        if not chunk:
+            return b"".join(chunks)
+        chunks.append(chunk)
+        want = 65536
+
+
+class Directory:
+    """One session directory: file names, and the blocking halves of every operation.
+
+    Only ids that passed :func:`aiosessmgr.ids.is_valid_session_id` are given to it; a
+    file name is ``prefix + id``, checked once more to lie directly in *path*.
+    """
+
+    def __init__(self, path: str, prefix: str, fsync: bool, touch_interval: float) -> None:
+        self.path = path
+        self.prefix = prefix
+        self.fsync = fsync
+        self.touch_interval = touch_interval
+        self._session_re = re.compile(re.escape(prefix) + r"([A-Za-z0-9_-]{43})")
+        self._temp_re = re.compile(r"\." + re.escape(prefix) + r"[0-9a-f]{16}\.tmp")
+        self._session_lock_re = re.compile(r"\." + re.escape(prefix) + r"lock-[A-Za-z0-9_-]{43}")
+
+    # -- names ------------------------------------------------------------------------------
+
+    def file(self, session_id: str) -> str:
+        """The path of a session file."""
+        full = os.path.join(self.path, self.prefix + session_id)
+        # belt and braces: the format check already excludes separators, dots and NULs
+        if os.path.dirname(full) != self.path or "\x00" in full:
+            raise ValueError("session id escapes the session directory")
+        return full
+
+    def stripe_file(self, stripe: int) -> str:
+        """The lock file of one stripe: ``.<prefix>lock-NN``."""
+        return os.path.join(self.path, f".{self.prefix}lock-{stripe:02d}")
+
+    def session_lock_file(self, session_id: str) -> str:
+        """The lock file of a session's lock: ``.<prefix>lock-<id>``."""
+        return os.path.join(self.path, f".{self.prefix}lock-{session_id}")
+
+    def _temp_name(self) -> str:
+        # a leading dot: never matches prefix + id, whatever the prefix
+        return os.path.join(self.path, f".{self.prefix}{secrets.token_hex(8)}.tmp")
+
+    def broken(self, action: str, exc: OSError) -> DriverError:
+        """The DriverError for an OSError of the store (raise it ``from exc``)."""
+        return DriverError(f"file session store {self.path!r}: cannot {action}: {exc}")
+
+    def check_writable(self) -> None:
+        """Raise ConfigError unless a file can be created in the directory (at startup)."""
+        try:
+            temp = self._temp_name()
+            os.close(os.open(temp, _TEMP_FLAGS, 0o600))
+            os.unlink(temp)
+        except OSError as exc:
+            raise ConfigError(
+                f"file driver: session directory {self.path!r} is not writable: {exc}"
+            ) from exc
+
+    # -- building blocks --------------------------------------------------------------------
+
+    def _replace(self, final: str, payload: bytes) -> None:
+        """Write *payload* to a temp file and move it over *final* (atomic on POSIX)."""
+        temp = self._temp_name()
+        fd = os.open(temp, _TEMP_FLAGS, 0o600)
+        try:
+            try:
+                view = memoryview(payload)
+                while view:
+                    view = view[os.write(fd, view):]
+                if self.fsync:
+                    os.fsync(fd)
+            finally:
+                os.close(fd)
+            os.replace(temp, final)
+        except BaseException:
+            with suppress(OSError):
+                os.unlink(temp)
+            raise
+        if self.fsync:
+            # make the rename itself durable
+            dir_fd = os.open(self.path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+            try:
+                os.fsync(dir_fd)
+            finally:
+                os.close(dir_fd)
+
+    def _open_record(self, path: str, ttl: float
+                     ) -> tuple[int, os.stat_result] | os.stat_result | None:
+        """Open a live session file: (descriptor, stat); None if absent; stat if expired.
+
+        Raises OSError for a file that cannot be used (the callers sort out which kind).
+        """
+        try:
+            fd = os.open(path, _READ_FLAGS)
+        except FileNotFoundError:
+            if not os.path.isdir(self.path):
+                raise
+            return None
+        try:
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode):
+                raise IsADirectoryError(errno.EISDIR, "not a regular file", path)
+        except BaseException:
+            os.close(fd)
+            raise
+        if time.time() - st.st_mtime > ttl:
+            os.close(fd)
+            return st
+        return fd, st
+
+    def _remove_expired(self, session_id: str, path: str, seen: os.stat_result,
+                        ttl: float) -> None:
+        """Unlink an expired file if its stripe lock is free; else leave it to gc."""
+        with suppress(OSError):
+            fd = try_stripe(self.stripe_file(stripe_of(session_id)))
+            if fd is None:
+                return  # a writer of this stripe is at work: it may be replacing this file
+            try:
+                now = os.lstat(path)
+                # unlink only the file we judged expired, not one a writer replaced it with
+                if now.st_ino == seen.st_ino and time.time() - now.st_mtime > ttl:
+                    os.unlink(path)
+            finally:
+                os.close(fd)
+
+    # -- the operations (one thread hop each) ------------------------------------------------
+
+    def read(self, session_id: str, ttl: float, touch: bool) -> bytes | None:
+        """The record; None if absent, expired or unusable (logged). Never waits.
+
+        An expired file is removed when its stripe lock is free; *touch* bumps the mtime
+        of a record older than ``touch_interval`` (through the descriptor read, so never a
+        file we did not read).
+        """
+        path = self.file(session_id)
+        try:
+            opened = self._open_record(path, ttl)
+            if opened is None:
+                return None
+            if isinstance(opened, os.stat_result):
+                self._remove_expired(session_id, path, opened, ttl)
+                return None
+            fd, st = opened
+            try:
+                data = _read_all(fd, st.st_size)
+                if touch and time.time() - st.st_mtime >= self.touch_interval:
+                    os.utime(fd)
+            finally:
+                os.close(fd)
+        except OSError as exc:
+            if exc.errno not in _FILE_ERRNOS:
+                raise self.broken("read a session", exc) from exc
+            logger.warning("unreadable session file for %s… in %s: %s",
+                           session_id[:6], self.path, exc.strerror or exc)
+            return None
+        if not data:
+            logger.warning("empty session file for %s… in %s (interrupted write?); "
+                           "ignoring it", session_id[:6], self.path)
+            return None
+        return data
+
+    def read_many(self, reads: list[ReadRequest]) -> list[bytes | Exception | None]:
+        """:meth:`read` of each (id, ttl, touch) in turn: one hop for a loop turn's reads.
+
+        Each answer is the record, None, or the exception that read raised (for its
+        caller alone).
+        """
+        answers: list[bytes | Exception | None] = []
+        for session_id, ttl, touch in reads:
+            try:
+                answers.append(self.read(session_id, ttl, touch))
+            except Exception as exc:
+                answers.append(exc)
+        return answers
+
+    def write(self, session_id: str, payload: bytes) -> Busy | None:
+        """Replace the record under the stripe lock; BUSY if the lock is held."""
+        path = self.file(session_id)
+        try:
+            fd = try_stripe(self.stripe_file(stripe_of(session_id)))
+            if fd is None:
+                return BUSY
+            try:
+                self._replace(path, payload)
+            finally:
+                os.close(fd)  # releases the lock
+        except OSError as exc:
+            raise self.broken("write a session", exc) from exc
+        return None
+
+    def compare_and_set(self, session_id: str, payload: bytes, ttl: float,
+                        expected: bytes | None) -> bool | Busy:
+        """Under the stripe lock: write if the stored version is *expected*; BUSY if held.
+
+        Lock, version check, temp write, rename and unlock are this one call.
+        """
+        path = self.file(session_id)
+        try:
+            fd = try_stripe(self.stripe_file(stripe_of(session_id)))
+            if fd is None:
+                return BUSY
+            try:
+                if self._version(path, ttl) != expected:
+                    return False
+                self._replace(path, payload)
+                return True
+            finally:
+                os.close(fd)
+        except OSError as exc:
+            raise self.broken("write a session", exc) from exc
+
+    def _version(self, path: str, ttl: float) -> bytes | None:
+        """The stored version; None if absent or expired; b"" if the file is unusable."""
+        try:
+            opened = self._open_record(path, ttl)
+        except OSError as exc:
+            if exc.errno not in _FILE_ERRNOS:
+                raise
+            return b""  # matches no version, not even "absent"
+        if opened is None or isinstance(opened, os.stat_result):
+            return None  # absent or expired (then replaced, or left to gc)
+        fd, _ = opened
+        try:
+            return os.read(fd, VERSION_SIZE)
+        finally:
+            os.close(fd)
+
+    def destroy(self, session_id: str) -> Busy | None:
+        """Unlink the session file under the stripe lock; BUSY if the lock is held."""
+        path = self.file(session_id)
+        try:
+            fd = try_stripe(self.stripe_file(stripe_of(session_id)))
+            if fd is None:
+                return BUSY
+            try:
+                os.unlink(path)
+            except FileNotFoundError:
+                if not os.path.isdir(self.path):
+                    raise
+            finally:
+                os.close(fd)
+        except OSError as exc:
+            raise self.broken("remove a session", exc) from exc
+        return None
+
+    # -- session locks ----------------------------------------------------------------------
+
+    def try_session_lock(self, session_id: str) -> int | None:
+        """One attempt at the session's lock: the descriptor holding it, or None."""
+        try:
+            return try_session_lock(self.session_lock_file(session_id))
+        except OSError as exc:
+            raise self.broken("lock a session", exc) from exc
+
+    def unlock_session(self, session_id: str, fd: int) -> None:
+        """Release a session lock taken by try_session_lock (removing its file)."""
+        unlock_session(self.session_lock_file(session_id), fd)
+
+    # -- garbage collection -----------------------------------------------------------------
+
+    def gc_batch(self, entries: Iterator[os.DirEntry[str]], max_lifetime: float,
+                 deferred: list[Deferred]) -> tuple[int, bool]:
+        """Examine up to GC_BATCH entries; return (sessions removed, more to come).
+
+        An expired session whose stripe lock is held goes to *deferred* for a later call
+        of :meth:`gc_retry`. Session lock files nobody holds are removed.
+        """
+        try:
+            removed = 0
+            now = time.time()
+            locks: dict[int, int] = {}  # stripe -> descriptor, for this batch
+            try:
+                for _ in range(GC_BATCH):
+                    entry = next(entries, None)
+                    if entry is None:
+                        return removed, False
+                    removed += self._gc_entry(entry, now, max_lifetime, locks, deferred)
+            finally:
+                for fd in locks.values():
+                    os.close(fd)
+            return removed, True
+        except OSError as exc:
+            raise self.broken("collect expired sessions", exc) from exc
+
+    def _gc_entry(self, entry: os.DirEntry[str], now: float, max_lifetime: float,
+                  locks: dict[int, int], deferred: list[Deferred]) -> int:
+        name = entry.name
+        try:
+            match = self._session_re.fullmatch(name)
+            if match is not None:
+                if now - entry.stat(follow_symlinks=False).st_mtime <= max_lifetime:
+                    return 0
+                session_id = match.group(1)
+                removed = self._gc_remove(entry.path, session_id, max_lifetime, locks)
+                if removed is BUSY:
+                    deferred.append((entry.path, session_id))
+                    return 0
+                return removed
+            if (self._temp_re.fullmatch(name)
+                    and now - entry.stat(follow_symlinks=False).st_mtime > TEMP_MAX_AGE):
+                os.unlink(entry.path)
+            elif self._session_lock_re.fullmatch(name):
+                remove_abandoned(entry.path)
+        except FileNotFoundError:
+            pass  # removed meanwhile (another worker's gc, a destroy)
+        return 0
+
+    def _gc_remove(self, path: str, session_id: str, max_lifetime: float,
+                   locks: dict[int, int]) -> int | Busy:
+        stripe = stripe_of(session_id)
+        fd = locks.get(stripe)
+        if fd is None:
+            fd = locks[stripe] = os.open(self.stripe_file(stripe), STRIPE_FLAGS, 0o600)
+        if not try_flock(fd):
+            return BUSY
+        try:
+            # look again under the lock: a writer may have replaced it since the scan
+            st = os.lstat(path)
+            if stat.S_ISDIR(st.st_mode) or time.time() - st.st_mtime <= max_lifetime:
+                return 0
+            os.unlink(path)
+            return 1
+        finally:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+
+    def gc_retry(self, deferred: list[Deferred], max_lifetime: float
+                 ) -> tuple[int, list[Deferred]]:
+        """Try the deferred sessions again: (sessions removed, those still locked)."""
+        removed = 0
+        still: list[Deferred] = []
+        locks: dict[int, int] = {}
+        try:
+            try:
+                for path, session_id in deferred:
+                    try:
+                        result = self._gc_remove(path, session_id, max_lifetime, locks)
+                    except FileNotFoundError:
+                        continue
+                    if result is BUSY:
+                        still.append((path, session_id))
+                    else:
+                        removed += result
+            finally:
+                for fd in locks.values():
+                    os.close(fd)
+        except OSError as exc:
+            raise self.broken("collect expired sessions", exc) from exc
+        return removed, still
+
+
+def prepare_directory(path: str) -> str:
+    """Create the session directory (0700) if missing; return its resolved path."""
+    try:
+        os.makedirs(path, mode=0o700, exist_ok=True)
+    except FileExistsError as exc:
+        raise ConfigError(f"file driver: path {path!r} exists and is not a directory") \
+            from exc
+    except OSError as exc:
+        raise ConfigError(f"file driver: cannot create session directory {path!r}: {exc}") \
+            from exc
+    if not os.path.isdir(path):
+        raise ConfigError(f"file driver: path {path!r} is not a directory")
+    return os.path.realpath(path)

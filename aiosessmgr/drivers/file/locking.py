@@ -1,0 +1,159 @@
+"""Locks of the file driver: ``flock`` attempts that never wait, and async backoff.
+
+Every function here except :class:`Backoff` runs in a thread of the driver's pool and
+returns at once: a lock is tried with ``LOCK_EX | LOCK_NB``, and a lock held by someone
+else is reported (``None`` or :data:`BUSY`), never waited for. Waiting is the event
+loop's job: :class:`Backoff` sleeps with ``asyncio.sleep`` between attempts, so a lock
+held by another process costs no thread at all, in our pool or anyone's.
+
+``flock`` locks belong to an open file description: two descriptors opened separately
+exclude each other, whether they are in one process or two, and the kernel drops the
+lock when its holder's process dies.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import fcntl
+import logging
+import os
+import random
+from typing import Final
+
+__all__ = ["BUSY", "LOCK_POLL_MAX", "LOCK_POLL_MIN", "Backoff", "Busy", "remove_abandoned",
+           "same_file", "try_session_lock", "try_stripe", "unlock_session"]
+
+logger = logging.getLogger("aiosessmgr")
+
+#: seconds between attempts at a lock held by another process: the first sleep, and the
+#: longest (each sleep is jittered and grows between them)
+LOCK_POLL_MIN: Final = 0.005
+LOCK_POLL_MAX: Final = 0.05
+
+# lock files: never follow a planted symlink, never leak into a child process
+STRIPE_FLAGS: Final = os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC
+_LOCK_FLAGS: Final = os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+class Busy(enum.Enum):
+    """The answer of a function that found its lock held by someone else."""
+
+    BUSY = "busy"
+
+
+#: returned by a locked operation whose lock is held elsewhere: back off and call again
+BUSY: Final = Busy.BUSY
+
+
+def try_flock(fd: int) -> bool:
+    """One non-blocking attempt at an exclusive flock on *fd*; False if it is held."""
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:  # EWOULDBLOCK: another open file description holds it
+        return False
+    return True
+
+
+def try_stripe(path: str) -> int | None:
+    """The descriptor of stripe lock file *path*, locked; None if it is held elsewhere.
+
+    Closing the descriptor releases the lock. Raises OSError if the file cannot be opened
+    (the session directory is gone, say).
+    """
+    fd = os.open(path, STRIPE_FLAGS, 0o600)
+    try:
+        if try_flock(fd):
+            return fd
+    except BaseException:
+        os.close(fd)
+        raise
+    os.close(fd)
+    return None
+
+
+def same_file(fd: int, path: str) -> bool:
+    """True if *path* names the file open as *fd* (False if the name is gone)."""
+    try:
+        named = os.lstat(path)
+    except FileNotFoundError:
+        return False
+    opened = os.fstat(fd)
+    return (named.st_dev, named.st_ino) == (opened.st_dev, opened.st_ino)
+
+
+def try_session_lock(path: str) -> int | None:
+    """One non-blocking attempt at a session lock file: the descriptor holding it, or None.
+
+    The flock only counts if the locked file is still the one named by *path*: a
+    releasing holder (or gc) unlinks it while holding it, and a file unlinked between our
+    open and our flock is a lock nobody else will ever look at.
+    """
+    for _ in range(8):  # each retry means another holder released meanwhile
+        fd = os.open(path, _LOCK_FLAGS | os.O_CREAT, 0o600)
+        try:
+            if not try_flock(fd):
+                os.close(fd)
+                return None
+            if same_file(fd, path):
+                return fd
+        except BaseException:
+            os.close(fd)
+            raise
+        os.close(fd)
+    return None
+
+
+def unlock_session(path: str, fd: int) -> None:
+    """Remove a session lock file while still holding it, then let go (closing unlocks)."""
+    try:
+        if same_file(fd, path):
+            os.unlink(path)
+    except OSError as exc:
+        # the lock is released by the close all the same; gc removes the file later
+        logger.warning("cannot remove session lock file %s: %s", path, exc)
+    finally:
+        os.close(fd)
+
+
+def remove_abandoned(path: str) -> None:
+    """Remove a session lock file nobody holds (its holder died); never waits."""
+    try:
+        fd = os.open(path, _LOCK_FLAGS)
+    except OSError:
+        return
+    try:
+        if try_flock(fd) and same_file(fd, path):
+            os.unlink(path)
+    except OSError:
+        pass  # already gone: not ours to remove
+    finally:
+        os.close(fd)
+
+
+class Backoff:
+    """Jittered, growing sleeps between lock attempts, until a deadline.
+
+    *timeout* is in seconds from now, on the event loop's clock. :meth:`sleep` sleeps
+    before the next attempt and answers False, without sleeping, once time is up.
+    """
+
+    __slots__ = ("_delay", "_loop", "deadline")
+
+    def __init__(self, timeout: float) -> None:
+        self._loop = asyncio.get_running_loop()
+        self.deadline = self._loop.time() + max(timeout, 0.0)
+        self._delay = LOCK_POLL_MIN
+
+    def remaining(self) -> float:
+        """Seconds left until the deadline (0 once it has passed)."""
+        return max(self.deadline - self._loop.time(), 0.0)
+
+    async def sleep(self) -> bool:
+        """Sleep before the next attempt; False (no sleep) if the deadline has passed."""
+        remaining = self.deadline - self._loop.time()
+        if remaining <= 0:
+            return False
+        await asyncio.sleep(min(remaining, random.uniform(self._delay / 2, self._delay)))
+        self._delay = min(self._delay * 2, LOCK_POLL_MAX)
+        return True

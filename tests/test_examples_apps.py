@@ -322,7 +322,7 @@ async def test_encryption_keeps_no_plaintext_and_survives_rotation(
     await before.close()
 
     record = record_of(tmp_path, session_id)
-    assert record[8:9] == b"\x01"  # after the 8-byte version: the aes-256-gcm marker
+    assert record[8:9] == b"\x02"  # after the 8-byte version: the aes-256-gcm marker
     for plaintext in (b"visits", b"first_seen", b"UTC", session_id.encode()):
         assert plaintext not in record
 

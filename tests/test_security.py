@@ -12,6 +12,9 @@ from typing import Any
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.hashes import SHA256
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from aiosessmgr import ConfigError, CookieConfig, SessionManager, get_session, setup
 from aiosessmgr.drivers.base import VERSION_SIZE
@@ -105,6 +108,32 @@ async def test_key_rotation_reads_old_and_rewrites_with_new() -> None:
     # and a key that was dropped cannot
     await only_new.get_driver().write(s.id, record, 60)
     assert (await only_new.load(s.id)).new
+
+
+async def test_records_of_0_1_are_read_and_rewritten_under_a_derived_key() -> None:
+    # 0.1 encrypted with the configured key itself (``0x01``); 0.2 derives a key per salt
+    # (HKDF-SHA256) so no key nears NIST SP 800-38D's 2**32 random-nonce encryptions
+    manager = encrypted()
+    driver = manager.get_driver()
+    s = await manager.driver()
+    s.put("user", 7)
+    await s.save()
+    record = await driver.read(s.id)
+    assert record is not None and record[VERSION_SIZE:VERSION_SIZE + 1] == b"\x02"
+    key = base64.b64decode(KEY)
+    body = AESGCM(HKDF(algorithm=SHA256(), length=32, salt=record[13:29],
+                       info=b"aiosessmgr record key v2" + record[9:13]).derive(key)
+                  ).decrypt(record[29:41], record[41:], s.id.encode())
+    nonce = secrets.token_bytes(12)
+    legacy = (record[:VERSION_SIZE] + b"\x01" + record[9:13] + nonce
+              + AESGCM(key).encrypt(nonce, body, s.id.encode()))
+    await driver.write(s.id, legacy, 60)
+    loaded = await manager.load(s.id)
+    assert loaded.get("user") == 7 and loaded.modified  # to be re-encrypted
+    await loaded.save()
+    rewritten = await driver.read(s.id)
+    assert rewritten is not None and rewritten[VERSION_SIZE:VERSION_SIZE + 1] == b"\x02"
+    assert (await manager.load(s.id)).get("user") == 7
 
 
 @pytest.mark.parametrize(

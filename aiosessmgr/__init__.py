@@ -38,6 +38,7 @@ from .errors import (
     SessionError,
     SessionLockTimeout,
     SessionSaveTimeout,
+    SessionTooLarge,
 )
 from .events import SessionEventInfo, SessionEvents
 from .ids import is_valid_session_id, new_session_id
@@ -75,6 +76,7 @@ __all__ = [
     "SessionManager",
     "SessionSaveTimeout",
     "SessionStore",
+    "SessionTooLarge",
     "State",
     "SupportsCompareAndSet",
     "SupportsLock",

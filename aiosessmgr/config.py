@@ -27,6 +27,7 @@ from .serializers import Serializer
 
 __all__ = [
     "BUILTIN_DRIVERS",
+    "DEFAULT_MAX_RECORD_SIZE",
     "CookieConfig",
     "DriverConfig",
     "EncryptionConfig",
@@ -38,6 +39,13 @@ __all__ = [
 
 #: Driver types that ship with aiosessmgr; others are registered with ``manager.extend``.
 BUILTIN_DRIVERS = ("file", "memory", "redis")
+
+#: The default ``max_record_size``, 1 MiB: hundreds of times what sessions usually hold
+#: (a few KB), so no ordinary app meets it, while a record read on every request stays
+#: bounded (Redis alone would accept 512 MB).
+DEFAULT_MAX_RECORD_SIZE = 1 << 20
+#: The smallest ``max_record_size`` accepted: an empty session's record fits easily.
+MIN_MAX_RECORD_SIZE = 256
 
 SameSite = Literal["lax", "strict", "none"]
 _COOKIE_ATTRIBUTE = re.compile(r"[\x21-\x3a\x3c-\x7e]+")
@@ -279,6 +287,9 @@ class SessionConfig:
     #: save the changes of requests answered with a 5xx status (Django never does: a
     #: request that failed half-way would store half its work); False by default
     save_on_server_error: bool = False
+    #: bytes: the largest record (encoded and encrypted) ``save()`` writes; a larger one
+    #: raises SessionTooLarge and the stored record stays as it was. None: no limit.
+    max_record_size: int | None = DEFAULT_MAX_RECORD_SIZE
 
     def __post_init__(self) -> None:
         if not isinstance(self.save_on_server_error, bool):
@@ -322,6 +333,14 @@ class SessionConfig:
         _number("gc_interval", self.gc_interval, allow_none=True)
         _number("lifetime", self.lifetime)
         _number("absolute_lifetime", self.absolute_lifetime, allow_none=True)
+        size = self.max_record_size
+        if size is not None and (isinstance(size, bool) or not isinstance(size, int)
+                                 or size < MIN_MAX_RECORD_SIZE):
+            raise ConfigError(
+                f"max_record_size must be a number of bytes of at least "
+                f"{MIN_MAX_RECORD_SIZE} (default {DEFAULT_MAX_RECORD_SIZE}), or None for no "
+                f"limit; got {size!r}"
+            )
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> SessionConfig:

@@ -45,6 +45,22 @@ class SerializationError(AiosessmgrError, TypeError):
         self.key = key
 
 
+class SessionTooLarge(SerializationError):
+    """A session record is larger than ``max_record_size``: ``size`` and ``limit`` in bytes.
+
+    Raised by ``save()`` before anything is written, so the stored record is untouched.
+    """
+
+    def __init__(self, size: int, limit: int) -> None:
+        super().__init__(
+            f"the session record is {size:,} bytes, over max_record_size ({limit:,} bytes): "
+            "store less in the session (large data belongs in a database, keyed by a "
+            "value the session holds), or raise max_record_size"
+        )
+        self.size = size
+        self.limit = limit
+
+
 class DriverError(AiosessmgrError):
     """The session store failed: unreachable, timed out, or an I/O error."""
 

@@ -151,7 +151,8 @@ class SessionManager:
         absolute = self.config.absolute_lifetime
         return DriverRuntime(name=name, driver=driver, codec=self.codec, events=self.events,
                             ttl=cfg.ttl, clock=self.clock,
-                            absolute_ttl=None if absolute is None else absolute * 60)
+                            absolute_ttl=None if absolute is None else absolute * 60,
+                            max_record_size=self.config.max_record_size)
 
     # -- sessions --------------------------------------------------------------------------
 

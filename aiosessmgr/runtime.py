@@ -65,6 +65,8 @@ class DriverRuntime:
     absolute_ttl: float | None = None
     #: wall clock in seconds, for the created/last-write timestamps kept in the record
     clock: Callable[[], float] = time.time
+    #: bytes: the largest record a save writes (SessionTooLarge above it); None: no limit
+    max_record_size: int | None = None
     can_touch: bool = field(init=False)
     can_cas: bool = field(init=False)
     #: the driver's cross-process lock, or process-local locks for drivers without one

@@ -30,6 +30,7 @@ from .errors import (
     SerializationError,
     SessionError,
     SessionLockTimeout,
+    SessionTooLarge,
 )
 from .events import SessionEventInfo, SessionEvents
 from .ids import is_valid_session_id, new_session_id
@@ -41,6 +42,8 @@ __all__ = ["Session", "SessionStore", "State", "Tombstones", "is_valid_session_i
 logger = logging.getLogger("aiosessmgr")
 
 _VERSION_SIZE: Final = record.VERSION_SIZE
+_MOVED_AWAY: Final = "while a request moved it to a new id; the new id is not stored"
+_IN_USE: Final = "while a request used it; its changes were not written back"
 
 
 class State(enum.Enum):
@@ -95,9 +98,8 @@ class SessionStore(SessionData):
         # time.monotonic() of the store's last answer to this session
         self._answered_at = 0.0
         self._written = False
-        # regenerate(): the record moved from and the version loaded; save() replays the
-        # delta on that record as stored then, writes the new id, then destroys it
-        self._carry: tuple[str, bytes | None] | None = None
+        # regenerate(): the record moved from, the version loaded, whether to destroy it
+        self._carry: tuple[str, bytes | None, bool] | None = None
 
     # -- state -----------------------------------------------------------------------------
 
@@ -149,10 +151,7 @@ class SessionStore(SessionData):
 
     @property
     def answered_at(self) -> float:
-        """``time.monotonic()`` of the store's last answer to this session; 0.0 if none.
-
-        The middleware ends an outage only on an answer given after it began.
-        """
+        """``time.monotonic()`` of the store's last answer (0.0: none); ends an outage."""
         return self._answered_at
 
     @property
@@ -236,10 +235,13 @@ class SessionStore(SessionData):
             return None
 
     def _encode(self) -> tuple[bytes, bytes]:
-        d = self._d
+        d, limit = self._d, self._rt.max_record_size
         while True:
             try:
-                return record.encode(self._rt.codec, self._id, d.data, d.meta)
+                encoded = record.encode(self._rt.codec, self._id, d.data, d.meta)
+                if limit is not None and len(encoded[1]) > limit:
+                    raise SessionTooLarge(len(encoded[1]), limit)
+                return encoded
             except SerializationError as exc:
                 key = exc.key
                 if key is None or key in d.changes or key not in d.data:
@@ -275,14 +277,12 @@ class SessionStore(SessionData):
         """
         if self._state is State.UNSTARTED or self.ended:
             return
-        moved_from = None
-        if self._carry is not None:
-            moved_from = await self._carry_over()
-            if moved_from is None:
-                return  # the record it was moved from ended meanwhile: never revive it
+        carry = self._carry
+        if carry is not None and not await self._carry_over(*carry):
+            return  # the record it was moved from ended meanwhile: never revive it
         await self._write()  # if this fails, the old record stays: a failed login loses nothing
-        if moved_from is not None:
-            await self._destroy_moved(moved_from)
+        if carry is not None and self._state is not State.ENDED:
+            await self._finish_move(carry[0], carry[2], self._state is State.STORED)
 
     async def _write(self) -> None:
         d, rt = self._d, self._rt
@@ -295,7 +295,7 @@ class SessionStore(SessionData):
         d.set_meta("t", rt.clock())
         written = await commit.write(rt, self._id, self._version, self._encode, self._rebase)
         if written is None:
-            self._end()  # the record ended under this request: never write it back
+            self._end(self._id)  # the record ended under this request: never write it back
             return
         self._answered_at = time.monotonic()
         self._written = True
@@ -321,9 +321,8 @@ class SessionStore(SessionData):
         self._state = State.DETACHED if self._state is State.STORED else State.ENDED
         self._d.clear()
 
-    def _end(self) -> None:
-        logger.info("session %s… ended while a request used it; its changes were not "
-                    "written back", self._id[:6])
+    def _end(self, sid: str, why: str = _IN_USE) -> None:
+        logger.info("session %s… ended %s", sid[:6], why)
         self._state = State.ENDED
         self._d.clear()
 
@@ -335,7 +334,7 @@ class SessionStore(SessionData):
         raw = await self._rt.driver.read(self._id)
         self._answered_at = time.monotonic()
         if raw is None:
-            self._end()
+            self._end(self._id)
         else:
             self._rebase(raw)
 
@@ -380,13 +379,16 @@ class SessionStore(SessionData):
     async def regenerate(self, destroy: bool = True) -> None:
         """Move the data to a new id (call it at login); by default destroy the old record.
 
-        The CSRF token rotates too. The move happens at ``save()`` (the middleware saves at
-        the end of the request): the old record is re-read and this request's changes are
-        replayed on it (so what concurrent requests saved meanwhile is kept), the result is
-        written under the new id, and then the old record is destroyed. A request that
-        fails after ``regenerate()`` (an exception, a 5xx, a failed save) leaves the
-        session as it was; if the old record ended meanwhile (a logout elsewhere), nothing
-        is written under the new id and the session ends: it is never revived.
+        The CSRF token rotates too (OWASP: renew the session id at any privilege change).
+        The move happens at ``save()`` (the middleware saves at the end of the request):
+        the old record is re-read and this request's changes are replayed on it (so what
+        concurrent requests saved meanwhile is kept), the result is written under the new
+        id, and then the old record is destroyed (kept with ``destroy=False``). A request
+        that fails after ``regenerate()`` (an exception, a 5xx, a failed save) leaves the
+        session as it was. If the old record ended meanwhile (a logout in another tab, an
+        admin's ``manager.destroy()``), before or while the new record was written,
+        nothing stays under the new id, the session ends and the middleware deletes the
+        cookie: an ended session is never revived.
         """
         self._require_started()
         old_id = self._id
@@ -422,10 +424,12 @@ class SessionStore(SessionData):
         self._id = new_session_id()
         self._state = State.NEW
         self._moved = True
-        if at_save and (self._carry is not None or (destroy and was_stored)):
+        if at_save and (self._carry is not None or was_stored):
             # regenerate(): the delta stays relative to the record it was loaded from
             if self._carry is None:
-                self._carry = (old_id, self._version)
+                self._carry = (old_id, self._version, destroy)
+            elif destroy:
+                self._carry = (*self._carry[:2], True)
             self._version = None
             return
         self._version = None
@@ -436,29 +440,36 @@ class SessionStore(SessionData):
         elif destroy and was_stored:
             await self._destroy_moved(old_id)
 
-    async def _carry_over(self) -> str | None:
+    async def _carry_over(self, old_id: str, loaded: bytes | None, destroy: bool) -> bool:
         """regenerate() then save(): bring the moved-from record's current state along.
 
         Re-reads that record, replays this request's changes on it (what other requests
-        saved meanwhile is kept) and prepares the whole of it for the new id. Returns the
-        id to destroy once the new record is written, or None, ending this session, if
-        that record is gone: a logout in another tab, an admin's destroy.
+        saved meanwhile is kept) and prepares the whole of it for the new id. False, ending
+        this session, if that record is gone: a logout in another tab, an admin's destroy.
         """
-        assert self._carry is not None
-        old_id, loaded = self._carry
         raw = await self._rt.driver.read(old_id)
         self._answered_at = time.monotonic()
         self._carry = None
         if raw is None:
-            logger.info("session %s… ended while a request moved it to a new id; the new "
-                        "id is not stored", old_id[:6])
-            self._end()
-            return None
+            self._end(old_id, _MOVED_AWAY)
+            return False
         if raw[:_VERSION_SIZE] != loaded:
             self._rebase(raw, old_id)
         self._version = None
         self._d.write_whole()
-        return old_id
+        return True
+
+    async def _finish_move(self, old_id: str, destroy: bool, written: bool) -> None:
+        """The new record is written: end the old one, or undo the move if a logout ended
+        it after ``_carry_over`` read it (a logout after this check is the later one)."""
+        if written and await self._rt.driver.read(old_id) is None:
+            await self._rt.destroy(self._id)
+            self._end(old_id, _MOVED_AWAY)
+        elif destroy:
+            await self._destroy_moved(old_id)
+        self._answered_at = time.monotonic()
+
+
 
     async def _destroy_moved(self, old_id: str) -> None:
         """Destroy the record this request moved away from."""

@@ -151,6 +151,10 @@ class _Front:
         *rolling*: a max_age cookie is due to be re-sent (see ``finalize``).
         """
         if session.ended:
+            if session.moved and slot.cookie is not None:
+                # this request moved the session (regenerate) and found its record ended
+                # by another (a logout elsewhere, an admin's destroy): no session remains
+                return self.cookies.delete_header()
             return None  # another request moved or ended it: that one decides the cookie
         if session.stored:
             if session.id != slot.cookie:

@@ -50,6 +50,7 @@ def test_pinned_public_names() -> None:
         "SessionManager",
         "SessionSaveTimeout",
         "SessionStore",
+        "SessionTooLarge",
         "State",
         "SupportsCompareAndSet",
         "SupportsLock",
@@ -71,8 +72,9 @@ def test_pinned_public_names() -> None:
 def test_error_hierarchy() -> None:
     for cls in (aiosessmgr.ConfigError, aiosessmgr.SerializationError, aiosessmgr.DriverError,
                 aiosessmgr.SessionError, aiosessmgr.SessionLockTimeout,
-                aiosessmgr.SessionSaveTimeout):
+                aiosessmgr.SessionSaveTimeout, aiosessmgr.SessionTooLarge):
         assert issubclass(cls, aiosessmgr.AiosessmgrError)
+    assert issubclass(aiosessmgr.SessionTooLarge, aiosessmgr.SerializationError)
     assert issubclass(aiosessmgr.SessionLockTimeout, aiosessmgr.SessionError)
     assert issubclass(aiosessmgr.SessionSaveTimeout, aiosessmgr.SessionError)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -695,16 +696,73 @@ async def test_heavy_cross_process_contention_loses_no_save(
 # -- regenerate(): the old record's current state moves; an ended one never comes back ------
 
 
+@pytest.fixture(params=["memory", "file", "redis"])
+async def any_manager(request: pytest.FixtureRequest,
+                      tmp_path: Path) -> AsyncIterator[SessionManager]:
+    """A manager on each built-in driver (redis: the run's own server)."""
+    from .stores import store_entry
+
+    manager = SessionManager({"drivers": {"main": store_entry(request.param, request,
+                                                               tmp_path)},
+                              "lottery": (0, 1)})
+    yield manager
+    await manager.close()
+
+
+@pytest.mark.parametrize("destroy", [True, False])
+@pytest.mark.parametrize("how", ["logout", "admin"])
 async def test_regenerate_of_a_session_ended_meanwhile_revives_nothing(
-        manager: SessionManager) -> None:
+        any_manager: SessionManager, destroy: bool, how: str) -> None:
+    manager = any_manager
     s = await stored(manager, user="alice")
     old_id = s.id
-    await s.regenerate()  # a slow request rotates the id (periodic rotation, say) ...
-    await manager.destroy(old_id)  # ... while the user logs out in another tab
+    await s.regenerate(destroy=destroy)  # a slow request rotates the id ...
+    if how == "logout":  # ... while the user logs out in another tab
+        await (await manager.load(old_id)).invalidate()
+    else:  # ... or an admin ends the session
+        await manager.destroy(old_id)
     await s.save()
     assert s.ended and not s.stored
     assert await manager.get_driver().read(s.id) is None  # no new record carries the user
     assert (await manager.load(old_id)).new
+
+
+@pytest.mark.parametrize("destroy", [True, False])
+async def test_a_logout_while_regenerate_writes_the_new_record_revives_nothing(
+        any_manager: SessionManager, destroy: bool) -> None:
+    # the old record ends after regenerate's save re-read it and before the new record
+    # is written: the new record must not outlive it
+    manager = any_manager
+    driver = manager.get_driver()
+    s = await stored(manager, user="alice")
+    old_id = s.id
+    await s.regenerate(destroy=destroy)
+    real_cas = driver.compare_and_set  # type: ignore[attr-defined]
+
+    async def logout_first(sid: str, payload: bytes, ttl: int, expected: bytes | None) -> bool:
+        if sid != old_id:
+            await (await manager.load(old_id)).invalidate()  # another tab logs out now
+        return bool(await real_cas(sid, payload, ttl, expected))
+
+    driver.compare_and_set = logout_first  # type: ignore[attr-defined]
+    try:
+        await s.save()
+    finally:
+        driver.compare_and_set = real_cas  # type: ignore[attr-defined]
+    assert s.ended and not s.stored
+    assert await driver.read(s.id) is None
+    assert await driver.read(old_id) is None
+
+
+async def test_regenerate_without_destroy_keeps_both_records(
+        any_manager: SessionManager) -> None:
+    s = await stored(any_manager, user="alice")
+    old_id = s.id
+    await s.regenerate(destroy=False)
+    await s.save()
+    assert s.stored and s.id != old_id
+    assert (await any_manager.load(old_id)).get("user") == "alice"
+    assert (await any_manager.load(s.id)).get("user") == "alice"
 
 
 async def test_regenerate_keeps_what_a_concurrent_request_saved(
@@ -771,3 +829,61 @@ async def test_metadata_that_could_not_be_saved_again_makes_the_record_unreadabl
         body = b"\x00" + msgpack.packb({"d": {"n": 1}, "m": meta})
         await manager.get_driver().write(sid, b"version1" + body, 60)
         assert (await manager.load(sid)).new, meta  # a foreign record: a fresh session
+
+
+# -- the size of a record is bounded ---------------------------------------------------------
+
+
+async def test_a_record_over_max_record_size_is_refused_and_the_stored_one_kept(
+        any_manager: SessionManager) -> None:
+    from aiosessmgr import SerializationError, SessionTooLarge
+    from aiosessmgr.config import DEFAULT_MAX_RECORD_SIZE
+
+    assert DEFAULT_MAX_RECORD_SIZE == 1024 * 1024
+    s = await stored(any_manager, user="alice")
+    before = await any_manager.get_driver().read(s.id)
+    loaded = await any_manager.load(s.id)
+    loaded["blob"] = "x" * (2 * 1024 * 1024)  # 2 MiB: a handler storing an upload
+    with pytest.raises(SessionTooLarge) as caught:
+        await loaded.save()
+    assert isinstance(caught.value, SerializationError)
+    assert caught.value.limit == DEFAULT_MAX_RECORD_SIZE
+    assert caught.value.size > 2 * 1024 * 1024
+    assert f"{caught.value.size:,} bytes" in str(caught.value)
+    assert "max_record_size (1,048,576 bytes)" in str(caught.value)
+    assert await any_manager.get_driver().read(s.id) == before  # untouched
+    fresh = await any_manager.driver()
+    fresh["blob"] = "x" * (2 * 1024 * 1024)
+    with pytest.raises(SessionTooLarge):
+        await fresh.save()
+    assert await any_manager.get_driver().read(fresh.id) is None
+
+
+@pytest.mark.parametrize("encrypted", [False, True])
+async def test_max_record_size_counts_the_stored_bytes(encrypted: bool) -> None:
+    import base64
+
+    from aiosessmgr import SessionTooLarge
+
+    config: dict[str, object] = {"max_record_size": 1000}
+    if encrypted:
+        config["encryption"] = {"enabled": True, "key": base64.b64encode(b"k" * 32).decode()}
+    manager = SessionManager(config)
+    s = await manager.driver()
+    s["v"] = "x" * 900
+    await s.save()
+    size = len(await manager.get_driver().read(s.id) or b"")
+    assert size <= 1000
+    s["v"] = "x" * (900 + 1000 - size + 1)  # one byte over, encrypted or not
+    with pytest.raises(SessionTooLarge) as caught:
+        await s.save()
+    assert caught.value.size == 1001
+    assert SessionManager({"max_record_size": None}).config.max_record_size is None
+
+
+@pytest.mark.parametrize("bad", [0, 255, -1, 1.5, "1mb", True])
+def test_max_record_size_must_be_a_sane_number_of_bytes(bad: object) -> None:
+    from aiosessmgr import ConfigError
+
+    with pytest.raises(ConfigError, match="max_record_size must be a number of bytes"):
+        SessionManager({"max_record_size": bad})

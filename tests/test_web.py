@@ -1138,7 +1138,9 @@ async def test_a_slow_id_rotation_does_not_undo_a_logout(aiohttp_client: ClientF
     assert (await client.get("/logout")).status == 200
     go.set()
     late = await pending
-    assert raw_set_cookies(late) == []  # the rotated id is not handed out
+    # the rotated id is not handed out: the session ended, so its cookie is deleted
+    [deleted] = raw_set_cookies(late)
+    assert deleted.startswith(f'{COOKIE}=""') and "Max-Age=0" in deleted
     assert await (await client.get("/peek")).text() == "{}"  # still logged out
 
 
@@ -1205,3 +1207,71 @@ async def test_a_finalizer_runs_at_prepare_even_before_the_session_is_loaded(
     assert order == ["finalizer", "prepared"]
     assert set_cookie(response) is not None  # the record it saved is reachable
     assert await (await client.get("/peek")).text() == "{'from_finalizer': True}"
+
+
+# -- regenerate() meeting a logout in another tab ------------------------------------------
+
+
+async def test_regenerate_after_a_logout_elsewhere_deletes_the_cookie(
+        aiohttp_client: ClientFactory) -> None:
+    manager = SessionManager({"lottery": (0, 1)})
+    release, loaded = asyncio.Event(), asyncio.Event()
+
+    async def login(request: web.Request) -> web.Response:
+        (await get_session(request))["user"] = "alice"
+        return web.Response(text="in")
+
+    async def rotate(request: web.Request) -> web.Response:
+        session = await get_session(request)  # loaded before the logout ...
+        assert session.get("user") == "alice"
+        loaded.set()
+        await release.wait()
+        await session.regenerate()  # ... moved after it ("switch organisation")
+        return web.Response(text="rotated")
+
+    async def logout(request: web.Request) -> web.Response:
+        await (await get_session(request)).invalidate()
+        return web.Response(text="out")
+
+    app = web.Application()
+    app.router.add_get("/login", login)
+    app.router.add_get("/rotate", rotate)
+    app.router.add_get("/logout", logout)
+    setup(app, manager)
+    client = await aiohttp_client(app)
+    sid = (await client.get("/login")).cookies[COOKIE].value
+    slow = asyncio.ensure_future(client.get("/rotate", headers={"Cookie": f"{COOKIE}={sid}"}))
+    await asyncio.wait_for(loaded.wait(), 10)
+    out = await client.get("/logout", headers={"Cookie": f"{COOKIE}={sid}"})
+    assert out.status == 200
+    release.set()
+    response = await slow
+    assert response.status == 200
+    morsel = SimpleCookie(response.headers["Set-Cookie"])[COOKIE]
+    assert morsel.value == "" and morsel["max-age"] == "0"  # deleted, no new id
+    assert len(manager.get_driver()) == 0  # type: ignore[arg-type]  # nothing revived
+
+
+async def test_a_session_over_max_record_size_fails_its_request_and_keeps_the_record(
+        aiohttp_client: ClientFactory, caplog: pytest.LogCaptureFixture) -> None:
+    manager = SessionManager({"lottery": (0, 1), "max_record_size": 4096})
+
+    async def put(request: web.Request) -> web.Response:
+        (await get_session(request))["note"] = request.query["note"]
+        return web.Response(text="saved")
+
+    app = web.Application()
+    app.router.add_get("/put", put)
+    setup(app, manager)
+    client = await aiohttp_client(app)
+    ok = await client.get("/put", params={"note": "short"})
+    sid = ok.cookies[COOKIE].value
+    before = await manager.get_driver().read(sid)
+    with caplog.at_level(logging.ERROR):
+        big = await client.get("/put", params={"note": "x" * 5000})
+    # the handler stored more than allowed: a programming error, named in the log
+    assert big.status == 500 and "Set-Cookie" not in big.headers
+    assert any("over max_record_size (4,096 bytes)" in (r.exc_text or r.getMessage())
+               or (r.exc_info and "max_record_size" in str(r.exc_info[1]))
+               for r in caplog.records)
+    assert await manager.get_driver().read(sid) == before

@@ -210,6 +210,10 @@ class _Front:
             if not preparing and self.cookie_name in response.cookies:
                 del response.cookies[self.cookie_name]  # ours replaces the handler's
             response.headers.add(hdrs.SET_COOKIE, header)
+            if hdrs.CACHE_CONTROL not in response.headers:
+                # a shared cache must not keep one user's cookie for others (RFC 9111
+                # section 5.2.2.7); a handler's own Cache-Control is its decision
+                response.headers[hdrs.CACHE_CONTROL] = "private"
 
     def save_timed_out(self, exc: SessionSaveTimeout) -> web.Response:
         """Answer 503 with Retry-After: the session is busy, not broken."""

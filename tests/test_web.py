@@ -1275,3 +1275,49 @@ async def test_a_session_over_max_record_size_fails_its_request_and_keeps_the_re
                or (r.exc_info and "max_record_size" in str(r.exc_info[1]))
                for r in caplog.records)
     assert await manager.get_driver().read(sid) == before
+
+
+# -- responses that carry the cookie are not for shared caches -----------------------------
+
+
+async def test_responses_that_set_or_delete_the_cookie_are_private(
+        aiohttp_client: ClientFactory) -> None:
+    async def own(req: web.Request) -> web.Response:
+        (await get_session(req))["n"] = 1
+        return web.Response(text="mine", headers={"Cache-Control": req.query["cc"]})
+
+    async def login_redirect(req: web.Request) -> web.Response:
+        session = await get_session(req)
+        session["user"] = "alice"
+        await session.regenerate()
+        raise web.HTTPFound("/peek")
+
+    async def stream(req: web.Request) -> web.StreamResponse:
+        (await get_session(req))["streamed"] = True
+        response = web.StreamResponse()
+        await response.prepare(req)
+        await response.write(b"body")
+        return response
+
+    manager, _ = make_manager()
+    client = await aiohttp_client(app_with(manager, own=own, logout=logout,
+                                           login=login_redirect, stream=stream))
+    first = await client.get("/count")
+    assert first.headers["Set-Cookie"] and first.headers["Cache-Control"] == "private"
+    again = await client.get("/count")  # same id, no Set-Cookie: nothing to protect
+    assert "Set-Cookie" not in again.headers and "Cache-Control" not in again.headers
+    assert again.headers["Vary"] == "Cookie"  # the body still depends on the cookie
+    assert "Cache-Control" not in (await client.get("/ignore")).headers
+    moved = await client.get("/login", allow_redirects=False)
+    assert moved.status == 302 and moved.headers["Cache-Control"] == "private"
+    client.session.cookie_jar.clear()
+    streamed = await client.get("/stream")  # a new session, its cookie set at prepare()
+    assert streamed.headers["Set-Cookie"] and streamed.headers["Cache-Control"] == "private"
+    gone = await client.get("/logout")
+    assert "Max-Age=0" in gone.headers["Set-Cookie"]
+    assert gone.headers["Cache-Control"] == "private"
+    client.session.cookie_jar.clear()
+    for cc in ("no-store", "public, max-age=60"):  # the handler's own choice stands
+        response = await client.get("/own", params={"cc": cc})
+        assert response.headers["Set-Cookie"] and response.headers["Cache-Control"] == cc
+        client.session.cookie_jar.clear()

@@ -11,19 +11,18 @@ from __future__ import annotations
 import asyncio
 import enum
 import inspect
-import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from .deprecation import renamed
+from .log import abbreviate, logger
 
 if TYPE_CHECKING:
     from .session import SessionStore
 
 __all__ = ["EventRegistry", "Listener", "SessionEventInfo", "SessionEvents"]
 
-logger = logging.getLogger("aiosessmgr")
 
 
 class SessionEvents(enum.StrEnum):
@@ -55,6 +54,12 @@ class SessionEventInfo:
     session_id: str
     session: SessionStore | None = None
     old_id: str | None = None
+
+    def __repr__(self) -> str:
+        # ids abbreviated, as everywhere in logs: an event is often logged whole
+        old = "" if self.old_id is None else f", old_id={abbreviate(self.old_id)!r}"
+        return (f"SessionEventInfo(type={self.type}, "
+                f"session_id={abbreviate(self.session_id)!r}{old})")
 
 
 Listener = Callable[[SessionEventInfo], "Awaitable[Any] | Any"]

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import logging
 import time
 import warnings
 from collections.abc import Callable, Mapping
@@ -14,12 +13,12 @@ from .config import BUILTIN_DRIVERS, DriverConfig, SessionConfig
 from .drivers.base import SessionDriver
 from .errors import ConfigError
 from .events import EventRegistry, Listener, SessionEventInfo, SessionEvents
+from .log import logger
 from .runtime import DriverRuntime
 from .session import Session, SessionStore
 
 __all__ = ["DriverFactory", "SessionManager"]
 
-logger = logging.getLogger("aiosessmgr")
 
 #: builds a driver from its config section; what ``extend`` registers
 DriverFactory = Callable[[DriverConfig], SessionDriver]

@@ -15,7 +15,6 @@ layout is :mod:`aiosessmgr.record`'s; bytes are the codec's.
 from __future__ import annotations
 
 import enum
-import logging
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -34,12 +33,12 @@ from .errors import (
 )
 from .events import SessionEventInfo, SessionEvents
 from .ids import is_valid_session_id, new_session_id
+from .log import logger
 from .runtime import DriverRuntime, Tombstones
 
 __all__ = ["Session", "SessionStore", "State", "Tombstones", "is_valid_session_id",
            "new_session_id"]
 
-logger = logging.getLogger("aiosessmgr")
 
 _VERSION_SIZE: Final = record.VERSION_SIZE
 _MOVED_AWAY: Final = "while a request moved it to a new id; the new id is not stored"

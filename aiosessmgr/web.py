@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import logging
 import random
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -36,13 +35,13 @@ from aiohttp.typedefs import Handler, Middleware
 from .cookies import CookieWriter, cookie_values
 from .errors import DriverError, SessionError, SessionLockTimeout, SessionSaveTimeout
 from .ids import is_valid_session_id
+from .log import logger
 from .manager import SessionManager
 from .session import SessionStore
 
 __all__ = ["MAX_COOKIE_CANDIDATES", "add_finalizer", "default_manager", "get_session",
            "new_session", "session_lock", "session_middleware", "setup"]
 
-logger = logging.getLogger("aiosessmgr")
 
 #: well-formed ids of our cookie name tried per request (a browser sends more than one
 #: when an older or more specifically scoped cookie of the same name exists)

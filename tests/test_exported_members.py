@@ -14,7 +14,7 @@ def test_all_is_sorted_and_complete() -> None:
     assert exported == sorted(exported)
     public = {name for name in dir(aiosessmgr) if not name.startswith("_")}
     modules = {"body", "codec", "commit", "compat", "config", "cookies", "csrf", "data",
-               "delta", "deprecation", "drivers", "errors", "events", "ids", "keys", "locks",
+               "delta", "deprecation", "drivers", "errors", "events", "ids", "keys", "locks", "log",
                "manager", "record", "renamed", "runtime", "serializers", "session", "testing",
                "web", "annotations"}  # submodules, the deprecation helper, the __future__ import
     assert public - modules - set(exported) == set()

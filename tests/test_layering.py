@@ -13,10 +13,10 @@ import pytest
 
 PACKAGE = Path(__file__).resolve().parent.parent / "aiosessmgr"
 #: the lowest layers: nothing of ours, or only each other and errors
-BOTTOM = {"errors": set(), "ids": set(), "locks": set(), "keys": {"errors"},
+BOTTOM = {"errors": set(), "ids": set(), "log": {"ids"}, "locks": set(), "keys": {"errors"},
           "deprecation": set()}
 #: what drivers may import from the rest of the package
-DRIVER_ALLOWED = {"errors", "ids", "locks", "keys"}
+DRIVER_ALLOWED = {"errors", "ids", "locks", "keys", "log"}
 MAX_LINES = 600
 
 

@@ -219,12 +219,15 @@ def file_config(path: Any, **options: Any) -> dict[str, Any]:
 @pytest.mark.parametrize(
     ("options", "message"),
     [
-        pytest.param({"pth": "x"}, "valid keys: driver, fsync, lifetime, lock_timeout, "
-                                   "max_workers, path, prefix, touch_interval", id="unknown-key"),
+        pytest.param({"pth": "x"}, "valid keys: check_permissions, driver, fsync, lifetime, "
+                                   "lock_timeout, max_workers, path, prefix, touch_interval",
+                     id="unknown-key"),
         pytest.param({"touchInterval": 5}, "did you mean 'touch_interval'", id="camel-case"),
         pytest.param({"prefix": "../x"}, "prefix", id="prefix-traversal"),
         pytest.param({"prefix": "a/b"}, "prefix", id="prefix-slash"),
         pytest.param({"fsync": "yes"}, "fsync", id="fsync-not-bool"),
+        pytest.param({"check_permissions": "no"}, "check_permissions",
+                     id="check-permissions-not-bool"),
         pytest.param({"touch_interval": -1}, "touch_interval", id="negative-touch"),
         pytest.param({"max_workers": 0}, "max_workers", id="no-workers"),
         pytest.param({"max_workers": 2.5}, "max_workers", id="fractional-workers"),
@@ -254,9 +257,10 @@ def test_path_that_is_a_file_fails_at_startup(tmp_path: Path) -> None:
 
 
 def test_unwritable_directory_fails_at_startup() -> None:
-    # /proc refuses new files even to root, so this holds whoever runs the tests
+    # /proc refuses new files even to root, so this holds whoever runs the tests (it is
+    # 0555: the permission check, test_file_security.py, is turned off to reach this one)
     with pytest.raises(ConfigError, match="not writable"):
-        SessionManager(file_config("/proc"))
+        SessionManager(file_config("/proc", check_permissions=False))
 
 
 async def test_missing_directory_is_created_0700(tmp_path: Path) -> None:
@@ -428,7 +432,7 @@ def test_disk_full_is_a_driver_error(tmp_path: Path) -> None:
     probe = subprocess.run(["unshare", "-rm", "true"], capture_output=True)
     if probe.returncode != 0:
         pytest.skip(f"cannot create a mount namespace here: {probe.stderr!r}")
-    shell = (f"mount -t tmpfs -o size=64k tmpfs {mount} && "
+    shell = (f"mount -t tmpfs -o size=64k,mode=700 tmpfs {mount} && "
              f"{sys.executable} {tmp_path / 'full.py'} {mount}")
     done = subprocess.run(["unshare", "-rm", "sh", "-c", shell], capture_output=True,
                           text=True, timeout=120, cwd=Path(__file__).parents[2])

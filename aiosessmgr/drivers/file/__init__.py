@@ -66,6 +66,22 @@ Guarantees:
   Releasing unlinks the file while still holding it; whoever locks a file checks that
   it is still the one at that name, so an unlink never lets two holders in. ``gc``
   removes lock files left by dead processes.
+* **A private directory.** File names are session ids, so whoever can list the
+  directory holds every live session. It is created mode 0700, and so is each parent
+  the driver creates, whatever the umask (``mkdir`` 0700, then ``fchmod`` 0700 through
+  a descriptor opened with ``O_NOFOLLOW``). An existing directory (a symlink to one is
+  followed) that another user owns, or whose mode has any bit of 0o077 (group or others
+  may read, that is list, write, or search it), is refused at construction with a
+  ConfigError that names the fix (``chmod 700 <path>``) and the opt-out, the option
+  ``check_permissions: false``. Session files, their temporary files and lock files are
+  created 0600, which a umask can only narrow.
+* **No whole id in a log or an error.** An ``OSError`` names its file, and the file name
+  is the id: every ``OSError`` that leaves inside a DriverError, or that a log line
+  shows, has the id in ``filename`` / ``filename2`` abbreviated to ``abc123…`` first,
+  through its whole ``__cause__`` / ``__context__`` chain, so a traceback printed by
+  the middleware or the gc task carries only the abbreviated form. ``gc`` leaves a file
+  it cannot remove (immutable, a mount point, a directory with a temp file's name) in
+  place with one WARNING per batch, instead of failing the whole run on it.
 
 Construction is synchronous on purpose: it creates or checks the directory once, at
 startup, where a bad path must be a ConfigError.

@@ -40,7 +40,8 @@ READ_HOPS: Final = 1
 DEFAULT_LOCK_TIMEOUT: Final = 5.0
 
 _PREFIX_RE: Final = re.compile(r"[A-Za-z0-9_-]{0,64}")
-_OPTIONS: Final = ("fsync", "lock_timeout", "max_workers", "path", "prefix", "touch_interval")
+_OPTIONS: Final = ("check_permissions", "fsync", "lock_timeout", "max_workers", "path",
+                   "prefix", "touch_interval")
 _NOT_AN_ID: Final = "not a session id; refusing to name a file after it"
 
 _valid_id = is_valid_session_id
@@ -173,8 +174,13 @@ class FileDriver(SessionDriver):
     *ttl* (seconds) is the expiry ``read`` applies; *touch_interval* (seconds, default
     ``ttl / 10``) is how stale the mtime must be before ``read_touch`` updates it;
     *max_workers* bounds the driver's thread pool; *lock_timeout* (seconds) is how long
-    a write waits for a stripe lock before :class:`~aiosessmgr.DriverError`. The
-    directory is created (mode 0700) or checked at construction: ConfigError if unusable.
+    a write waits for a stripe lock before :class:`~aiosessmgr.DriverError`.
+
+    The directory is created at construction, mode 0700 with any missing parents whatever
+    the umask, or checked: ConfigError if it is not a writable directory, and, unless
+    *check_permissions* is False, if another user owns it or its mode grants group or
+    others anything (file names are session ids: ``chmod 700`` it). Session and lock
+    files are created 0600. No error message or log line names a whole id (``abc123…``).
     """
 
     def __init__(
@@ -187,6 +193,7 @@ class FileDriver(SessionDriver):
         touch_interval: float | None = None,
         max_workers: int = DEFAULT_MAX_WORKERS,
         lock_timeout: float = DEFAULT_LOCK_TIMEOUT,
+        check_permissions: bool = True,
     ) -> None:
         if not isinstance(path, (str, os.PathLike)) or not os.fspath(path):
             raise ConfigError(f"file driver: path must be a directory path, got {path!r}")
@@ -196,6 +203,9 @@ class FileDriver(SessionDriver):
             )
         if not isinstance(fsync, bool):
             raise ConfigError(f"file driver: fsync must be true or false, got {fsync!r}")
+        if not isinstance(check_permissions, bool):
+            raise ConfigError(f"file driver: check_permissions must be true or false, "
+                              f"got {check_permissions!r}")
         if touch_interval is None:
             touch_interval = ttl / 10
         if not _is_seconds(touch_interval) or touch_interval < 0:
@@ -212,7 +222,7 @@ class FileDriver(SessionDriver):
             raise ConfigError(
                 f"file driver: lock_timeout must be seconds > 0, got {lock_timeout!r}"
             )
-        self.path = prepare_directory(os.path.expanduser(os.fspath(path)))
+        self.path = prepare_directory(os.path.expanduser(os.fspath(path)), check_permissions)
         self.prefix = prefix
         self.ttl = ttl
         self.fsync = fsync
@@ -245,8 +255,8 @@ class FileDriver(SessionDriver):
     @classmethod
     def from_config(cls, config: DriverSpec) -> FileDriver:
         """Build from a driver config: ``path`` (required), ``prefix``, ``fsync``,
-        ``touch_interval``, ``max_workers``, ``lock_timeout``; the directory is created
-        (mode 0700) or checked now."""
+        ``touch_interval``, ``max_workers``, ``lock_timeout``, ``check_permissions``; the
+        directory is created (mode 0700) or checked now (ConfigError)."""
         check_options(config, _OPTIONS)
         options: dict[str, Any] = dict(config.options)
         if "path" not in options:

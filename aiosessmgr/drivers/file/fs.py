@@ -7,6 +7,10 @@ stripe lock tries it once and returns :data:`~.locking.BUSY` if another holder h
 and the coroutine in the driver backs off and calls again. Errors of the store (the
 directory is gone, the disk is full) leave as :class:`~aiosessmgr.DriverError` with the
 ``OSError`` as cause; a single unusable session file is logged and reads as absent.
+
+Ids never leave whole (an ``OSError`` names its files, and a file name is an id): every
+``OSError`` a DriverError or a log line carries goes through :meth:`Directory.redact`
+first. :func:`prepare_directory` keeps the directory private (package docstring).
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ import logging
 import os
 import re
 import secrets
+import shlex
 import stat
 import time
 import zlib
@@ -54,11 +59,21 @@ _TEMP_FLAGS: Final = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O
 # errors that concern one session file, not the store: the record is treated as unreadable
 _FILE_ERRNOS: Final = frozenset({errno.EACCES, errno.EPERM, errno.ELOOP, errno.EISDIR,
                                  errno.ENXIO})
+# errors gc meets on one file it cannot remove (immutable, a mount point, a directory
+# named like a temp file): logged and skipped, so one bad file never stops collection
+_GC_SKIP_ERRNOS: Final = _FILE_ERRNOS | {errno.EBUSY}
+#: the mode bits of group and others; a session directory with any of them is refused
+_SHARED_BITS: Final = 0o077
 
 #: a session gc() could not remove yet because its stripe lock was held: (path, id)
 Deferred = tuple[str, str]
 #: one read of a batch: (session id, ttl in seconds, touch)
 ReadRequest = tuple[str, float, bool]
+
+
+def short_id(session_id: str) -> str:
+    """The abbreviated id that logs and error messages may show: ``abc123…``."""
+    return session_id[:6] + "…"
 
 
 def stripe_of(session_id: str) -> int:
@@ -92,6 +107,8 @@ class Directory:
         self._session_re = re.compile(re.escape(prefix) + r"([A-Za-z0-9_-]{43})")
         self._temp_re = re.compile(r"\." + re.escape(prefix) + r"[0-9a-f]{16}\.tmp")
         self._session_lock_re = re.compile(r"\." + re.escape(prefix) + r"lock-[A-Za-z0-9_-]{43}")
+        # a name carrying an id: a session file, a session lock file
+        self._named_re = re.compile(r"(\.?" + re.escape(prefix) + r"(?:lock-)?)([A-Za-z0-9_-]{43})")
 
     # -- names ------------------------------------------------------------------------------
 
@@ -115,8 +132,48 @@ class Directory:
         # a leading dot: never matches prefix + id, whatever the prefix
         return os.path.join(self.path, f".{self.prefix}{secrets.token_hex(8)}.tmp")
 
+    def shown(self, path: object) -> object:
+        """*path* as a log or an error may show it: the id in its file name abbreviated.
+
+        Anything that is not a path naming a session or session lock file is returned
+        unchanged.
+        """
+        if not isinstance(path, (str, bytes, os.PathLike)):
+            return path
+        text = os.fsdecode(path)
+        head, name = os.path.split(text)
+        match = self._named_re.fullmatch(name)
+        if match is None:
+            return path
+        return os.path.join(head, match.group(1) + short_id(match.group(2)))
+
+    def redact(self, exc: BaseException) -> BaseException:
+        """Abbreviate the ids in the file names of *exc* and its whole chain; return *exc*.
+
+        Changes the exceptions in place (``OSError.filename`` and ``filename2``), so
+        ``str()``, ``repr()`` and a printed traceback, causes and contexts included, never
+        carry a whole id.
+        """
+        pending: list[BaseException | None] = [exc]
+        seen: set[int] = set()
+        while pending:
+            current = pending.pop()
+            if current is None or id(current) in seen:
+                continue
+            seen.add(id(current))
+            if isinstance(current, OSError):
+                current.filename = self.shown(current.filename)
+                current.filename2 = self.shown(current.filename2)
+            pending += (current.__cause__, current.__context__)
+        return exc
+
     def broken(self, action: str, exc: OSError) -> DriverError:
-        """The DriverError for an OSError of the store (raise it ``from exc``)."""
+        """The DriverError for an OSError of the store (raise it ``from exc``).
+
+        *exc* is redacted first (:meth:`redact`): its message names the file with the id
+        abbreviated.
+        """
+        self.redact(exc)
         return DriverError(f"file session store {self.path!r}: cannot {action}: {exc}")
 
     def check_writable(self) -> None:
@@ -224,12 +281,12 @@ class Directory:
         except OSError as exc:
             if exc.errno not in _FILE_ERRNOS:
                 raise self.broken("read a session", exc) from exc
-            logger.warning("unreadable session file for %s… in %s: %s",
-                           session_id[:6], self.path, exc.strerror or exc)
+            logger.warning("unreadable session file for %s in %s: %s",
+                           short_id(session_id), self.path, exc.strerror or self.redact(exc))
             return None
         if not data:
-            logger.warning("empty session file for %s… in %s (interrupted write?); "
-                           "ignoring it", session_id[:6], self.path)
+            logger.warning("empty session file for %s in %s (interrupted write?); "
+                           "ignoring it", short_id(session_id), self.path)
             return None
         return data
 
@@ -327,8 +384,16 @@ class Directory:
             raise self.broken("lock a session", exc) from exc
 
     def unlock_session(self, session_id: str, fd: int) -> None:
-        """Release a session lock taken by try_session_lock (removing its file)."""
-        unlock_session(self.session_lock_file(session_id), fd)
+        """Release a session lock taken by try_session_lock (removing its file).
+
+        Never raises: a lock file that cannot be removed is logged (gc removes it later);
+        the lock itself is released all the same.
+        """
+        try:
+            unlock_session(self.session_lock_file(session_id), fd)
+        except OSError as exc:
+            logger.warning("cannot remove the lock file of session %s in %s: %s",
+                           short_id(session_id), self.path, exc.strerror or self.redact(exc))
 
     # -- garbage collection -----------------------------------------------------------------
 
@@ -337,8 +402,11 @@ class Directory:
         """Examine up to GC_BATCH entries; return (sessions removed, more to come).
 
         An expired session whose stripe lock is held goes to *deferred* for a later call
-        of :meth:`gc_retry`. Session lock files nobody holds are removed.
+        of :meth:`gc_retry`. Session lock files nobody holds are removed. A file that
+        cannot be removed (EPERM, EACCES, EBUSY, EISDIR, ...) is left in place, and one
+        WARNING per batch says how many and why; other errors raise DriverError.
         """
+        skipped: list[OSError] = []
         try:
             removed = 0
             now = time.time()
@@ -348,16 +416,28 @@ class Directory:
                     entry = next(entries, None)
                     if entry is None:
                         return removed, False
-                    removed += self._gc_entry(entry, now, max_lifetime, locks, deferred)
+                    removed += self._gc_entry(entry, now, max_lifetime, locks, deferred,
+                                              skipped)
             finally:
                 for fd in locks.values():
                     os.close(fd)
+                self._log_skipped(skipped)
             return removed, True
         except OSError as exc:
             raise self.broken("collect expired sessions", exc) from exc
 
+    def _log_skipped(self, skipped: list[OSError]) -> None:
+        """One WARNING for the files gc had to leave in place (ids abbreviated)."""
+        if skipped:
+            first = skipped[0]
+            self.redact(first)
+            name = os.path.basename(os.fsdecode(first.filename)) if first.filename else "?"
+            logger.warning("session gc in %s: %d files cannot be removed and stay, e.g. %s: %s",
+                           self.path, len(skipped), name, first.strerror or first)
+
     def _gc_entry(self, entry: os.DirEntry[str], now: float, max_lifetime: float,
-                  locks: dict[int, int], deferred: list[Deferred]) -> int:
+                  locks: dict[int, int], deferred: list[Deferred],
+                  skipped: list[OSError]) -> int:
         name = entry.name
         try:
             match = self._session_re.fullmatch(name)
@@ -377,6 +457,10 @@ class Directory:
                 remove_abandoned(entry.path)
         except FileNotFoundError:
             pass  # removed meanwhile (another worker's gc, a destroy)
+        except OSError as exc:
+            if exc.errno not in _GC_SKIP_ERRNOS:
+                raise
+            skipped.append(exc)
         return 0
 
     def _gc_remove(self, path: str, session_id: str, max_lifetime: float,
@@ -403,12 +487,18 @@ class Directory:
         removed = 0
         still: list[Deferred] = []
         locks: dict[int, int] = {}
+        skipped: list[OSError] = []
         try:
             try:
                 for path, session_id in deferred:
                     try:
                         result = self._gc_remove(path, session_id, max_lifetime, locks)
                     except FileNotFoundError:
+                        continue
+                    except OSError as exc:
+                        if exc.errno not in _GC_SKIP_ERRNOS:
+                            raise
+                        skipped.append(exc)
                         continue
                     if result is BUSY:
                         still.append((path, session_id))
@@ -417,21 +507,76 @@ class Directory:
             finally:
                 for fd in locks.values():
                     os.close(fd)
+                self._log_skipped(skipped)
         except OSError as exc:
             raise self.broken("collect expired sessions", exc) from exc
         return removed, still
 
 
-def prepare_directory(path: str) -> str:
-    """Create the session directory (0700) if missing; return its resolved path."""
+def prepare_directory(path: str, check_permissions: bool = True) -> str:
+    """Create the session directory if missing; check it if not; return its resolved path.
+
+    The directory and every parent created here get mode 0700 whatever the umask
+    (``mkdir`` with 0700, which a umask can only narrow, then ``fchmod`` to exactly 0700
+    through a descriptor opened without following symlinks). An existing directory
+    (a symlink to one is followed) must belong to this process's user and grant group
+    and others nothing (no bit of 0o077): file names are session ids, so a directory
+    others can list hands out live sessions, and one others can write lets them plant
+    files. Otherwise ConfigError, saying how to fix it; *check_permissions* False (the
+    driver option ``check_permissions``) skips these checks of an existing directory.
+    """
     try:
-        os.makedirs(path, mode=0o700, exist_ok=True)
-    except FileExistsError as exc:
-        raise ConfigError(f"file driver: path {path!r} exists and is not a directory") \
-            from exc
+        _make_private(path)
     except OSError as exc:
         raise ConfigError(f"file driver: cannot create session directory {path!r}: {exc}") \
             from exc
     if not os.path.isdir(path):
         raise ConfigError(f"file driver: path {path!r} is not a directory")
-    return os.path.realpath(path)
+    resolved = os.path.realpath(path)
+    if check_permissions:  # a directory made here passes, unless it was swapped meanwhile
+        _check_private(resolved, path)
+    return resolved
+
+
+def _make_private(path: str) -> None:
+    """Create *path* and its missing parents, each 0700 whatever the umask."""
+    missing: list[str] = []
+    head = os.path.abspath(path)
+    while not os.path.lexists(head):
+        missing.append(head)
+        parent = os.path.dirname(head)
+        if parent == head:
+            break
+        head = parent
+    for directory in reversed(missing):
+        try:
+            os.mkdir(directory, 0o700)
+        except FileExistsError:
+            continue  # made meanwhile by someone else: checked, not changed
+        fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        try:
+            os.fchmod(fd, 0o700)
+        finally:
+            os.close(fd)
+
+
+def _check_private(resolved: str, path: str) -> None:
+    """ConfigError unless *resolved* is owned by this user and closed to group and others."""
+    st = os.stat(resolved)
+    uid, mode = os.geteuid(), stat.S_IMODE(st.st_mode)
+    quoted = shlex.quote(resolved)
+    if st.st_uid != uid:
+        problem = (f"belongs to uid {st.st_uid}, not to this process's user (uid {uid}): "
+                   f"its owner can list every session id in it")
+        fix = f"chown {uid} {quoted} && chmod 700 {quoted}"
+    elif mode & _SHARED_BITS:
+        problem = (f"has mode {mode:04o}: group or others may list it (file names are "
+                   f"session ids) or add files to it")
+        fix = f"chmod 700 {quoted}"
+    else:
+        return
+    shown = repr(path) if resolved == path else f"{path!r} (resolved: {resolved!r})"
+    raise ConfigError(
+        f"file driver: session directory {shown} {problem}; fix it with `{fix}`, or set "
+        f"the driver option \"check_permissions\": false to use it as it is"
+    )

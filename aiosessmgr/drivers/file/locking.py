@@ -16,15 +16,12 @@ from __future__ import annotations
 import asyncio
 import enum
 import fcntl
-import logging
 import os
 import random
 from typing import Final
 
 __all__ = ["BUSY", "LOCK_POLL_MAX", "LOCK_POLL_MIN", "Backoff", "Busy", "remove_abandoned",
            "same_file", "try_session_lock", "try_stripe", "unlock_session"]
-
-logger = logging.getLogger("aiosessmgr")
 
 #: seconds between attempts at a lock held by another process: the first sleep, and the
 #: longest (each sleep is jittered and grows between them)
@@ -105,13 +102,14 @@ def try_session_lock(path: str) -> int | None:
 
 
 def unlock_session(path: str, fd: int) -> None:
-    """Remove a session lock file while still holding it, then let go (closing unlocks)."""
+    """Remove a session lock file while still holding it, then let go (closing unlocks).
+
+    Raises OSError if the file cannot be removed; the lock is released all the same (the
+    caller logs it, with the id in the name abbreviated, and gc removes the file later).
+    """
     try:
         if same_file(fd, path):
             os.unlink(path)
-    except OSError as exc:
-        # the lock is released by the close all the same; gc removes the file later
-        logger.warning("cannot remove session lock file %s: %s", path, exc)
     finally:
         os.close(fd)
 

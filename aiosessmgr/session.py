@@ -279,7 +279,11 @@ class SessionStore(SessionData):
         carry = self._carry
         if carry is not None and not await self._carry_over(*carry):
             return  # the record it was moved from ended meanwhile: never revive it
-        await self._write()  # if this fails, the old record stays: a failed login loses nothing
+        # if this fails, the old record stays and the move stays pending (a save retried
+        # after the handler caught the error re-checks the old record and moves the state
+        # merged here): a failed login loses nothing and revives nothing
+        await self._write()
+        self._carry = None
         if carry is not None and self._state is not State.ENDED:
             await self._finish_move(carry[0], carry[2], self._state is State.STORED)
 
@@ -448,8 +452,8 @@ class SessionStore(SessionData):
         """
         raw = await self._rt.driver.read(old_id)
         self._answered_at = time.monotonic()
-        self._carry = None
         if raw is None:
+            self._carry = None
             self._end(old_id, _MOVED_AWAY)
             return False
         if raw[:_VERSION_SIZE] != loaded:
@@ -467,8 +471,6 @@ class SessionStore(SessionData):
         elif destroy:
             await self._destroy_moved(old_id)
         self._answered_at = time.monotonic()
-
-
 
     async def _destroy_moved(self, old_id: str) -> None:
         """Destroy the record this request moved away from."""

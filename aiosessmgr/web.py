@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import logging
 import random
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -35,6 +36,7 @@ from aiohttp.typedefs import Handler, Middleware
 from .cookies import CookieWriter, cookie_values
 from .errors import DriverError, SessionError, SessionLockTimeout, SessionSaveTimeout
 from .ids import is_valid_session_id
+from .log import install as install_log_filter
 from .log import logger
 from .manager import SessionManager
 from .session import SessionStore
@@ -346,8 +348,13 @@ def setup(app: web.Application, manager: SessionManager) -> None:
     """Install sessions on *app*: the middleware, the prepare signal, periodic GC, cleanup.
 
     Call it once per manager; the first manager set up is the default one of
-    ``get_session(request)``. On app cleanup the manager is closed.
+    ``get_session(request)``. On app cleanup the manager is closed. aiohttp's error
+    loggers (``aiohttp.server``, ``aiohttp.web``) get the filter that abbreviates session
+    ids (:mod:`aiosessmgr.log`): the traceback of an exception that escapes a handler may
+    name one.
     """
+    for name in ("aiohttp.server", "aiohttp.web"):
+        install_log_filter(logging.getLogger(name))
     managers = app.get(_MANAGERS)
     if managers is None:
         managers = app[_MANAGERS] = []
@@ -537,10 +544,13 @@ async def new_session(request: web.Request, manager: SessionManager | None = Non
     slot = _slot(request, manager)
     mgr = slot.front.manager
     old = await get_session(request, manager)
-    if old.stored:
+    # the record to destroy: the old session's, or, if it was regenerate()d and not saved
+    # since, the one it was loaded from (the cookie's), which its move would have destroyed
+    replaced = old.id if old.stored else slot.cookie if old.moved else None
+    if replaced is not None:
         # destroyed when the request saves: a request that fails keeps the old session
-        slot.destroy_on_save = slot.destroy_on_save or old.id
-        slot.front.moved.add(old.id, mgr.clock())
+        slot.destroy_on_save = slot.destroy_on_save or replaced
+        slot.front.moved.add(replaced, mgr.clock())
     session = mgr.session(None)
     await session.start()
     slot.session = session

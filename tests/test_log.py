@@ -94,22 +94,29 @@ def logged(caplog: pytest.LogCaptureFixture) -> Iterator[list[str]]:
     Yields the list the texts are collected in, so a test can also check what was logged.
     """
     texts: list[str] = []
+    formatted: list[str] = []
     formatter = logging.Formatter("%(levelname)s %(name)s %(message)s")
 
     class Collect(logging.Handler):
         def emit(self, record: logging.LogRecord) -> None:
             texts.append(formatter.format(record))
+            # as JSON formatters do: the traceback formatted from exc_info, not exc_text
+            if record.exc_info:
+                formatted.append(formatter.formatException(record.exc_info))
 
     handler = Collect(level=logging.DEBUG)
-    logger.addHandler(handler)
-    old_level = logger.level
-    logger.setLevel(logging.DEBUG)
+    watched = [logger, logging.getLogger("aiohttp.server"), logging.getLogger("aiohttp.web")]
+    levels = [one.level for one in watched]
+    for one in watched:
+        one.addHandler(handler)
+        one.setLevel(logging.DEBUG)
     try:
         yield texts
     finally:
-        logger.removeHandler(handler)
-        logger.setLevel(old_level)
-    leaked = [t for t in texts if WHOLE_ID.search(t)]
+        for one, level in zip(watched, levels, strict=True):
+            one.removeHandler(handler)
+            one.setLevel(level)
+    leaked = [t for t in texts + formatted if WHOLE_ID.search(t)]
     assert leaked == [], "whole session ids reached the log"
     assert texts, "the test logged nothing: it drove no failure path"
 
@@ -243,3 +250,29 @@ def test_logging_the_failures_shows_the_abbreviated_form(logged: list[str]) -> N
     sid = new_session_id()
     logger.error("store failed: %s", DriverError(f"read of {sid} failed"))
     assert logged == [f"ERROR aiosessmgr store failed: read of {abbreviate(sid)} failed"]
+
+
+async def test_a_custom_driver_error_that_escapes_to_aiohttp_logs_no_whole_id(
+        aiohttp_client: ClientFactory, logged: list[str]) -> None:
+    # a driver that raises something other than DriverError breaks the contract: the
+    # request is a 500, and aiohttp logs the traceback on its own logger
+    class Careless(MemoryDriver):
+        async def read_touch(self, session_id: str, ttl: int) -> bytes | None:
+            raise ConnectionResetError(f"lost the connection reading {session_id}")
+
+    manager = SessionManager({"default": "careless", "lottery": (0, 1),
+                              "drivers": {"careless": {"driver": "careless", "lifetime": 5}}})
+    manager.extend("careless", lambda cfg: Careless())
+
+    async def count(request: web.Request) -> web.Response:
+        return web.Response(text=str((await get_session(request)).increment("n")))
+
+    app = web.Application()
+    app.router.add_get("/count", count)
+    setup(app, manager)
+    client = await aiohttp_client(app)
+    sid = new_session_id()
+    response = await client.get("/count", headers={"Cookie": f"{COOKIE}={sid}"})
+    assert response.status == 500
+    await asyncio.sleep(0)
+    assert any("Error handling request" in t and abbreviate(sid) in t for t in logged)

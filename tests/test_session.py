@@ -887,3 +887,30 @@ def test_max_record_size_must_be_a_sane_number_of_bytes(bad: object) -> None:
 
     with pytest.raises(ConfigError, match="max_record_size must be a number of bytes"):
         SessionManager({"max_record_size": bad})
+
+
+@pytest.mark.parametrize("logout", [True, False])
+async def test_a_move_whose_save_failed_stays_a_move(any_manager: SessionManager,
+                                                     logout: bool) -> None:
+    # a login handler's save fails (too large, unserializable, the store, a timeout) and
+    # is retried: the retry still checks the old record, and still destroys it
+    from aiosessmgr import SessionTooLarge
+
+    manager = any_manager
+    s = await stored(manager, user="anon")
+    old_id = s.id
+    await s.regenerate()
+    s["upload"] = "x" * (2 * 1024 * 1024)
+    with pytest.raises(SessionTooLarge):
+        await s.save()
+    del s["upload"]
+    s["user"] = "alice"
+    if logout:
+        await (await manager.load(old_id)).invalidate()  # another tab logs out
+    await s.save()
+    driver = manager.get_driver()
+    assert await driver.read(old_id) is None  # never left alive to be replayed
+    if logout:
+        assert s.ended and await driver.read(s.id) is None  # nor revived
+    else:
+        assert s.stored and (await manager.load(s.id)).get("user") == "alice"

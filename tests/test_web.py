@@ -1321,3 +1321,20 @@ async def test_responses_that_set_or_delete_the_cookie_are_private(
         response = await client.get("/own", params={"cc": cc})
         assert response.headers["Set-Cookie"] and response.headers["Cache-Control"] == cc
         client.session.cookie_jar.clear()
+
+
+async def test_new_session_after_regenerate_destroys_the_record_it_was_loaded_from(
+        aiohttp_client: ClientFactory) -> None:
+    async def switch(req: web.Request) -> web.Response:
+        session = await get_session(req)
+        await session.regenerate()  # a move still pending ...
+        fresh = await new_session(req)  # ... then the handler starts over
+        fresh["started"] = "over"
+        return web.Response(text="ok")
+
+    manager, driver = make_manager()
+    client = await aiohttp_client(app_with(manager, switch=switch))
+    sid = (await client.get("/count")).cookies[COOKIE].value
+    assert (await client.get("/switch")).status == 200
+    assert await driver.read(sid) is None  # the pre-login id cannot be replayed
+    assert await (await client.get("/peek")).text() == "{'started': 'over'}"

@@ -10,7 +10,10 @@ traceback of its whole ``__cause__`` / ``__context__`` chain) is searched for th
 
 The directory: created 0700 with its parents whatever the umask; an existing one that
 group or others may use, or another user owns, is refused unless ``check_permissions``
-is false.
+is false. So is one others could replace: a directory on its path (up to /, symlinks
+followed) that another user owns, or that group or others may write to without the
+sticky bit, or a symlink on the way another user owns; the tester's parent-swap attack
+is run for real as nobody (setpriv) against both kinds of parent.
 """
 
 # These tests set up broken stores with blocking calls on purpose: nothing else runs.
@@ -18,6 +21,7 @@ is false.
 
 from __future__ import annotations
 
+import asyncio
 import fcntl
 import logging
 import os
@@ -26,6 +30,7 @@ import secrets
 import shutil
 import stat
 import subprocess
+import tempfile
 import traceback
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import contextmanager
@@ -426,3 +431,193 @@ def test_a_symlink_is_judged_by_the_directory_it_names(tmp_path: Path) -> None:
     link.unlink()
     link.symlink_to(private)
     assert FileDriver(link).path == str(private)
+
+
+# -- nobody else can replace the session directory ------------------------------------------
+
+#: the uid of the local attacker of these tests (nobody), and of "another user"
+NOBODY = 65534
+OTHER_UID = 4242
+needs_root = pytest.mark.skipif(
+    os.geteuid() != 0 or shutil.which("setpriv") is None,
+    reason="acting as another user takes root and setpriv (util-linux)")
+
+
+@pytest.fixture
+def reachable(tmp_path: Path) -> Iterator[Path]:
+    """A directory (root's, 0755) other users can reach: tmp_path's parents are 0700."""
+    base = Path(tempfile.mkdtemp(prefix="aiosessmgr-perm-", dir="/tmp"))
+    os.chmod(base, 0o755)
+    try:
+        yield base
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+
+
+async def as_user(uid: int, *command: str) -> tuple[int, str]:
+    """Run *command* as *uid* (its own gid, no supplementary groups): (exit code, output)."""
+    proc = await asyncio.create_subprocess_exec(
+        "setpriv", f"--reuid={uid}", f"--regid={uid}", "--clear-groups", *command,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
+    out, _ = await proc.communicate()
+    return proc.returncode or 0, out.decode()
+
+
+def refusal(path: Path, **options: Any) -> str:
+    """The ConfigError message of both ways to make the driver (config dict, class)."""
+    with pytest.raises(ConfigError) as info:
+        SessionManager(file_config(path, **options))
+    with pytest.raises(ConfigError):
+        FileDriver(path, **options)
+    return str(info.value)
+
+
+# group or other write, no sticky bit; the same with the sticky bit is accepted
+WRITABLE = [0o777, 0o775, 0o773, 0o757, 0o770, 0o730, 0o707, 0o702, 0o720, 0o722]
+
+
+@pytest.mark.parametrize("open_mode", [pytest.param(m, id=f"{m:04o}") for m in WRITABLE])
+def test_a_parent_others_can_write_is_refused_unless_sticky(tmp_path: Path,
+                                                            open_mode: int) -> None:
+    parent = tmp_path / "shared"
+    parent.mkdir()
+    os.chmod(parent, open_mode)
+    store = parent / "sessions"
+    message = refusal(store)
+    assert f"the directory {str(parent)!r} on its path has mode {open_mode:04o}" in message
+    assert "owner uid 0" in message
+    assert f"`chmod g-w,o-w {parent}`" in message and f"`chmod +t {parent}`" in message
+    assert "move the session directory" in message
+    assert '"check_permissions": false' in message
+    assert os.listdir(store) == []  # created 0700, then refused: nothing written to it
+    # with the sticky bit only an entry's owner (or root) may rename it: accepted
+    os.chmod(parent, open_mode | stat.S_ISVTX)
+    assert FileDriver(store).path == str(store)
+    SessionManager(file_config(store))
+
+
+def test_every_directory_up_to_the_root_is_checked(tmp_path: Path) -> None:
+    top = tmp_path / "top"
+    (top / "middle").mkdir(parents=True)
+    os.chmod(top, 0o777)
+    store = top / "middle" / "sessions"
+    message = refusal(store)
+    assert f"the directory {str(top)!r} on its path has mode 0777" in message
+    # the walk reaches /: the message names the first directory on the way that fails
+    os.chmod(top, 0o755)
+    os.chmod(tmp_path, 0o777)
+    try:
+        assert f"the directory {str(tmp_path)!r} on its path has mode 0777" in refusal(store)
+    finally:
+        os.chmod(tmp_path, 0o700)
+    FileDriver(store)
+
+
+def test_a_parent_another_user_owns_is_refused(tmp_path: Path) -> None:
+    parent = tmp_path / "theirs"
+    parent.mkdir(mode=0o755)
+    os.chown(parent, OTHER_UID, OTHER_UID)
+    store = parent / "sessions"
+    message = refusal(store)
+    assert (f"the directory {str(parent)!r} on its path belongs to uid {OTHER_UID} "
+            f"(mode 0755), neither root nor this process's user (uid 0)") in message
+    assert f"`chown 0 {parent}`" in message and '"check_permissions": false' in message
+    os.chown(parent, 0, 0)
+    FileDriver(store)
+
+
+def test_the_opt_out_uses_an_unsafe_path_as_it_is(tmp_path: Path) -> None:
+    shared, theirs = tmp_path / "shared", tmp_path / "theirs"
+    shared.mkdir()
+    os.chmod(shared, 0o777)
+    theirs.mkdir(mode=0o755)
+    os.chown(theirs, OTHER_UID, OTHER_UID)
+    for store in (shared / "sessions", theirs / "sessions"):
+        refusal(store)
+        assert FileDriver(store, check_permissions=False).path == str(store)
+        SessionManager(file_config(store, check_permissions=False))
+    assert mode(shared) == 0o777 and theirs.stat().st_uid == OTHER_UID  # left as they are
+
+
+def test_a_symlink_is_checked_where_it_lies_and_by_its_owner(tmp_path: Path) -> None:
+    private = tmp_path / "private"
+    private.mkdir(mode=0o700)
+    # a link in a directory others can write: they could point it elsewhere
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    os.chmod(shared, 0o777)
+    (shared / "link").symlink_to(private)
+    message = refusal(shared / "link")
+    assert f"(resolved: {str(private)!r})" in message
+    assert f"the directory {str(shared)!r} on its path has mode 0777" in message
+    # a link another user owns in a sticky directory: its owner may replace it
+    sticky = tmp_path / "sticky"
+    sticky.mkdir()
+    os.chmod(sticky, 0o1777)
+    (sticky / "theirs").symlink_to(private)
+    os.lchown(sticky / "theirs", OTHER_UID, OTHER_UID)
+    message = refusal(sticky / "theirs")
+    assert f"the symlink {str(sticky / 'theirs')!r} on its path belongs to uid {OTHER_UID}" \
+        in message
+    assert f"configure the resolved path {private} instead" in message
+    # a relative link to a link, both ours, in the sticky directory: accepted
+    (sticky / "mine").symlink_to(private)
+    (sticky / "chained").symlink_to("mine")
+    assert FileDriver(sticky / "chained").path == str(private)
+    # a link to a directory on a path others can change is refused by that path
+    (tmp_path / "to-shared").symlink_to(shared)
+    (shared / "sessions").mkdir(mode=0o700)
+    assert f"the directory {str(shared)!r} on its path" in refusal(tmp_path / "to-shared" /
+                                                                 "sessions")
+
+
+@needs_root
+async def test_the_parent_swap_attack_is_stopped(reachable: Path) -> None:
+    """The tester's attack (/tmp/attack13/d1_parent_swap.py), as nobody, for real."""
+    shared = reachable / "shared"
+    shared.mkdir()
+    os.chmod(shared, 0o777)
+    store = shared / "sessions"
+    swap = f"mv {store} {store}.gone && mkdir {store} && chmod 777 {store}"
+
+    # with the check on, the driver does not start on this path
+    assert f"the directory {str(shared)!r} on its path has mode 0777" in refusal(store)
+
+    # what the check prevents (and proof the attack below is real): turned off, the
+    # attacker swaps the directory after startup and lists the next session's id
+    manager = SessionManager(file_config(store, check_permissions=False))
+    try:
+        first = await manager.driver()
+        first.put("u", 1)
+        await first.save()
+        assert await as_user(NOBODY, "sh", "-c", swap) == (0, "")
+        victim = await manager.driver()
+        victim.put("user", "alice")
+        await victim.save()
+        code, listing = await as_user(NOBODY, "ls", "-la", str(store))
+        assert code == 0 and f"sess_{victim.id}" in listing
+    finally:
+        await manager.close()
+
+    # a sticky parent is accepted, and there the attacker cannot move it away
+    sticky = reachable / "sticky"
+    sticky.mkdir()
+    os.chmod(sticky, 0o1777)
+    store = sticky / "sessions"
+    manager = SessionManager(file_config(store))
+    try:
+        first = await manager.driver()
+        first.put("u", 1)
+        await first.save()
+        code, out = await as_user(
+            NOBODY, "sh", "-c", f"mv {store} {store}.gone && mkdir {store} && chmod 777 {store}")
+        assert code != 0 and "Operation not permitted" in out
+        victim = await manager.driver()
+        victim.put("user", "alice")
+        await victim.save()
+        assert (store / f"sess_{victim.id}").stat().st_uid == 0
+        assert store.stat().st_uid == 0 and mode(store) == 0o700
+        code, listing = await as_user(NOBODY, "ls", "-la", str(store))
+        assert code != 0 and victim.id not in listing
+    finally:
+        await manager.close()

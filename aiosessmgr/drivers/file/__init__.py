@@ -2,7 +2,8 @@
 
 The embedded default (the demo uses it) and what a single host with several worker
 processes shares. Modules: ``fs`` (names, and the blocking half of every operation),
-``locking`` (``flock`` attempts and the async backoff between them), ``driver``
+``locking`` (``flock`` attempts and the async backoff between them), ``permissions``
+(whether the session directory is private and nobody else can replace it), ``driver``
 (:class:`FileDriver`: pool, queues, deadlines).
 
 **I/O: aiofiles, on a pool the driver owns.** Every file operation runs in a thread of
@@ -74,7 +75,12 @@ Guarantees:
   may read, that is list, write, or search it), is refused at construction with a
   ConfigError that names the fix (``chmod 700 <path>``) and the opt-out, the option
   ``check_permissions: false``. Session files, their temporary files and lock files are
-  created 0600, which a umask can only narrow.
+  created 0600, which a umask can only narrow. Nobody else may be able to swap it out:
+  every directory on its path (from ``/``, symlinks followed as the kernel does) must
+  belong to root or this user and not be writable by group or others unless sticky, and
+  every symlink on the way must belong to root or this user; otherwise a ConfigError
+  names the directory, its mode and owner, and the fix (``chmod g-w,o-w`` /
+  ``chmod +t``).
 * **No whole id in a log or an error.** An ``OSError`` names its file, and the file name
   is the id: every ``OSError`` that leaves inside a DriverError, or that a log line
   shows, has the id in ``filename`` / ``filename2`` abbreviated to ``abc123…`` first,

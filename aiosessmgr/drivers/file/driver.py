@@ -179,8 +179,12 @@ class FileDriver(SessionDriver):
     The directory is created at construction, mode 0700 with any missing parents whatever
     the umask, or checked: ConfigError if it is not a writable directory, and, unless
     *check_permissions* is False, if another user owns it or its mode grants group or
-    others anything (file names are session ids: ``chmod 700`` it). Session and lock
-    files are created 0600. No error message or log line names a whole id (``abc123…``).
+    others anything (file names are session ids: ``chmod 700`` it), or if someone else
+    could replace it while the app runs: a directory on its path that is owned by
+    neither root nor this user, or that group or others may write to without the sticky
+    bit, or a symlink on the way another user owns (:mod:`.permissions`). Session and
+    lock files are created 0600. No error message or log line names a whole id
+    (``abc123…``).
     """
 
     def __init__(

@@ -10,7 +10,8 @@ directory is gone, the disk is full) leave as :class:`~aiosessmgr.DriverError` w
 
 Ids never leave whole (an ``OSError`` names its files, and a file name is an id): every
 ``OSError`` a DriverError or a log line carries goes through :meth:`Directory.redact`
-first. :func:`prepare_directory` keeps the directory private (package docstring).
+first. :func:`prepare_directory` keeps the directory private (package docstring; the
+checks are in :mod:`.permissions`).
 """
 
 from __future__ import annotations
@@ -21,7 +22,6 @@ import logging
 import os
 import re
 import secrets
-import shlex
 import stat
 import time
 import zlib
@@ -41,6 +41,7 @@ from .locking import (
     try_stripe,
     unlock_session,
 )
+from .permissions import check_path, check_private
 
 __all__ = ["GC_BATCH", "LOCK_STRIPES", "TEMP_MAX_AGE", "Deferred", "Directory", "ReadRequest",
            "prepare_directory", "stripe_of"]
@@ -62,8 +63,6 @@ _FILE_ERRNOS: Final = frozenset({errno.EACCES, errno.EPERM, errno.ELOOP, errno.E
 # errors gc meets on one file it cannot remove (immutable, a mount point, a directory
 # named like a temp file): logged and skipped, so one bad file never stops collection
 _GC_SKIP_ERRNOS: Final = _FILE_ERRNOS | {errno.EBUSY}
-#: the mode bits of group and others; a session directory with any of them is refused
-_SHARED_BITS: Final = 0o077
 
 #: a session gc() could not remove yet because its stripe lock was held: (path, id)
 Deferred = tuple[str, str]
@@ -522,8 +521,12 @@ def prepare_directory(path: str, check_permissions: bool = True) -> str:
     (a symlink to one is followed) must belong to this process's user and grant group
     and others nothing (no bit of 0o077): file names are session ids, so a directory
     others can list hands out live sessions, and one others can write lets them plant
-    files. Otherwise ConfigError, saying how to fix it; *check_permissions* False (the
-    driver option ``check_permissions``) skips these checks of an existing directory.
+    files. And nobody else may be able to replace it while the app runs: every
+    directory on its path must belong to root or this user and not be writable by group
+    or others unless sticky, and every symlink on the way must belong to root or this
+    user (:func:`.permissions.check_path`). Otherwise ConfigError, naming what is wrong
+    and how to fix it; *check_permissions* False (the driver option
+    ``check_permissions``) skips these checks.
     """
     try:
         _make_private(path)
@@ -534,7 +537,8 @@ def prepare_directory(path: str, check_permissions: bool = True) -> str:
         raise ConfigError(f"file driver: path {path!r} is not a directory")
     resolved = os.path.realpath(path)
     if check_permissions:  # a directory made here passes, unless it was swapped meanwhile
-        _check_private(resolved, path)
+        check_private(resolved, path)
+        check_path(path, resolved)
     return resolved
 
 
@@ -559,24 +563,3 @@ def _make_private(path: str) -> None:
         finally:
             os.close(fd)
 
-
-def _check_private(resolved: str, path: str) -> None:
-    """ConfigError unless *resolved* is owned by this user and closed to group and others."""
-    st = os.stat(resolved)
-    uid, mode = os.geteuid(), stat.S_IMODE(st.st_mode)
-    quoted = shlex.quote(resolved)
-    if st.st_uid != uid:
-        problem = (f"belongs to uid {st.st_uid}, not to this process's user (uid {uid}): "
-                   f"its owner can list every session id in it")
-        fix = f"chown {uid} {quoted} && chmod 700 {quoted}"
-    elif mode & _SHARED_BITS:
-        problem = (f"has mode {mode:04o}: group or others may list it (file names are "
-                   f"session ids) or add files to it")
-        fix = f"chmod 700 {quoted}"
-    else:
-        return
-    shown = repr(path) if resolved == path else f"{path!r} (resolved: {resolved!r})"
-    raise ConfigError(
-        f"file driver: session directory {shown} {problem}; fix it with `{fix}`, or set "
-        f"the driver option \"check_permissions\": false to use it as it is"
-    )

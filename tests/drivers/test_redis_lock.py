@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import secrets
+from typing import Any
 
 import pytest
 from redis.asyncio import Redis
@@ -122,9 +123,9 @@ async def test_release_script_reloads_after_script_flush(own_redis: RedisServer)
         assert token is not None
         own_redis.cli("SCRIPT", "FLUSH")
         before = own_redis.command_calls()
-        await drv.release_lock(sid, token)  # redis-py's Script: NOSCRIPT, LOAD, EVALSHA
+        await drv.release_lock(sid, token)  # EVALSHA: NOSCRIPT; then EVAL, which loads it
         delta = calls_delta(before, own_redis.command_calls())
-        assert delta.get("evalsha") == 2 and delta.get("script|load") == 1
+        assert delta.get("evalsha") == 1 and delta.get("eval") == 1
         assert delta.get("del") == 1  # the lock was ours: released
         assert own_redis.cli("SCRIPT", "EXISTS", RELEASE_SHA).strip() == "1"
         assert await drv.acquire_lock(sid, 10, 0) is not None
@@ -200,3 +201,141 @@ async def test_an_uncontended_lock_costs_one_set_and_one_script(own_redis: Redis
                                                                   "get": 1, "del": 1}
     finally:
         await drv.close()
+
+
+# -- waiters of one id in one process: one poller, with backoff ------------------------------
+
+
+def set_calls(server: RedisServer) -> int:
+    return server.command_calls().get("set", 0)
+
+
+async def waiters_queued(tasks: list[asyncio.Task[Any]]) -> None:
+    """Let *tasks* start and reach their wait (none of them can finish yet)."""
+    await asyncio.sleep(0.05)
+    assert not [task for task in tasks if task.done()]
+
+
+async def test_waiters_of_one_id_share_one_poller(own_redis: RedisServer) -> None:
+    """100 waiters while another process holds the lock: about as many SET NX as one."""
+    holder, drv = redis_driver(url=own_redis.url), redis_driver(url=own_redis.url)
+    sid = new_id()
+    inside = entered = most = 0
+
+    async def waiter() -> None:
+        nonlocal inside, entered, most
+        token = await drv.acquire_lock(sid, 10, 30)
+        assert token is not None
+        inside += 1
+        entered += 1
+        most = max(most, inside)
+        await asyncio.sleep(0)
+        inside -= 1
+        await drv.release_lock(sid, token)
+
+    try:
+        theirs = await holder.acquire_lock(sid, 10, 0)
+        assert theirs is not None
+        tasks = [asyncio.create_task(waiter()) for _ in range(100)]
+        await waiters_queued(tasks)
+        before = set_calls(own_redis)
+        await asyncio.sleep(1.0)
+        polled = set_calls(own_redis) - before
+        # one poller backing off to LOCK_POLL_MAX (sleeps of at least half of it): at most
+        # about 45 SET NX in a second; 100 independent pollers sent thousands
+        assert polled < 60, polled
+        await holder.release_lock(sid, theirs)
+        await asyncio.wait_for(asyncio.gather(*tasks), 30)
+    finally:
+        await holder.close()
+        await drv.close()
+    assert entered == 100 and most == 1  # each in turn, one at a time
+
+
+async def test_a_cancelled_waiter_does_not_stall_the_others(driver: RedisDriver) -> None:
+    sid = new_id()
+    theirs = await driver.acquire_lock(sid, 10, 0)
+    assert theirs is not None
+    order: list[int] = []
+
+    async def waiter(n: int) -> None:
+        token = await driver.acquire_lock(sid, 10, 10)
+        assert token is not None
+        order.append(n)
+        await driver.release_lock(sid, token)
+
+    tasks = [asyncio.create_task(waiter(n)) for n in range(5)]
+    await waiters_queued(tasks)
+    tasks[0].cancel()  # the one polling Redis
+    tasks[2].cancel()  # one queued behind it
+    await asyncio.sleep(0.02)
+    await driver.release_lock(sid, theirs)
+    await asyncio.wait_for(asyncio.gather(*tasks[1::2], tasks[4]), 10)
+    assert order == [1, 3, 4]  # first come, first served, the cancelled ones skipped
+    assert tasks[0].cancelled() and tasks[2].cancelled()
+
+
+async def test_each_waiter_keeps_its_own_wait(driver: RedisDriver) -> None:
+    sid = new_id()
+    theirs = await driver.acquire_lock(sid, 10, 0)
+    assert theirs is not None
+    # the first in line (polling) gives up first; the one behind it takes over polling
+    impatient = asyncio.create_task(driver.acquire_lock(sid, 10, 0.2))
+    patient = asyncio.create_task(driver.acquire_lock(sid, 10, 10))
+    # and one queued behind a patient poller gives up in its own time, not the poller's
+    queued = asyncio.create_task(driver.acquire_lock(sid, 10, 0.3))
+    assert await asyncio.wait_for(impatient, 5) is None
+    assert await asyncio.wait_for(queued, 5) is None
+    assert not patient.done()
+    await driver.release_lock(sid, theirs)
+    mine = await asyncio.wait_for(patient, 5)
+    assert mine is not None
+    await driver.release_lock(sid, mine)
+
+
+async def test_a_holder_past_its_ttl_no_longer_holds_up_its_own_process(
+        driver: RedisDriver) -> None:
+    sid = new_id()
+    forgotten = await driver.acquire_lock(sid, 0.2, 0)  # never released
+    assert forgotten is not None
+    token = await asyncio.wait_for(driver.acquire_lock(sid, 10, 5), 5)
+    assert token is not None
+    await driver.release_lock(sid, forgotten)  # late: frees nobody else's lock
+    assert await driver.acquire_lock(sid, 10, 0) is None
+    await driver.release_lock(sid, token)
+
+
+async def test_another_process_still_gets_the_lock(redis_server: RedisServer,
+                                                    prefix: str) -> None:
+    """One process passing the lock between its many waiters does not starve another's.
+
+    Its holders keep the lock 0.3 s each: between one release and the next of its own
+    waiters taking it, the lock is free for about a millisecond, which a poller of
+    another process (every 25 to 50 ms) seldom meets (without LOCK_YIELD the other
+    waited 0.8 to 3 s, or in vain); so after LOCK_RUN seconds the busy process leaves it
+    free for LOCK_YIELD seconds, and the other gets it after about 0.6 s."""
+    busy, other = (redis_driver(url=redis_server.url, prefix=prefix) for _ in range(2))
+    sid = new_id()
+    stop = False
+    turns = 0
+
+    async def worker() -> None:
+        nonlocal turns
+        while not stop:
+            token = await busy.acquire_lock(sid, 10, 10)
+            assert token is not None
+            turns += 1
+            await asyncio.sleep(0.3)
+            await busy.release_lock(sid, token)
+
+    workers = [asyncio.create_task(worker()) for _ in range(4)]
+    try:
+        await asyncio.sleep(0.1)  # the busy process is passing the lock around
+        token = await other.acquire_lock(sid, 10, 2)
+        assert token is not None, f"starved while the busy process took {turns} turns"
+        await other.release_lock(sid, token)
+    finally:
+        stop = True
+        await asyncio.gather(*workers)
+        await busy.close()
+        await other.close()

@@ -3,7 +3,9 @@
 Public API of redis-py only (``Pipeline``, ``execute_command``, ``Lock``); modules:
 ``client`` builds the client from options (url, connection, Sentinel, Cluster),
 ``batching`` sends one loop turn's commands as one pipeline, ``lock`` is the session
-lock on redis-py's ``Lock``, ``driver`` the :class:`RedisDriver` itself.
+lock on redis-py's ``Lock`` and the queue of this process's waiters, ``replies`` checks
+every reply and words failures without session ids, ``driver`` the
+:class:`RedisDriver` itself.
 
 Records are plain string keys, ``prefix + "{" + id + "}"``: the braces are a hash tag,
 so every key of one session (the record, its lock) lives in one Cluster hash slot.
@@ -14,17 +16,29 @@ do. ``compare_and_set`` is a Lua script run with ``EVALSHA`` (one round trip; on
 
 Session locks (``acquire_lock`` / ``release_lock``, behind ``session.lock()``) are
 redis-py's ``Lock`` on the key ``prefix + "{" + id + "}:lock"`` in the record's slot:
-``SET key token NX PX ttl``, tried again at a fixed interval until ``wait`` runs out,
-and released by Lock's Lua script, which deletes the key only if it still holds the
-holder's random token. Redis expires the lock after ``ttl`` whatever happens to its
-holder: a holder that dies frees it then, and one still working after ``ttl`` no
-longer excludes anyone.
+``SET key token NX PX ttl``, and released by Lock's Lua script, which deletes the key
+only if it still holds the holder's random token. Waiters of one id in one process
+queue (first come, first served) and only the first polls Redis, with jittered sleeps
+growing from LOCK_POLL_MIN to LOCK_POLL_MAX seconds until its ``wait`` runs out; the
+next one's turn starts when the holder releases (see ``lock``). Redis expires the lock
+after ``ttl`` whatever happens to its holder: a holder that dies frees it then, and one
+still working after ``ttl`` no longer excludes anyone, in its process or another.
 
 A key of another type (a hash, a list...) under a record's or a lock's name is one bad
 key, not an outage: reads answer "no record" and log a WARNING (the id abbreviated),
 the compare-and-set answers "not written", a lock is never taken over it, and none of
 them changes it (an explicit ``destroy`` deletes it). Other failures are a
 ``DriverError``, and every call is bounded by the driver's overall timeout.
+
+A reply no Redis would give (an integer or an array where a string belongs, a string
+where 0 or 1 belongs, a line redis-py's parser cannot read) is a ``DriverError`` too,
+never another exception, and is never converted blindly (see ``replies``). redis-py's
+pure-Python parser allocates only the bytes that actually arrive, so a length the reply
+announces (``$200000000``, ``*200000000``) costs nothing but the wait for them, bounded
+by the socket timeout; with hiredis installed, redis-py's hiredis parser reserves 8
+bytes per element an array header announces before any arrives, which redis-py offers
+no public way to limit or avoid. No DriverError, nor any exception chained to it, shows
+a whole session id: keys contain the id, and redis-py's messages may quote keys.
 
 Connections, their checks and retries are redis-py's: a pooled connection that died
 (Redis restarted, ``CLIENT KILL``) is replaced when the pool hands it out, or the

@@ -67,6 +67,10 @@ class AutoPipeline:
         try:
             async with asyncio.timeout(self._timeout):
                 replies = await self._execute([command for command, _ in batch])
+            if len(replies) != len(batch):
+                # redis-py answers each command once; never hand a caller another's reply
+                raise RuntimeError(f"the pipeline answered {len(replies)} replies to "
+                                   f"{len(batch)} commands")
         except asyncio.CancelledError:
             for _, future in batch:
                 future.cancel()

@@ -9,24 +9,18 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
-import random
 import secrets
+from collections.abc import Callable, Coroutine
 from contextlib import suppress
-from typing import Any, Final, cast
+from typing import Any, Final, NamedTuple, TypeVar, cast
 
 from redis.asyncio import RedisCluster
-from redis.asyncio.lock import Lock
 from redis.asyncio.sentinel import Sentinel
-from redis.exceptions import (
-    LockNotOwnedError,
-    NoScriptError,
-    RedisClusterException,
-    RedisError,
-    ResponseError,
-)
+from redis.exceptions import LockNotOwnedError, NoScriptError, ResponseError
 
 from ...errors import ConfigError, DriverError
 from ..base import VERSION_SIZE, DriverSpec, SessionDriver, check_options
+from . import replies
 from .batching import AutoPipeline, Command
 from .client import (
     DEFAULT_CONNECT_TIMEOUT,
@@ -36,7 +30,18 @@ from .client import (
     build_client,
     check_client,
 )
-from .lock import SessionLock, is_wrongtype
+from .lock import (
+    LOCK_POLL_MAX,
+    LOCK_POLL_MIN,
+    LOCK_YIELD,
+    RELEASE_SCRIPT,
+    RELEASE_SHA,
+    Backoff,
+    SessionLock,
+    Turns,
+    is_wrongtype,
+)
+from .replies import failure
 
 __all__ = ["CAS_SCRIPT", "CAS_SHA", "DEFAULT_PREFIX", "LOCK_POLL_MAX", "LOCK_POLL_MIN",
            "RELEASE_SCRIPT", "RELEASE_SHA", "RedisDriver"]
@@ -44,11 +49,7 @@ __all__ = ["CAS_SCRIPT", "CAS_SHA", "DEFAULT_PREFIX", "LOCK_POLL_MAX", "LOCK_POL
 logger = logging.getLogger("aiosessmgr")
 
 DEFAULT_PREFIX: Final = "session:"
-#: seconds between attempts to take a session lock held by someone else: each acquire
-#: polls at its own fixed interval, drawn between these two (waiters do not poll in
-#: step) and at most a quarter of its wait
-LOCK_POLL_MIN: Final = 0.005
-LOCK_POLL_MAX: Final = 0.05
+_T = TypeVar("_T")
 
 # KEYS[1] the record; ARGV: payload, ttl in seconds, "1" if a version is expected or
 # "0" for "only if absent", the expected version. The record is read with redis.pcall:
@@ -72,9 +73,6 @@ return 1
 """
 CAS_SHA: Final = hashlib.sha1(CAS_SCRIPT.encode()).hexdigest()
 
-#: redis-py's Lock release script (deletes the lock only if the token still holds it)
-RELEASE_SCRIPT: Final = Lock.LUA_RELEASE_SCRIPT
-RELEASE_SHA: Final = hashlib.sha1(RELEASE_SCRIPT.encode()).hexdigest()
 
 
 class RedisDriver(SessionDriver):
@@ -115,7 +113,12 @@ class RedisDriver(SessionDriver):
         # that discovery can hit connections it is replacing, so the first use waits for it
         self._ready = not isinstance(client, RedisCluster)
         self._ready_lock = asyncio.Lock()
-        # releases of locks whose acquiring caller was cancelled mid-SET (see acquire_lock)
+        # this process's callers waiting for each id's lock: one at a time polls Redis
+        self._turns = Turns()
+        # token -> the lock it holds, while this process holds it
+        self._held: dict[str, _Held] = {}
+        # releases of locks whose acquiring caller was cancelled mid-SET (see _attempt),
+        # and turns ended by a lock's expiry
         self._releases: set[asyncio.Task[None]] = set()
 
     @property
@@ -170,26 +173,44 @@ class RedisDriver(SessionDriver):
         async with asyncio.timeout(self.timeout):
             return await self.client.execute_command(*command)
 
-    async def _call(self, command: Command) -> Any:
-        try:
-            return await self._send(command)
-        except (RedisError, RedisClusterException, OSError) as exc:
-            raise _driver_error(str(command[0]), exc, self.timeout) from exc
+    def _failure(self, operation: str, exc: BaseException, session_id: str) -> DriverError:
+        return failure(operation, exc, session_id, self.timeout)
 
-    async def _get(self, command: Command) -> tuple[bytes | None, bool]:
+    async def _call(self, command: Command, session_id: str,
+                    check: Callable[[str, Any], _T]) -> _T:
+        """Run *command* on *session_id*'s keys; its reply as *check* accepts it.
+
+        Whatever goes wrong - redis-py's errors, a reply of the wrong type, a reply
+        redis-py itself cannot parse (its parser raises ValueError for ``:abc`` or a line
+        over 64 KiB) - is a DriverError, with the id abbreviated in all its text.
+        """
+        operation = str(command[0])
+        try:
+            return check(operation, await self._send(command))
+        except DriverError:
+            raise
+        except Exception as exc:
+            error = exc
+        raise self._failure(operation, error, session_id)
+
+    async def _get(self, command: Command, session_id: str) -> tuple[bytes | None, bool]:
         """Run a GET-like *command*: its value, and True if the key holds another type.
 
         WRONGTYPE is one bad key, not an outage, so it is no DriverError; every other
-        failure is.
+        failure is, a reply other than a string or nil too (see :meth:`_call`).
         """
+        operation = str(command[0])
         try:
-            return _as_bytes(await self._send(command)), False
+            return replies.record(operation, await self._send(command)), False
         except ResponseError as exc:
             if is_wrongtype(exc):
                 return None, True
-            raise _driver_error(str(command[0]), exc, self.timeout) from exc
-        except (RedisError, RedisClusterException, OSError) as exc:
-            raise _driver_error(str(command[0]), exc, self.timeout) from exc
+            error: Exception = exc
+        except DriverError:
+            raise
+        except Exception as exc:
+            error = exc
+        raise self._failure(operation, error, session_id)
 
     def _foreign(self, session_id: str, suffix: str = "") -> None:
         # the id is abbreviated: it is the session's credential
@@ -198,8 +219,12 @@ class RedisDriver(SessionDriver):
                        self.prefix, session_id[:6], suffix)
 
     async def read(self, session_id: str) -> bytes | None:
-        """GET the record; None if absent, or (logged) if the key holds another type."""
-        record, foreign = await self._get(("GET", self.key(session_id)))
+        """GET the record; None if absent, or (logged) if the key holds another type.
+
+        DriverError if Redis fails, does not answer in time, or answers anything but a
+        string or nil.
+        """
+        record, foreign = await self._get(("GET", self.key(session_id)), session_id)
         if foreign:
             self._foreign(session_id)
         return record
@@ -207,16 +232,19 @@ class RedisDriver(SessionDriver):
     async def read_touch(self, session_id: str, ttl: int) -> bytes | None:
         """GETEX the record, moving its expiry to *ttl* seconds from now (one round trip).
 
-        None if absent, or (logged, expiry left alone) if the key holds another type.
+        None if absent, or (logged, expiry left alone) if the key holds another type;
+        DriverError as for :meth:`read`.
         """
-        record, foreign = await self._get(("GETEX", self.key(session_id), "EX", int(ttl)))
+        record, foreign = await self._get(("GETEX", self.key(session_id), "EX", int(ttl)),
+                                          session_id)
         if foreign:
             self._foreign(session_id)
         return record
 
     async def write(self, session_id: str, payload: bytes, ttl: int) -> None:
-        """SET the record with EX *ttl* seconds (atomic replace)."""
-        await self._call(("SET", self.key(session_id), payload, "EX", int(ttl)))
+        """SET the record with EX *ttl* seconds (atomic replace); DriverError unless OK."""
+        await self._call(("SET", self.key(session_id), payload, "EX", int(ttl)), session_id,
+                         replies.ok)
 
     async def compare_and_set(
         self, session_id: str, payload: bytes, ttl: int, expected: bytes | None
@@ -226,7 +254,8 @@ class RedisDriver(SessionDriver):
         One EVALSHA round trip; if the node does not know the script (restart, SCRIPT
         FLUSH, failover) it is sent again with EVAL, which loads it for next time.
         (redis-py's ``Script`` would cost a SCRIPT EXISTS per pipeline, and cannot
-        recover from NOSCRIPT inside a cluster pipeline.)
+        recover from NOSCRIPT inside a cluster pipeline.) DriverError if Redis fails,
+        does not answer in time, or answers anything but 0 or 1.
         """
         args: Command = (
             "EVALSHA", CAS_SHA, 1, self.key(session_id), payload, int(ttl),
@@ -237,17 +266,17 @@ class RedisDriver(SessionDriver):
                 reply = await self._send(args)
             except NoScriptError:
                 reply = await self._send(("EVAL", CAS_SCRIPT, *args[2:]))
-        except (RedisError, RedisClusterException, OSError) as exc:
-            raise _driver_error("compare-and-set", exc, self.timeout) from exc
-        return bool(reply)
+            return replies.flag("compare-and-set", reply)
+        except DriverError:
+            raise
+        except Exception as exc:
+            error = exc
+        raise self._failure("compare-and-set", error, session_id)
 
-    def _session_lock(self, session_id: str, ttl: float = 0.0, wait: float = 0.0
-                      ) -> SessionLock:
+    def _session_lock(self, session_id: str, ttl: float = 0.0) -> SessionLock:
         lock = cast(SessionLock, self.client.lock(
-            self.lock_key(session_id), timeout=max(ttl, 0.001),
-            sleep=min(random.uniform(LOCK_POLL_MIN, LOCK_POLL_MAX),
-                      max(wait / 4, LOCK_POLL_MIN)),
-            blocking_timeout=max(wait, 0.0), lock_class=SessionLock, thread_local=False,
+            self.lock_key(session_id), timeout=max(ttl, 0.001), sleep=LOCK_POLL_MIN,
+            lock_class=SessionLock, thread_local=False,
         ))
         lock.call_timeout = self.timeout
         return lock
@@ -255,58 +284,122 @@ class RedisDriver(SessionDriver):
     async def acquire_lock(self, session_id: str, ttl: float, wait: float) -> str | None:
         """Take the session's lock within *wait* seconds; a release token, or None.
 
-        redis-py's Lock: ``SET lock token NX PX ttl``, tried again at a fixed interval
-        (see LOCK_POLL_MIN) until the next try would come after *wait*. Redis expires
-        the lock *ttl* seconds after it was taken, whether or not its holder is done.
-        A lock key holding another type of value is never taken (logged once per call).
-        Raises DriverError if Redis fails or does not answer within the timeout.
+        Callers of this process queue per id (first come, first served) and only the
+        first polls Redis: ``SET lock token NX PX ttl``, then sleeps of LOCK_POLL_MIN
+        doubling to LOCK_POLL_MAX seconds (jittered) until *wait* runs out, when a last
+        attempt is made. Redis expires the lock *ttl* seconds after it was taken,
+        whether or not its holder is done, and the next caller of this process gets its
+        turn then too. A lock key holding another type of value is never taken (logged
+        once per call). Raises DriverError if Redis fails, does not answer within the
+        timeout, or answers what SET or GET cannot.
         """
+        await self._usable_for("SET", session_id)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + max(wait, 0.0)
+        turn = await self._turns.wait(session_id, max(wait, 0.0))
+        if turn is None:
+            return None
+        try:
+            token = await self._poll(session_id, ttl, deadline)
+        except BaseException:
+            await self._turns.end(session_id, turn)
+            raise
+        if token is None:
+            await self._turns.end(session_id, turn)
+            return None
+        # the turn is this process's hold on the lock: if the holder never releases, it
+        # ends when Redis expires the lock
+        timer = loop.call_later(max(ttl, 0.0), self._expired, token)
+        self._held[token] = _Held(session_id, turn, timer)
+        return token
+
+    async def _usable_for(self, operation: str, session_id: str) -> None:
+        """:meth:`_usable`, with any failure (a Cluster's discovery) as a DriverError."""
         try:
             await self._usable()
-        except (RedisError, RedisClusterException, OSError) as exc:
-            raise _driver_error("SET", exc, self.timeout) from exc
-        token = secrets.token_hex(16)  # the only token that counts as "ours" (see SessionLock)
-        lock = self._session_lock(session_id, ttl, wait)
-        attempt = asyncio.get_running_loop().create_task(lock.acquire(token=token))
-        try:
-            taken = await asyncio.shield(attempt)
-        except asyncio.CancelledError:
-            # a SET may be on the wire and may succeed: do not leave the session locked
-            # for a whole ttl by a caller that is gone
-            self._abandon(attempt, lock, session_id, token)
+            return
+        except DriverError:
             raise
-        except (RedisError, RedisClusterException, OSError) as exc:
-            raise _driver_error("SET", exc, self.timeout) from exc
-        if lock.foreign:
-            self._foreign(session_id, ":lock")
-        return token if taken else None
+        except Exception as exc:
+            error = exc
+        raise self._failure(operation, error, session_id)
+
+    async def _poll(self, session_id: str, ttl: float, deadline: float) -> str | None:
+        """Attempts at the lock, with backoff, until *deadline*: the token, or None."""
+        loop = asyncio.get_running_loop()
+        token = secrets.token_hex(16)  # the only token that counts as "ours" (see SessionLock)
+        lock = self._session_lock(session_id, ttl)
+        if self._turns.should_yield(session_id, loop.time()):
+            await asyncio.sleep(max(min(LOCK_YIELD, deadline - loop.time()), 0.0))
+        backoff = Backoff(deadline)
+        try:
+            while True:
+                if await self._attempt(lock, session_id, token):
+                    self._turns.taken(session_id, loop.time())
+                    return token
+                self._turns.missed(session_id)
+                if not await backoff.sleep():
+                    return None
+        finally:
+            if lock.foreign:
+                self._foreign(session_id, ":lock")
+
+    async def _attempt(self, lock: SessionLock, session_id: str, token: str) -> bool:
+        """One SET NX (and GET); a caller cancelled meanwhile leaves nothing locked."""
+        attempt = asyncio.ensure_future(lock.do_acquire(token.encode()))
+        try:
+            return await asyncio.shield(attempt)
+        except asyncio.CancelledError:
+            # the SET may be on the wire and may succeed: do not leave the session locked
+            # for a whole ttl by a caller that is gone
+            self._abandon(attempt, session_id, token)
+            raise
+        except Exception as exc:
+            error = exc
+        raise self._failure("SET", error, session_id)
+
+    def _expired(self, token: str) -> None:
+        """The lock of *token* expired in Redis: the next caller of this process goes on."""
+        held = self._held.pop(token, None)
+        if held is not None:
+            self._background(self._turns.end(held.session_id, held.turn))
 
     async def release_lock(self, session_id: str, token: str) -> None:
         """Delete the session's lock if *token* still holds it (one script round trip).
 
-        A lock key holding another type of value is left alone. Raises DriverError if
-        Redis fails or does not answer within the timeout.
+        A lock key holding another type of value is left alone. The next caller of this
+        process waiting for the lock goes on once the release is done. Raises
+        DriverError if Redis fails, does not answer within the timeout, or answers the
+        script with anything but 0 or 1.
         """
-        lock = self._session_lock(session_id)
+        held = self._held.get(token)
+        if held is not None and held.session_id == session_id:
+            del self._held[token]
+            held.timer.cancel()
+        else:
+            held = None
+        error: Exception | None = None
         try:
             await self._usable()
             async with asyncio.timeout(self.timeout):
-                await lock.do_release(token.encode())
+                await self._session_lock(session_id).do_release(token.encode())
         except LockNotOwnedError:
-            return  # expired, or taken by another holder since
+            pass  # expired, or taken by another holder since
         except ResponseError as exc:
-            if is_wrongtype(exc):
-                return
-            raise _driver_error("lock release", exc, self.timeout) from exc
-        except (RedisError, RedisClusterException, OSError) as exc:
-            raise _driver_error("lock release", exc, self.timeout) from exc
+            if not is_wrongtype(exc):
+                error = exc
+        except DriverError:
+            raise
+        except Exception as exc:
+            error = exc
+        finally:
+            if held is not None:
+                await self._turns.end(session_id, held.turn)
+        if error is not None:
+            raise self._failure("lock release", error, session_id)
 
-    def _abandon(self, attempt: asyncio.Task[bool], lock: SessionLock, session_id: str,
-                 token: str) -> None:
-        """End an acquire whose caller is gone; if its SET still wins, release the lock."""
-        lock.abandoned = True
-        if not lock.in_flight:
-            attempt.cancel()  # between attempts: nothing of it is on the wire
+    def _abandon(self, attempt: asyncio.Future[bool], session_id: str, token: str) -> None:
+        """Wait for the SET of a caller that is gone; if it won the lock, release it."""
 
         async def release() -> None:
             # waiting for the SET's reply first: a release sent on another connection
@@ -317,13 +410,16 @@ class RedisDriver(SessionDriver):
             with suppress(DriverError):  # the lock expires after its ttl anyway
                 await self.release_lock(session_id, token)
 
-        task = asyncio.get_running_loop().create_task(release())
+        self._background(release())
+
+    def _background(self, work: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.get_running_loop().create_task(work)
         self._releases.add(task)
         task.add_done_callback(self._releases.discard)
 
     async def destroy(self, session_id: str) -> None:
-        """DEL the record."""
-        await self._call(("DEL", self.key(session_id)))
+        """DEL the record; DriverError if Redis fails or answers anything but 0 or 1."""
+        await self._call(("DEL", self.key(session_id)), session_id, replies.flag)
 
     async def gc(self, max_lifetime: int) -> int:
         """Return 0: Redis expires every record itself (each write sets EX ttl)."""
@@ -336,6 +432,8 @@ class RedisDriver(SessionDriver):
         """
         if self._closed:
             return
+        for held in self._held.values():
+            held.timer.cancel()
         if self._releases:
             await asyncio.gather(*self._releases, return_exceptions=True)
         self._closed = True
@@ -354,19 +452,12 @@ class RedisDriver(SessionDriver):
                 f"pipelining={self.pipelining} timeout={self.timeout:g}s>")
 
 
-def _as_bytes(reply: Any) -> bytes | None:
-    return None if reply is None else bytes(reply)
+class _Held(NamedTuple):
+    """A lock this process holds: its id, its caller's turn, and the turn's expiry timer."""
 
-
-def _driver_error(operation: str, exc: BaseException, timeout: float) -> DriverError:
-    """The DriverError for a redis, OS or timeout failure (the cause stays chained)."""
-    if isinstance(exc, TimeoutError):
-        return DriverError(f"redis {operation} got no answer within {timeout:g}s")
-    detail = str(exc)
-    if len(detail) > 300:
-        # some redis-py messages embed a whole client repr; the cause keeps all of it
-        detail = detail[:300] + "…"
-    return DriverError(f"redis {operation} failed: {type(exc).__name__}: {detail}")
+    session_id: str
+    turn: str
+    timer: asyncio.TimerHandle
 
 
 def _check_prefix(prefix: Any) -> None:

@@ -1,17 +1,50 @@
-"""Session locks on redis-py's own ``Lock`` (SET NX PX with a token, Lua release)."""
+"""Session locks: redis-py's ``Lock`` for each attempt, and one poller per id per process.
+
+:class:`SessionLock` is redis-py's Lock with checked replies: ``SET name token NX PX
+ttl`` to take it, Lock's Lua script to release it. Waiting is not Lock's fixed-interval
+loop: :class:`Turns` queues the callers of this process that want one id's lock (an
+``aiosessmgr.locks.LocalLocks`` per id, first come first served), so only the caller
+whose turn it is sends ``SET NX``, with :class:`Backoff` between attempts; the others
+wait on an asyncio lock and send nothing. A hundred waiters of one id cost what one
+costs: about 25 attempts a second while another process holds the lock, not thousands.
+When the holder releases, the next waiter's turn starts at once, after the release.
+
+Another process still gets its share: a waiter there polls at least every
+:data:`LOCK_POLL_MAX` seconds, and once this process has passed an id's lock from one
+of its waiters to the next for :data:`LOCK_RUN` seconds, the next one first lets it go
+for :data:`LOCK_YIELD` seconds (longer than that polling interval) before trying.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import random
+from typing import Final
 
 from redis.asyncio.lock import Lock
-from redis.exceptions import ResponseError
+from redis.exceptions import LockNotOwnedError, NoScriptError, ResponseError
 
-__all__ = ["AcquireAbandoned", "SessionLock", "is_wrongtype"]
+from ...locks import LocalLocks
+from . import replies
 
+__all__ = ["LOCK_POLL_MAX", "LOCK_POLL_MIN", "LOCK_RUN", "LOCK_YIELD", "RELEASE_SCRIPT",
+           "RELEASE_SHA", "Backoff", "SessionLock", "Turns", "is_wrongtype"]
 
-class AcquireAbandoned(Exception):
-    """Raised inside an acquire whose caller is gone, to end its polling."""
+#: redis-py's Lock release script (deletes the lock only if the token still holds it)
+RELEASE_SCRIPT: Final = Lock.LUA_RELEASE_SCRIPT
+RELEASE_SHA: Final = hashlib.sha1(RELEASE_SCRIPT.encode()).hexdigest()
+
+#: seconds between attempts at a lock held elsewhere: the first sleep, and the longest
+#: (each sleep is drawn between half its delay and its delay, which doubles up to this)
+LOCK_POLL_MIN: Final = 0.005
+LOCK_POLL_MAX: Final = 0.05
+#: seconds this process may keep passing one id's lock between its own waiters before
+#: it lets other processes have a go
+LOCK_RUN: Final = 0.5
+#: seconds the lock is left free then: twice the longest sleep between attempts, so a
+#: waiter of another process tries at least once meanwhile
+LOCK_YIELD: Final = 2 * LOCK_POLL_MAX
 
 
 def is_wrongtype(exc: ResponseError) -> bool:
@@ -24,52 +57,142 @@ def is_wrongtype(exc: ResponseError) -> bool:
 
 
 class SessionLock(Lock):
-    """redis-py's Lock, taken the way a session lock must be.
+    """redis-py's Lock, taken and released the way a session lock must be.
 
-    ``acquire`` is redis-py's (``SET name token NX PX timeout``, then a ``sleep`` and
-    another try until ``blocking_timeout`` runs out), release its Lua script (which
-    loads itself again on NOSCRIPT). ``do_acquire`` adds three things:
-
-    * a SET refused by our own earlier attempt counts as taken: a SET whose connection
-      failed after it landed is sent again by redis-py's retry, and the token (this
-      acquire's alone) then already holds the key;
-    * a key of another type under the lock's name is never taken: the attempt answers
-      "not taken" and sets :attr:`foreign` (the driver logs it once);
-    * every command is bounded by :attr:`call_timeout` seconds, and an acquire whose
-      caller was cancelled (:attr:`abandoned`) sends nothing more; :attr:`in_flight`
-      tells whether an attempt's SET may be on the wire.
+    :meth:`do_acquire` is one attempt, ``SET name token NX PX timeout``, with three
+    additions: a SET refused by our own earlier attempt counts as taken (a SET whose
+    connection failed after it landed is sent again by redis-py's retry, and the token,
+    this acquire's alone, then already holds the key); a key of another type under the
+    lock's name is never taken (the attempt answers "not taken" and sets
+    :attr:`foreign`); and every reply is checked (:mod:`.replies`), every command bounded
+    by :attr:`call_timeout` seconds. :meth:`do_release` is Lock's Lua script, its reply
+    checked.
     """
 
     #: seconds each command of an attempt may take (the driver sets its own timeout)
     call_timeout: float = 6.0
     #: set once an attempt met a key of another type under the lock's name
     foreign: bool = False
-    #: set by the driver when the acquiring caller is gone
-    abandoned: bool = False
-    #: True while an attempt's commands are being sent or answered
-    in_flight: bool = False
 
     async def do_acquire(self, token: str | bytes) -> bool:
-        """One attempt: True if *token* holds the lock now, False if another value does."""
-        if self.abandoned:
-            raise AcquireAbandoned
-        self.in_flight = True
+        """One attempt: True if *token* holds the lock now, False if another value does.
+
+        Raises UnexpectedReply for a reply Redis cannot give, and redis-py's errors.
+        """
+        ttl_ms = int(self.timeout * 1000) if self.timeout else None
+        async with asyncio.timeout(self.call_timeout):
+            reply = await self.redis.set(self.name, token, nx=True, px=ttl_ms)
+        if replies.set_nx("SET NX", reply):
+            return True
         try:
             async with asyncio.timeout(self.call_timeout):
-                if await super().do_acquire(token):
-                    return True
-            try:
-                async with asyncio.timeout(self.call_timeout):
-                    holder = await self.redis.get(self.name)
-            except ResponseError as exc:
-                if not is_wrongtype(exc):
-                    raise
-                self.foreign = True
-                holder = None
-        finally:
-            self.in_flight = False
-        if holder is not None and holder == token:
-            return True
-        if self.abandoned:
-            raise AcquireAbandoned
-        return False
+                holder = replies.record("GET", await self.redis.get(self.name))
+        except ResponseError as exc:
+            if not is_wrongtype(exc):
+                raise
+            self.foreign = True
+            return False
+        return holder is not None and holder == token
+
+    async def do_release(self, expected_token: bytes) -> None:
+        """Delete the lock if *expected_token* holds it; LockNotOwnedError if it does not.
+
+        Lock's own release script, sent as ``EVALSHA`` of its SHA1 and, if the node does
+        not know it, once more as ``EVAL`` (which loads it). Not through Lock's
+        ``lua_release``: that ``Script`` object is shared by the whole process and takes
+        whatever ``SCRIPT LOAD`` answers for its SHA from then on, so one wrong reply
+        (an array, say) would break every later release.
+        """
+        try:
+            reply = await self.redis.execute_command("EVALSHA", RELEASE_SHA, 1, self.name,
+                                                     expected_token)
+        except NoScriptError:
+            reply = await self.redis.execute_command("EVAL", RELEASE_SCRIPT, 1, self.name,
+                                                     expected_token)
+        if not replies.flag("lock release", reply):
+            raise LockNotOwnedError("Cannot release a lock that's no longer owned")
+
+
+class Backoff:
+    """Jittered sleeps between lock attempts, doubling up to LOCK_POLL_MAX, until a deadline.
+
+    *deadline* is on the event loop's clock. :meth:`sleep` answers False, without
+    sleeping, once it has passed; the last sleep ends at the deadline, so a last
+    attempt comes then.
+    """
+
+    __slots__ = ("_delay", "_loop", "deadline")
+
+    def __init__(self, deadline: float) -> None:
+        self._loop = asyncio.get_running_loop()
+        self.deadline = deadline
+        self._delay = LOCK_POLL_MIN
+
+    async def sleep(self) -> bool:
+        """Sleep before the next attempt; False (no sleep) if the deadline has passed."""
+        remaining = self.deadline - self._loop.time()
+        if remaining <= 0:
+            return False
+        await asyncio.sleep(min(remaining, random.uniform(self._delay / 2, self._delay)))
+        self._delay = min(self._delay * 2, LOCK_POLL_MAX)
+        return True
+
+
+class Turns:
+    """The callers of this process waiting for each id's lock: one at a time tries Redis.
+
+    :meth:`wait` queues a caller behind the others of its id (first come, first
+    served; a caller that times out or is cancelled leaves the queue without holding
+    it up) and gives it a turn token; :meth:`end` passes the turn to the next one. The
+    turn is held while polling and while holding the Redis lock. Also tracks how long
+    this process has been passing an id's lock between its own waiters (see the module).
+    """
+
+    def __init__(self) -> None:
+        self._queue = LocalLocks()
+        # id -> callers waiting for or holding a turn; the entry goes with the last one
+        self._users: dict[str, int] = {}
+        # id -> loop time since which this process has held the id's lock without a break
+        self._runs: dict[str, float] = {}
+
+    async def wait(self, session_id: str, wait: float) -> str | None:
+        """Wait up to *wait* seconds for the id's turn; a turn token, or None on timeout."""
+        self._users[session_id] = self._users.get(session_id, 0) + 1
+        try:
+            turn = await self._queue.acquire_lock(session_id, 0.0, wait)
+        except BaseException:
+            self._unuse(session_id)
+            raise
+        if turn is None:
+            self._unuse(session_id)
+        return turn
+
+    async def end(self, session_id: str, turn: str) -> None:
+        """End *turn* (from :meth:`wait`): the next caller waiting for the id goes on."""
+        await self._queue.release_lock(session_id, turn)
+        self._unuse(session_id)
+
+    def should_yield(self, session_id: str, now: float) -> bool:
+        """True if this process has held the id's lock for LOCK_RUN seconds on end: the
+        caller whose turn it is should leave the lock free for LOCK_YIELD seconds."""
+        since = self._runs.get(session_id)
+        if since is None or now - since < LOCK_RUN:
+            return False
+        del self._runs[session_id]
+        return True
+
+    def taken(self, session_id: str, now: float) -> None:
+        """This process took the id's lock (a run of holders starts, or goes on)."""
+        self._runs.setdefault(session_id, now)
+
+    def missed(self, session_id: str) -> None:
+        """An attempt found the lock held by someone else: this process's run is over."""
+        self._runs.pop(session_id, None)
+
+    def _unuse(self, session_id: str) -> None:
+        users = self._users[session_id] - 1
+        if users:
+            self._users[session_id] = users
+        else:
+            del self._users[session_id]
+            self._runs.pop(session_id, None)

@@ -8,8 +8,39 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import random
 
-__all__ = ["LocalLocks"]
+__all__ = ["Backoff", "LocalLocks"]
+
+
+class Backoff:
+    """Jittered sleeps between lock attempts, doubling from *first* to *cap* seconds.
+
+    *deadline* is on the event loop's clock. :meth:`sleep` answers False, without
+    sleeping, once it has passed; the last sleep ends at the deadline, so a last
+    attempt comes then. Shared by the file and Redis drivers' lock waits.
+    """
+
+    __slots__ = ("_cap", "_delay", "_loop", "deadline")
+
+    def __init__(self, deadline: float, first: float, cap: float) -> None:
+        self._loop = asyncio.get_running_loop()
+        self.deadline = deadline
+        self._delay = first
+        self._cap = cap
+
+    def remaining(self) -> float:
+        """Seconds left until the deadline (0 once it has passed)."""
+        return max(self.deadline - self._loop.time(), 0.0)
+
+    async def sleep(self) -> bool:
+        """Sleep before the next attempt; False (no sleep) if the deadline has passed."""
+        remaining = self.deadline - self._loop.time()
+        if remaining <= 0:
+            return False
+        await asyncio.sleep(min(remaining, random.uniform(self._delay / 2, self._delay)))
+        self._delay = min(self._delay * 2, self._cap)
+        return True
 
 
 class LocalLocks:

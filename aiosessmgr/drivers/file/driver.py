@@ -22,7 +22,7 @@ from ...ids import is_valid_session_id
 from ...locks import LocalLocks
 from ..base import DriverSpec, SessionDriver, check_options
 from .fs import LOCK_STRIPES, Directory, ReadRequest, prepare_directory, stripe_of
-from .locking import Backoff, Busy
+from .locking import Busy, backoff
 
 __all__ = ["DEFAULT_LOCK_TIMEOUT", "DEFAULT_MAX_WORKERS", "FileDriver"]
 
@@ -296,7 +296,7 @@ class FileDriver(SessionDriver):
         """
         stripe = stripe_of(session_id)
         key = _STRIPE_KEYS[stripe]
-        backoff = Backoff(self.lock_timeout)
+        waits = backoff(self.lock_timeout)
         token = await self._stripe_locks.acquire_lock(key, self.lock_timeout,
                                                       self.lock_timeout)
         if token is None:
@@ -309,7 +309,7 @@ class FileDriver(SessionDriver):
                 result = await operation(*args, executor=self._executor())
                 if not isinstance(result, Busy):
                     return result
-                if not await backoff.sleep():
+                if not await waits.sleep():
                     raise DriverError(
                         f"file session store {self.path!r}: timed out after "
                         f"{self.lock_timeout:g} s waiting for lock file "
@@ -374,7 +374,7 @@ class FileDriver(SessionDriver):
         """
         if not _valid_id(session_id):
             raise ValueError(_NOT_AN_ID)
-        backoff = Backoff(wait)
+        waits = backoff(wait)
         local = await self._local_locks.acquire_lock(session_id, ttl, max(wait, 0.0))
         if local is None:
             return None
@@ -385,7 +385,7 @@ class FileDriver(SessionDriver):
                     token = secrets.token_hex(16)
                     self._held[token] = (session_id, fd, local)
                     return token
-                if not await backoff.sleep():
+                if not await waits.sleep():
                     await self._local_locks.release_lock(session_id, local)
                     return None
         except BaseException:
@@ -452,9 +452,9 @@ class FileDriver(SessionDriver):
                 removed += count
         finally:
             scan.close()
-        backoff = Backoff(self.lock_timeout)
+        waits = backoff(self.lock_timeout)
         while deferred:
-            if not await backoff.sleep():
+            if not await waits.sleep():
                 raise DriverError(
                     f"file session store {self.path!r}: timed out after "
                     f"{self.lock_timeout:g} s waiting for the lock files of "

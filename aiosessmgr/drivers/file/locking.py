@@ -1,10 +1,11 @@
 """Locks of the file driver: ``flock`` attempts that never wait, and async backoff.
 
-Every function here except :class:`Backoff` runs in a thread of the driver's pool and
+Every function here except :func:`backoff` runs in a thread of the driver's pool and
 returns at once: a lock is tried with ``LOCK_EX | LOCK_NB``, and a lock held by someone
 else is reported (``None`` or :data:`BUSY`), never waited for. Waiting is the event
-loop's job: :class:`Backoff` sleeps with ``asyncio.sleep`` between attempts, so a lock
-held by another process costs no thread at all, in our pool or anyone's.
+loop's job: :func:`backoff` (an :class:`aiosessmgr.locks.Backoff`) sleeps with
+``asyncio.sleep`` between attempts, so a lock held by another process costs no thread
+at all, in our pool or anyone's.
 
 ``flock`` locks belong to an open file description: two descriptors opened separately
 exclude each other, whether they are in one process or two, and the kernel drops the
@@ -17,10 +18,11 @@ import asyncio
 import enum
 import fcntl
 import os
-import random
 from typing import Final
 
-__all__ = ["BUSY", "LOCK_POLL_MAX", "LOCK_POLL_MIN", "Backoff", "Busy", "remove_abandoned",
+from ...locks import Backoff
+
+__all__ = ["BUSY", "LOCK_POLL_MAX", "LOCK_POLL_MIN", "Busy", "backoff", "remove_abandoned",
            "same_file", "try_session_lock", "try_stripe", "unlock_session"]
 
 #: seconds between attempts at a lock held by another process: the first sleep, and the
@@ -129,29 +131,7 @@ def remove_abandoned(path: str) -> None:
         os.close(fd)
 
 
-class Backoff:
-    """Jittered, growing sleeps between lock attempts, until a deadline.
-
-    *timeout* is in seconds from now, on the event loop's clock. :meth:`sleep` sleeps
-    before the next attempt and answers False, without sleeping, once time is up.
-    """
-
-    __slots__ = ("_delay", "_loop", "deadline")
-
-    def __init__(self, timeout: float) -> None:
-        self._loop = asyncio.get_running_loop()
-        self.deadline = self._loop.time() + max(timeout, 0.0)
-        self._delay = LOCK_POLL_MIN
-
-    def remaining(self) -> float:
-        """Seconds left until the deadline (0 once it has passed)."""
-        return max(self.deadline - self._loop.time(), 0.0)
-
-    async def sleep(self) -> bool:
-        """Sleep before the next attempt; False (no sleep) if the deadline has passed."""
-        remaining = self.deadline - self._loop.time()
-        if remaining <= 0:
-            return False
-        await asyncio.sleep(min(remaining, random.uniform(self._delay / 2, self._delay)))
-        self._delay = min(self._delay * 2, LOCK_POLL_MAX)
-        return True
+def backoff(timeout: float) -> Backoff:
+    """The waits of one lock attempt loop: *timeout* seconds from now, on the loop's clock."""
+    deadline = asyncio.get_running_loop().time() + max(timeout, 0.0)
+    return Backoff(deadline, LOCK_POLL_MIN, LOCK_POLL_MAX)

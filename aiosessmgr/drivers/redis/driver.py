@@ -36,9 +36,9 @@ from .lock import (
     LOCK_YIELD,
     RELEASE_SCRIPT,
     RELEASE_SHA,
-    Backoff,
     SessionLock,
     Turns,
+    backoff,
     is_wrongtype,
 )
 from .replies import failure
@@ -331,14 +331,14 @@ class RedisDriver(SessionDriver):
         lock = self._session_lock(session_id, ttl)
         if self._turns.should_yield(session_id, loop.time()):
             await asyncio.sleep(max(min(LOCK_YIELD, deadline - loop.time()), 0.0))
-        backoff = Backoff(deadline)
+        waits = backoff(deadline)
         try:
             while True:
                 if await self._attempt(lock, session_id, token):
                     self._turns.taken(session_id, loop.time())
                     return token
                 self._turns.missed(session_id)
-                if not await backoff.sleep():
+                if not await waits.sleep():
                     return None
         finally:
             if lock.foreign:

@@ -4,7 +4,7 @@
 ttl`` to take it, Lock's Lua script to release it. Waiting is not Lock's fixed-interval
 loop: :class:`Turns` queues the callers of this process that want one id's lock (an
 ``aiosessmgr.locks.LocalLocks`` per id, first come first served), so only the caller
-whose turn it is sends ``SET NX``, with :class:`Backoff` between attempts; the others
+whose turn it is sends ``SET NX``, with :func:`backoff` between attempts; the others
 wait on an asyncio lock and send nothing. A hundred waiters of one id cost what one
 costs: about 25 attempts a second while another process holds the lock, not thousands.
 When the holder releases, the next waiter's turn starts at once, after the release.
@@ -19,17 +19,16 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import random
 from typing import Final
 
 from redis.asyncio.lock import Lock
 from redis.exceptions import LockNotOwnedError, NoScriptError, ResponseError
 
-from ...locks import LocalLocks
+from ...locks import Backoff, LocalLocks
 from . import replies
 
 __all__ = ["LOCK_POLL_MAX", "LOCK_POLL_MIN", "LOCK_RUN", "LOCK_YIELD", "RELEASE_SCRIPT",
-           "RELEASE_SHA", "Backoff", "SessionLock", "Turns", "is_wrongtype"]
+           "RELEASE_SHA", "SessionLock", "Turns", "backoff", "is_wrongtype"]
 
 #: redis-py's Lock release script (deletes the lock only if the token still holds it)
 RELEASE_SCRIPT: Final = Lock.LUA_RELEASE_SCRIPT
@@ -113,29 +112,9 @@ class SessionLock(Lock):
             raise LockNotOwnedError("Cannot release a lock that's no longer owned")
 
 
-class Backoff:
-    """Jittered sleeps between lock attempts, doubling up to LOCK_POLL_MAX, until a deadline.
-
-    *deadline* is on the event loop's clock. :meth:`sleep` answers False, without
-    sleeping, once it has passed; the last sleep ends at the deadline, so a last
-    attempt comes then.
-    """
-
-    __slots__ = ("_delay", "_loop", "deadline")
-
-    def __init__(self, deadline: float) -> None:
-        self._loop = asyncio.get_running_loop()
-        self.deadline = deadline
-        self._delay = LOCK_POLL_MIN
-
-    async def sleep(self) -> bool:
-        """Sleep before the next attempt; False (no sleep) if the deadline has passed."""
-        remaining = self.deadline - self._loop.time()
-        if remaining <= 0:
-            return False
-        await asyncio.sleep(min(remaining, random.uniform(self._delay / 2, self._delay)))
-        self._delay = min(self._delay * 2, LOCK_POLL_MAX)
-        return True
+def backoff(deadline: float) -> Backoff:
+    """The waits of one lock wait, until *deadline* on the event loop's clock."""
+    return Backoff(deadline, LOCK_POLL_MIN, LOCK_POLL_MAX)
 
 
 class Turns:

@@ -17,15 +17,22 @@ stream off from the connection's flow control, ``total_bytes`` accounting and li
   for the boundary, and the connection is read no further ahead of the parser than
   aiohttp's own read buffer), so a form that sends the field before its file fields costs
   a few KiB of its upload, whatever the upload's size. A field after file parts is looked
-  for in the first ``request.client_max_size`` bytes (1 MiB when that is 0, unlimited),
-  no further: beyond them the answer is ``NotFound.OUT_OF_REACH``.
+  for in the first ``MULTIPART_SEARCH_BYTES`` (1 MiB), or ``request.client_max_size``
+  bytes if smaller, no further: beyond them the answer is ``NotFound.OUT_OF_REACH``. So
+  what is held here per request is bounded, however large the app lets uploads be.
+- Only the first ``MAX_FIELDS`` (1,000, aiohttp's default ``client_max_fields``) parts of
+  a multipart body, or ``&``-separated fields of an urlencoded one, are looked at: a body
+  of many tiny fields costs no more than that. Past them the answer is
+  ``NotFound.TOO_MANY_FIELDS``. A nested multipart part (which ``post()`` refuses) ends
+  the search: ``NotFound.ABSENT``.
 
 A body that cannot be parsed (no boundary, unknown charset, invalid UTF-8, JSON nested too
 deeply, a ``Content-Encoding`` that does not decode, ...) does not hold the field:
 ``NotFound.ABSENT``, never an exception. Errors of
 the connection itself (a client that goes away mid-body) propagate, as in the handler.
 A body that an outer middleware already consumed is looked up in what ``request.read()``
-and ``request.post()`` cached.
+and ``request.post()`` cached (a multipart body cached by ``read()`` is parsed from those
+bytes, with the same limits).
 """
 
 from __future__ import annotations
@@ -45,10 +52,13 @@ from aiohttp.http import HttpProcessingError
 # chunking): aiohttp puts RequestPayloadError on the stream, or its parser's own error
 _UNDECODABLE = (web.RequestPayloadError, HttpProcessingError)
 
-__all__ = ["NotFound", "find_field"]
+__all__ = ["MAX_FIELDS", "MULTIPART_SEARCH_BYTES", "NotFound", "find_field",
+           "multipart_reach"]
 
-#: how far a multipart body is searched when client_max_size is 0 (aiohttp's default limit)
-_UNLIMITED_SEARCH = 1024**2
+#: how many bytes of a multipart body at most are searched (read and held) for a field
+MULTIPART_SEARCH_BYTES = 1024**2
+#: how many multipart parts or urlencoded fields at most are searched for a field
+MAX_FIELDS = 1000
 
 
 class NotFound(enum.Enum):
@@ -56,8 +66,17 @@ class NotFound(enum.Enum):
 
     #: the body has no such text field (or could not be parsed)
     ABSENT = "absent"
-    #: multipart: the field was not within the first client_max_size bytes
+    #: multipart: the field was not within the first multipart_reach() bytes
     OUT_OF_REACH = "out of reach"
+    #: the field was not among the first MAX_FIELDS parts or fields
+    TOO_MANY_FIELDS = "too many fields"
+
+
+def multipart_reach(request: web.Request) -> int:
+    """How many bytes of *request*'s multipart body ``find_field`` searches at most:
+    ``MULTIPART_SEARCH_BYTES``, or ``request.client_max_size`` if smaller (and not 0)."""
+    limit = request.client_max_size
+    return min(limit, MULTIPART_SEARCH_BYTES) if limit > 0 else MULTIPART_SEARCH_BYTES
 
 
 async def find_field(request: web.Request, name: str) -> str | NotFound:
@@ -73,7 +92,12 @@ async def find_field(request: web.Request, name: str) -> str | NotFound:
     # consumed before us (say, by an outer middleware): read() and post() answer from cache
     consumed = request.content.at_eof()
     if content_type == "multipart/form-data":
-        return await (_from_posted(request, name) if consumed else _from_multipart(request, name))
+        if not consumed:
+            return await _from_multipart(request, name)
+        # read() cached the bytes (post() cannot parse them again then), or post() the form
+        cached = await request.read()
+        return await (_from_cached_multipart(request, cached, name) if cached
+                      else _from_posted(request, name))
     is_json = content_type == "application/json" or content_type.endswith("+json")
     if not is_json and content_type != "application/x-www-form-urlencoded":
         return NotFound.ABSENT
@@ -116,12 +140,17 @@ async def _read_whole(request: web.Request) -> bytes:
 
 def _from_urlencoded(body: bytes, charset: str, name: str) -> str | NotFound:
     try:
-        # decoded as request.post() does: the text first, then the percent-escapes
-        pairs = parse_qsl(body.rstrip().decode(charset), keep_blank_values=True,
+        # decoded as request.post() does: the text first, then the percent-escapes; only
+        # the first MAX_FIELDS fields are parsed (split() stops there, in C)
+        fields = body.rstrip().decode(charset).split("&", MAX_FIELDS)
+        pairs = parse_qsl("&".join(fields[:MAX_FIELDS]), keep_blank_values=True,
                           encoding=charset)
     except (LookupError, ValueError):
         return NotFound.ABSENT
-    return next((value for key, value in pairs if key == name), NotFound.ABSENT)
+    found = next((value for key, value in pairs if key == name), NotFound.ABSENT)
+    if found is NotFound.ABSENT and len(fields) > MAX_FIELDS:
+        return NotFound.TOO_MANY_FIELDS
+    return found
 
 
 def _from_json(body: bytes, charset: str, name: str) -> str | NotFound:
@@ -167,16 +196,37 @@ class _Valve(BaseProtocol):
         self.open.set()
 
 
-async def _from_multipart(request: web.Request, name: str) -> str | NotFound:
-    stream = request.content
-    room = request.client_max_size or _UNLIMITED_SEARCH
+def _parser(request: web.Request) -> tuple[StreamReader, _Valve, MultipartReader | None]:
+    """An in-memory stream, its valve, and a multipart parser reading it (None: the
+    request's boundary is missing or invalid)."""
     loop = asyncio.get_running_loop()
     valve = _Valve(loop)
     # the copy gets the connection stream's limits: same line-length limit for part headers
-    copy = StreamReader(valve, stream.get_read_buffer_limits()[0], loop=loop)
+    copy = StreamReader(valve, request.content.get_read_buffer_limits()[0], loop=loop)
     try:
-        parts = MultipartReader(request.headers, copy)
-    except ValueError:  # no boundary, or an invalid one
+        return copy, valve, MultipartReader(request.headers, copy)
+    except ValueError:
+        return copy, valve, None
+
+
+async def _from_cached_multipart(request: web.Request, body: bytes,
+                                 name: str) -> str | NotFound:
+    """*name* in a multipart body that read() cached, searched as a streamed one is."""
+    room = multipart_reach(request)
+    copy, _, parts = _parser(request)
+    if parts is None:
+        return NotFound.ABSENT
+    copy.feed_data(body[:room])
+    copy.feed_eof()
+    found = await _search_parts(parts, name)
+    return NotFound.OUT_OF_REACH if found is NotFound.ABSENT and len(body) > room else found
+
+
+async def _from_multipart(request: web.Request, name: str) -> str | NotFound:
+    stream = request.content
+    room = multipart_reach(request)
+    copy, valve, parts = _parser(request)
+    if parts is None:  # no boundary, or an invalid one
         return NotFound.ABSENT
     taken: list[bytes] = []
     truncated = False
@@ -206,32 +256,45 @@ async def _from_multipart(request: web.Request, name: str) -> str | NotFound:
 
     pumping = asyncio.create_task(pump())
     try:
-        try:
-            value = await _first_text_part(parts, name)
-        except Exception:
-            # aiohttp's parser raises ValueError, AssertionError, RuntimeError, LineTooLong
-            # and more on malformed input, and a part's charset may be unknown: no value
-            value = None
+        found = await _search_parts(parts, name)
     finally:
         pumping.cancel()
         await asyncio.wait([pumping])  # no read of the stream may be pending on return
         _put_back(stream, taken)
-    if value is not None:
-        return value
+    if found is not NotFound.ABSENT:
+        return found
     if failure is not None and not isinstance(failure, _UNDECODABLE):
         raise failure  # the connection's error, as the handler's own read would see it
     return NotFound.OUT_OF_REACH if truncated else NotFound.ABSENT
 
 
-async def _first_text_part(parts: MultipartReader, name: str) -> str | None:
-    """The first part named *name* as ``request.post()`` decodes it, if it is text."""
-    while (part := await parts.next()) is not None:
-        if not isinstance(part, BodyPartReader) or part.name != name:
+async def _search_parts(parts: MultipartReader, name: str) -> str | NotFound:
+    """_first_text_part(), any parser error meaning no value."""
+    try:
+        return await _first_text_part(parts, name)
+    except Exception:
+        # aiohttp's parser raises ValueError, AssertionError, RuntimeError, LineTooLong
+        # and more on malformed input, and a part's charset may be unknown: no value
+        return NotFound.ABSENT
+
+
+async def _first_text_part(parts: MultipartReader, name: str) -> str | NotFound:
+    """The first part named *name* as ``request.post()`` decodes it, if it is text, and
+    among the first MAX_FIELDS parts."""
+    for _ in range(MAX_FIELDS):
+        part = await parts.next()
+        if part is None:
+            return NotFound.ABSENT
+        if not isinstance(part, BodyPartReader):
+            # a nested multipart: post() refuses it, and releasing it would parse all of
+            # its parts, uncounted
+            return NotFound.ABSENT
+        if part.name != name:
             await part.release()
             continue
         content_type = part.headers.get(hdrs.CONTENT_TYPE)
         if part.filename or (content_type is not None and not content_type.startswith("text/")):
-            return None
+            return NotFound.ABSENT
         data = await part.read(decode=True)  # form-data parts are never decompressed
         return data.decode(part.get_charset(default="utf-8"))
-    return None
+    return NotFound.ABSENT if await parts.next() is None else NotFound.TOO_MANY_FIELDS

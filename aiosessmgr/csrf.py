@@ -21,11 +21,16 @@ body is read whole to find ``_token`` (above the app's ``client_max_size``: 413,
 handler's own ``read()`` would answer). A multipart form is read only until its
 ``_token`` field is complete, so with the field before any file field (where a form's
 hidden field usually is) uploads of any size stream to the handler without being
-buffered here. A token after file fields is looked for in the first ``client_max_size``
-bytes (1 MiB when unlimited) only; past them the request gets 403 with a reason saying
-to send the token in the ``X-CSRF-Token`` header or before any file field. A body that
-cannot be parsed, or that ends before it is complete (the client went away), holds no
-token: 403 "CSRF token missing", never a 500 or a traceback.
+buffered here. A token after file fields is looked for in the first
+``aiosessmgr.body.MULTIPART_SEARCH_BYTES`` (1 MiB) only, or ``client_max_size`` if
+smaller; past them the request gets 403 with a reason saying to send the token in the
+``X-CSRF-Token`` header or before any file field. Only the first
+``aiosessmgr.body.MAX_FIELDS`` (1,000) multipart parts or urlencoded fields are searched,
+so a body of many tiny fields costs no more; past them: 403 with the same advice. A new
+session (no cookie, or one that expired) holds no CSRF secret, so no token can match:
+403 at once, the body left unread. A body that cannot be parsed, or that ends
+before it is complete (the client went away), holds no token: 403 "CSRF token missing",
+never a 500 or a traceback.
 """
 
 from __future__ import annotations
@@ -34,14 +39,17 @@ import base64
 import binascii
 import fnmatch
 import hmac
+import itertools
 import secrets
+import types
 from collections.abc import Awaitable, Callable, Iterable
-from typing import TypeVar
+from typing import Final, TypeVar
 
 from aiohttp import web
+from aiohttp.abc import AbstractView
 from aiohttp.typedefs import Handler, Middleware
 
-from .body import NotFound, find_field
+from .body import MAX_FIELDS, NotFound, find_field, multipart_reach
 from .manager import SessionManager
 from .web import get_session
 
@@ -62,6 +70,8 @@ CSRF_FIELD = "_token"
 #: the safe methods of RFC 9110, section 9.2.1; every other method needs the token
 _SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "TRACE"})
 _EXEMPT_ATTR = "__aiosessmgr_csrf_exempt__"
+#: the value csrf_exempt() stores: a truthy attribute of any other origin exempts nothing
+_EXEMPT: Final = object()
 
 F = TypeVar("F", bound=Callable[..., Awaitable[web.StreamResponse]])
 
@@ -102,9 +112,45 @@ async def csrf_token(request: web.Request, manager: SessionManager | None = None
 
 
 def csrf_exempt(handler: F) -> F:
-    """Mark a handler (e.g. a webhook with its own authentication) as not CSRF-checked."""
-    setattr(handler, _EXEMPT_ATTR, True)
+    """Mark a handler (e.g. a webhook with its own authentication) as not CSRF-checked.
+
+    Works on a handler function (or ``functools.partial``, or a callable object), on a
+    class-based view (``web.View`` subclass: all its methods), and on one method of a view
+    (``@csrf_exempt async def post(self)``: that HTTP method only). The mark is looked up
+    on the object itself, never inherited: a subclass of an exempt view, or a view that
+    inherits an exempt method without redefining it, is checked (mark it too). Raises
+    ``TypeError`` for a bound method (decorate the function in the class body instead) or
+    an object that cannot hold attributes.
+    """
+    if isinstance(handler, types.MethodType):
+        raise TypeError("csrf_exempt: decorate the function in the class body, not the bound"
+                        f" method {handler!r}")
+    try:
+        setattr(handler, _EXEMPT_ATTR, _EXEMPT)
+    except (AttributeError, TypeError) as exc:
+        raise TypeError(f"csrf_exempt: cannot mark {handler!r}: {exc}") from None
     return handler
+
+
+def _marked(obj: object) -> bool:
+    """Whether csrf_exempt() marked *obj* itself: its own ``__dict__``, never the class's,
+    a base class's or a ``__getattr__``'s answer."""
+    try:
+        return vars(obj).get(_EXEMPT_ATTR) is _EXEMPT
+    except (TypeError, AttributeError):  # no __dict__ (slots, builtins), or an odd one
+        return False
+
+
+def _handler_exempt(handler: object, method: str) -> bool:
+    """Whether the route's handler, or the view method serving *method*, is marked."""
+    if isinstance(handler, types.MethodType):  # obj.handler: the function is marked
+        return _marked(handler.__func__)
+    if _marked(handler):
+        return True
+    if isinstance(handler, type) and issubclass(handler, AbstractView):
+        # web.View dispatches to getattr(view, method.lower()); only the class's own
+        return _marked(vars(handler).get(method.lower()))
+    return False
 
 
 def _origin(url: str) -> str:
@@ -134,8 +180,12 @@ def _path_segments(path: str) -> list[str] | None:
     return segments
 
 
-def _matches(pattern: tuple[str, ...], segments: list[str]) -> bool:
+def _matches(pattern: tuple[str, ...], segments: list[str], variables: bool = False) -> bool:
     """Whether *segments* match *pattern*, segment by segment (``**``: any number).
+
+    *variables*: *segments* are a route's canonical path, where a segment holding a
+    ``{name}`` matches only a ``*`` (or is passed over by a ``**``), never a literal or a
+    partial glob such as ``pay*``: those say nothing of what the variable will hold.
 
     A set of pattern positions is carried along the path (an NFA), so the cost is
     len(pattern) * len(segments) whatever the pattern: no backtracking on long paths.
@@ -158,12 +208,45 @@ def _matches(pattern: tuple[str, ...], segments: list[str]) -> bool:
             glob = pattern[i]
             if glob == "**":
                 advanced.add(i)
+            elif variables and "{" in segment:
+                if glob == "*":
+                    advanced.add(i + 1)
             elif glob == segment or (segment and fnmatch.fnmatchcase(segment, glob)):
                 advanced.add(i + 1)  # a wildcard never matches an empty (trailing) segment
         if not advanced:
             return False
         positions = closure(advanced)
     return len(pattern) in positions
+
+
+def _in_a_domain_app(apps: tuple[web.Application, ...]) -> bool:
+    """Whether the route belongs to an ``add_domain()`` sub-app (at any depth)."""
+    for parent, child in itertools.pairwise(apps):
+        for resource in parent.router.resources():
+            info = resource.get_info()
+            if info.get("app") is child and "rule" in info:  # add_subapp's has "prefix"
+                return True
+    return False
+
+
+def _pattern_exempt(request: web.Request, patterns: tuple[tuple[str, ...], ...]) -> bool:
+    """Whether one pattern covers both the path as the router matched it and the route
+    the router matched (its canonical path, sub-app prefixes included)."""
+    segments = _path_segments(request.rel_url.path_safe)
+    if segments is None:
+        return False
+    matching = [p for p in patterns if _matches(p, segments)]
+    if not matching:
+        return False
+    match_info = request.match_info
+    resource = match_info.route.resource
+    if resource is None or _in_a_domain_app(match_info.apps):
+        return False  # a 404, 405 or other system route; or an add_domain() sub-app
+    canonical = resource.canonical
+    if not canonical.startswith("/"):
+        return False
+    route_segments = canonical.split("/")[1:]
+    return any(_matches(p, route_segments, variables=True) for p in matching)
 
 
 async def _submitted_token(request: web.Request) -> str | NotFound:
@@ -186,18 +269,30 @@ def csrf_middleware(
     (``"https://app.example"``). Add it after ``setup(app, manager)`` so the session
     middleware runs first.
 
-    *exempt* holds path patterns, matched against the path exactly as aiohttp's router
-    matched it (``request.rel_url.path_safe``: percent-decoded, except ``%2F`` and
-    ``%25``), segment by segment and case-sensitively: ``*``, ``?`` and ``[...]`` match
-    within one segment (``fnmatch``), and a ``**`` segment matches any number of whole
-    segments. So ``"/hooks/*"`` exempts ``/hooks/payment`` (and ``/%68ooks/payment``,
-    the same path to the router), not ``/hooks/a/b``, ``/hooks/x/``, ``/hooksX`` or
-    ``/HOOKS/x``; ``"/hooks/**"`` exempts everything below ``/hooks``. A path with an
-    encoded ``/`` or ``%`` (``%2F``, ``%25``), a backslash, an empty segment (``//``) or
-    a ``.`` or ``..`` segment (``%2e`` too) is never exempt, whatever the patterns: the
-    router may read ``/hooks%2Fx/account/email`` as ``/{lang}/account/email``. Raises
-    ``ValueError`` for a pattern that does not start with ``/``. ``@csrf_exempt`` on the
-    handler is the exemption the router decides by itself.
+    *exempt* holds path patterns. A request is exempt by a pattern only if the pattern
+    matches both the path as aiohttp's router matched it and the route the router chose
+    for it. The path is ``request.rel_url.path_safe`` (percent-decoded, except ``%2F`` and
+    ``%25``); the route is its resource's canonical path (``/{lang}/account/email``, with
+    the prefixes of ``add_subapp()`` sub-apps). Both are matched segment by segment and
+    case-sensitively: ``*``, ``?`` and ``[...]`` match within one segment (``fnmatch``),
+    and a ``**`` segment matches any number of whole segments. A route's ``{variable}``
+    segment is matched only by a ``*`` segment or within a ``**``, never by a literal or a
+    partial glob: with ``POST /{lang}/account/email`` routed, ``"/hooks/**"`` does not
+    exempt ``POST /hooks/account/email`` (``lang="hooks"``), ``"/*/account/email"`` does.
+    So ``"/hooks/*"`` exempts ``/hooks/payment`` (and ``/%68ooks/payment``, the same path
+    to the router) when a route ``/hooks/payment`` or ``/hooks/{name}`` serves it, not
+    ``/hooks/a/b``, ``/hooks/x/``, ``/hooksX`` or ``/HOOKS/x``; ``"/hooks/**"`` exempts
+    the routes below ``/hooks``. A path with an encoded ``/`` or ``%`` (``%2F``,
+    ``%25``), a backslash, an empty segment (``//``) or a ``.`` or ``..`` segment (``%2e``
+    too) is never exempt, whatever the patterns: the router may read
+    ``/hooks%2Fx/account/email`` as ``/{lang}/account/email``. Nor is a request that no
+    route matched (404, 405), or one for a route of an ``add_domain()`` sub-app: a path
+    pattern does not name a host, so it would exempt the same paths on every host.
+    ``@csrf_exempt`` on the handler is the precise exemption, wherever the route lives.
+    Raises ``ValueError`` for a pattern that does not start with ``/``.
+
+    A new session (no cookie, or its record expired) holds no CSRF secret: its requests
+    get 403 "CSRF token mismatch" before any of the body is read.
     """
     patterns = tuple(_exempt_pattern(p) for p in exempt)
     trusted = frozenset(_origin(o) for o in trusted_origins)
@@ -209,13 +304,11 @@ def csrf_middleware(
     async def aiosessmgr_csrf(request: web.Request, handler: Handler) -> web.StreamResponse:
         if request.method in _SAFE_METHODS:
             return await handler(request)
-        route_handler = request.match_info.handler
-        if getattr(route_handler, _EXEMPT_ATTR, False):
+        if _handler_exempt(request.match_info.handler, request.method):
             return await handler(request)
         # the path the router matched, never request.path (which decodes %2F): both must
-        # read the same request the same way
-        segments = _path_segments(request.rel_url.path_safe) if patterns else None
-        if segments is not None and any(_matches(p, segments) for p in patterns):
+        # read the same request the same way; and the route it chose must be covered too
+        if patterns and _pattern_exempt(request, patterns):
             return await handler(request)
         if request.headers.get("Sec-Fetch-Site", "").lower() == "cross-site":
             raise forbidden("cross-site request refused")
@@ -225,6 +318,16 @@ def csrf_middleware(
             if _origin(origin) != own and _origin(origin) not in trusted:
                 raise forbidden("request origin is not allowed")
         session = await get_session(request, manager)
+        if session.new:
+            # no secret, so no token can match: answered before the body is read (an
+            # unauthenticated upload costs nothing), and session.token is not touched,
+            # which would make a secret
+            raise forbidden("CSRF token mismatch: the session is new (no cookie, or it"
+                            " expired) and holds no token")
+        if not session.has_token:
+            # a stored session no page of which asked for a token: none can match either
+            raise forbidden("CSRF token mismatch: the session holds no token (no page "
+                            "asked for one)")
         try:
             submitted = await _submitted_token(request)
         except ConnectionError:
@@ -233,12 +336,15 @@ def csrf_middleware(
             # entry per such request for nobody
             raise forbidden("CSRF token missing") from None
         if submitted is NotFound.OUT_OF_REACH:
-            raise forbidden("CSRF token not within the multipart body's size limit: send it"
-                            " in the X-CSRF-Token header or as a form field before any file"
-                            " field")
+            raise forbidden(f"CSRF token not within the first {multipart_reach(request)}"
+                            " bytes of the multipart body: send it in the X-CSRF-Token"
+                            " header or as a form field before any file field")
+        if submitted is NotFound.TOO_MANY_FIELDS:
+            raise forbidden(f"CSRF token not among the first {MAX_FIELDS} fields: send it"
+                            " in the X-CSRF-Token header or before other fields")
         if not isinstance(submitted, str) or not submitted:
             raise forbidden("CSRF token missing")
-        if session.new or not verify_token(session.token, submitted):
+        if not verify_token(session.token, submitted):
             raise forbidden("CSRF token mismatch")
         return await handler(request)
 

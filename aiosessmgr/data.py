@@ -55,6 +55,11 @@ class SessionData(MutableMapping[str, Any]):
         token = self._d.meta.get("k")
         return token if isinstance(token, str) else self._d.new_token(rotate=False)
 
+    @property
+    def has_token(self) -> bool:
+        """True if the session holds a CSRF secret already (reading ``token`` makes one)."""
+        return isinstance(self._d.meta.get("k"), str)
+
     def regenerate_token(self) -> str:
         """Replace the CSRF secret and return it (done automatically on ``regenerate()``)."""
         return self._d.new_token()

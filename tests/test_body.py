@@ -8,16 +8,17 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import io
 import json
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import pytest
-from aiohttp import BodyPartReader, web
+from aiohttp import BodyPartReader, ClientResponse, web
 from aiohttp.test_utils import TestClient
 from aiohttp.typedefs import Handler
 
-from aiosessmgr.body import NotFound, find_field
+from aiosessmgr.body import MAX_FIELDS, MULTIPART_SEARCH_BYTES, NotFound, find_field
 
 Client = TestClient[web.Request, web.Application]
 ClientFactory = Callable[[web.Application], Awaitable[Client]]
@@ -286,6 +287,136 @@ async def test_multipart_search_stops_at_client_max_size(
     assert await response.read() == body
 
 
+def add_gate(app: web.Application) -> asyncio.Event:
+    """POST /gated on *app*: sets the event returned, then reads the whole body."""
+    started = asyncio.Event()
+
+    async def gated(request: web.Request) -> web.StreamResponse:
+        started.set()
+        return await echo(via_read)(request)
+
+    app.router.add_post("/gated", gated)
+    return started
+
+
+async def gated_upload(client: Client, started: asyncio.Event, body: bytes,
+                       sent_first: int) -> ClientResponse:
+    """POST *body* to /gated, sending only its first *sent_first* bytes until the handler
+    has started, i.e. until the middleware before it has returned."""
+
+    async def upload() -> AsyncIterator[bytes]:
+        yield body[:sent_first]
+        # a bound on a deadlock, not on speed: the middleware must pass without the rest
+        await asyncio.wait_for(started.wait(), timeout=30)
+        async for piece in in_pieces(body[sent_first:], 65536):
+            yield piece
+
+    return await client.post("/gated", data=upload(), headers={"Content-Type": MULTIPART})
+
+
+@pytest.mark.parametrize(
+    ("parts", "found"),
+    [
+        pytest.param([("f", "f.bin", BIG_FILE), ("_token", None, b"A")],
+                     NotFound.OUT_OF_REACH.name, id="token-after-the-file"),
+        pytest.param([("f", "f.bin", BIG_FILE)], NotFound.OUT_OF_REACH.name, id="no-token"),
+    ],
+)
+async def test_multipart_search_is_bounded_whatever_client_max_size(
+        aiohttp_client: ClientFactory, parts: list[Part], found: str) -> None:
+    """An app that lets uploads be large (client_max_size 64 MiB) still has a token after a
+    file looked for in the first MULTIPART_SEARCH_BYTES only: find_field answers with no
+    more of the body than that (and one 64 KiB piece) sent, so what it reads and holds per
+    request is bounded. The handler gets the whole body all the same."""
+    app = probe_app(client_max_size=64 * 2**20)
+    started = add_gate(app)
+    client = await aiohttp_client(app)
+    body = multipart_body(*parts)
+    response = await gated_upload(client, started, body, MULTIPART_SEARCH_BYTES + 65536)
+    assert response.status == 200
+    assert response.headers["X-Found"] == json.dumps(found)
+    assert await response.read() == body
+
+
+def many_parts(count: int, *, token_at: int | None = None) -> bytes:
+    """A multipart body of *count* empty fields, the one at *token_at* (1-based) the token."""
+    return multipart_body(*[("_token" if i == token_at else "a", None,
+                             b"A" if i == token_at else b"") for i in range(1, count + 1)])
+
+
+def many_fields(count: int, *, token_at: int | None = None) -> bytes:
+    """An urlencoded body of *count* fields, the one at *token_at* (1-based) the token."""
+    return "&".join("_token=A" if i == token_at else "a"
+                    for i in range(1, count + 1)).encode()
+
+
+@pytest.mark.parametrize(
+    ("content_type", "body", "found"),
+    [
+        pytest.param(MULTIPART, many_parts(MAX_FIELDS, token_at=MAX_FIELDS), "A",
+                     id="multipart-token-is-the-last-part-searched"),
+        pytest.param(MULTIPART, many_parts(MAX_FIELDS + 1, token_at=MAX_FIELDS + 1),
+                     NotFound.TOO_MANY_FIELDS.name, id="multipart-token-one-part-too-far"),
+        pytest.param(MULTIPART, many_parts(10_000), NotFound.TOO_MANY_FIELDS.name,
+                     id="multipart-10000-parts-no-token"),
+        pytest.param(MULTIPART, many_parts(MAX_FIELDS), NotFound.ABSENT.name,
+                     id="multipart-all-parts-searched-no-token"),
+        pytest.param(FORM, many_fields(MAX_FIELDS, token_at=MAX_FIELDS), "A",
+                     id="form-token-is-the-last-field-searched"),
+        pytest.param(FORM, many_fields(MAX_FIELDS + 1, token_at=MAX_FIELDS + 1),
+                     NotFound.TOO_MANY_FIELDS.name, id="form-token-one-field-too-far"),
+        pytest.param(FORM, b"a&" * 400_000, NotFound.TOO_MANY_FIELDS.name,
+                     id="form-400000-fields-no-token"),
+    ],
+)
+async def test_fields_searched_are_counted(aiohttp_client: ClientFactory, content_type: str,
+                                           body: bytes, found: str) -> None:
+    """Only the first MAX_FIELDS multipart parts or urlencoded fields are parsed: the token
+    as field MAX_FIELDS is found, one field later it is not (and no more of the body's
+    fields cost anything)."""
+    client = await aiohttp_client(probe_app())
+    response = await client.post("/read/read", data=io.BytesIO(body),
+                                 headers={"Content-Type": content_type})
+    assert response.status == 200
+    assert response.headers["X-Found"] == json.dumps(found)
+    assert await response.read() == body
+
+
+TOKEN_FIRST: list[Part] = [("_token", None, b"A"), *[("a", None, b"x")] * 20_000]
+
+
+@pytest.mark.parametrize(
+    ("content_type", "body", "reader", "seen"),
+    [
+        pytest.param(MULTIPART, multipart_body(*TOKEN_FIRST), "multipart",
+                     described(TOKEN_FIRST), id="multipart"),
+        pytest.param(FORM, b"_token=A" + b"&a=x" * 20_000, "read",
+                     b"_token=A" + b"&a=x" * 20_000, id="form"),
+    ],
+)
+async def test_token_first_of_many_fields(aiohttp_client: ClientFactory, content_type: str,
+                                          body: bytes, reader: str, seen: bytes) -> None:
+    """The token first, 20,000 fields after it: found, and the handler gets every field."""
+    client = await aiohttp_client(probe_app())
+    response = await client.post(f"/read/{reader}", data=io.BytesIO(body),
+                                 headers={"Content-Type": content_type})
+    assert response.headers["X-Found"] == json.dumps("A")
+    assert await response.read() == seen
+
+
+async def test_nested_multipart_ends_the_search(aiohttp_client: ClientFactory) -> None:
+    """A multipart/mixed part (which post() refuses) is not opened: its inner parts would
+    be parsed uncounted. The token after it is not looked for."""
+    inner = b"--INNER\r\nContent-Type: text/plain\r\n\r\nx\r\n" * 5000 + b"--INNER--\r\n"
+    body = (raw_part("nested", inner, "Content-Type: multipart/mixed; boundary=INNER")
+            + raw_part("_token", b"A") + CLOSE)
+    client = await aiohttp_client(probe_app())
+    response = await client.post("/read/read", data=io.BytesIO(body),
+                                 headers={"Content-Type": MULTIPART})
+    assert response.headers["X-Found"] == json.dumps(NotFound.ABSENT.name)
+    assert await response.read() == body
+
+
 async def test_token_first_needs_no_more_of_the_upload(aiohttp_client: ClientFactory) -> None:
     """The handler starts while almost all of the file is still unsent.
 
@@ -325,6 +456,18 @@ async def test_token_first_needs_no_more_of_the_upload(aiohttp_client: ClientFac
         pytest.param(JSON, b'{"_token": "A"}', via_read, "json", "A", id="json-read"),
         pytest.param(MULTIPART, multipart_body(("_token", None, b"A")), via_post, "post", "A",
                      id="multipart-post"),
+        pytest.param(MULTIPART, multipart_body(("_token", None, b"A")), via_read, "read", "A",
+                     id="multipart-read"),
+        pytest.param(MULTIPART, multipart_body(("f", "f.bin", SMALL_FILE), ("_token", None, b"A")),
+                     via_read, "read", "A", id="multipart-read-token-last"),
+        pytest.param(MULTIPART, multipart_body(("f", "f.bin", BIG_FILE[:1_500_000]),
+                                               ("_token", None, b"A")),
+                     via_read, "read", NotFound.OUT_OF_REACH.name,
+                     id="multipart-read-out-of-reach"),
+        pytest.param(MULTIPART, multipart_body(*[("a", None, b"")] * MAX_FIELDS,
+                                               ("_token", None, b"A")),
+                     via_read, "read", NotFound.TOO_MANY_FIELDS.name,
+                     id="multipart-read-too-many-fields"),
         pytest.param(MULTIPART, multipart_body(("_token", None, b"A")), via_content, "read",
                      NotFound.ABSENT.name, id="multipart-streamed"),
         pytest.param(FORM, b"_token=A", via_content, "read", NotFound.ABSENT.name,
@@ -334,9 +477,10 @@ async def test_token_first_needs_no_more_of_the_upload(aiohttp_client: ClientFac
 async def test_body_consumed_by_an_outer_middleware(
         aiohttp_client: ClientFactory, content_type: str, body: bytes, earlier: Reader,
         reader: str, found: str) -> None:
-    """What read() and post() cached still counts; a body streamed away is gone for all."""
-    client = await aiohttp_client(probe_app(earlier=earlier))
-    response = await client.post(f"/read/{reader}", data=body,
+    """What read() and post() cached still counts, searched within the same limits as a
+    streamed body; a body streamed away is gone for all."""
+    client = await aiohttp_client(probe_app(client_max_size=4 * 2**20, earlier=earlier))
+    response = await client.post(f"/read/{reader}", data=io.BytesIO(body),
                                  headers={"Content-Type": content_type})
     assert response.status == 200
     assert response.headers["X-Found"] == json.dumps(found)

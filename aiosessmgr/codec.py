@@ -13,7 +13,10 @@ the configured key and the payload's salt; a process draws a new random salt aft
 near the 2**32 random-nonce encryptions NIST SP 800-38D (section 8.3) allows per key,
 whatever the traffic. Payloads of 0.1 (``0x01``, the configured key used directly)
 still decrypt and are re-encrypted on their session's next request. Plain payloads are
-``0x00 | serialized bytes``.
+``0x03 | id tag (8 bytes) | serialized bytes``, the tag a SHA-256 of the session id: not
+a secret (anyone who can write the store can compute it), but a record that a store, a
+proxy or a connection out of step hands back under another id is refused, not served
+to that session. Plain payloads of 0.1 (``0x00 | serialized bytes``, no tag) still load.
 
 The serializers (what the ``"msgpack"`` and ``"json"`` formats hold) are in
 :mod:`aiosessmgr.serializers`; their names are re-exported here for old imports.
@@ -58,7 +61,9 @@ __all__ = [
     "make_serializer",
 ]
 
-_PLAIN = b"\x00"
+_PLAIN_V1 = b"\x00"  # 0.1: no id tag; read, never written
+_PLAIN = b"\x03"
+_ID_TAG_SIZE = 8
 _AES_GCM_V1 = b"\x01"  # 0.1: the configured key itself; decrypted, never written
 _AES_GCM_V2 = b"\x02"  # a key derived per salt with HKDF-SHA256
 _KEY_ID_SIZE = 4
@@ -89,6 +94,11 @@ class Secret:
 
     def __hash__(self) -> int:
         return hash(self._value)
+
+
+def _id_tag(session_id: str) -> bytes:
+    return hashlib.sha256(b"aiosessmgr plain record" + session_id.encode()).digest()[
+        :_ID_TAG_SIZE]
 
 
 def _key_id(key: Secret) -> bytes:
@@ -198,7 +208,7 @@ class Codec:
         except Exception as exc:
             raise explain_refusal(self.serializer, data, exc) from exc
         if self.cipher is None:
-            return _PLAIN + body
+            return _PLAIN + _id_tag(session_id) + body
         return self.cipher.encrypt(body, session_id.encode())
 
     def decode(self, session_id: str, payload: bytes) -> tuple[dict[str, Any], bool]:
@@ -207,6 +217,10 @@ class Codec:
         if self.cipher is not None:
             body, stale = self.cipher.decrypt(payload, session_id.encode())
         elif payload[:1] == _PLAIN:
+            if payload[1:1 + _ID_TAG_SIZE] != _id_tag(session_id):
+                raise DecodeError("payload belongs to another session id")
+            body = payload[1 + _ID_TAG_SIZE:]
+        elif payload[:1] == _PLAIN_V1:
             body = payload[1:]
         else:
             raise DecodeError("payload is encrypted or unknown, and encryption is off")

@@ -163,7 +163,10 @@ def _error(serializer: Serializer, record: dict[str, Any]) -> str:
 
 
 def _encode(serializer: Serializer, record: dict[str, Any]) -> bytes:
-    return Codec(serializer).encode("sid", record)
+    """The serializer's bytes, behind the one-byte marker of an untagged plain payload."""
+    payload = Codec(serializer).encode("sid", record)
+    assert payload[:1] == b"\x03"  # marker, then an 8-byte tag of the id
+    return b"\x00" + payload[9:]
 
 
 def _decode(serializer: Serializer, payload: bytes) -> dict[str, Any]:
@@ -327,6 +330,19 @@ def test_cipher_reads_01_payloads_and_asks_for_reencryption() -> None:
     for cut in (1, 5, 17, 32, 33, 48):
         with pytest.raises(DecodeError):
             AesGcmCipher(KEY).decrypt(AesGcmCipher(KEY).encrypt(b"", b"sid")[:cut], b"sid")
+
+
+def test_plain_payloads_are_tagged_with_their_session_id() -> None:
+    codec = Codec(MsgpackSerializer())
+    payload = codec.encode("sid-a", {"a": 1})
+    assert payload[:1] == b"\x03"
+    assert payload[1:9] == hashlib.sha256(b"aiosessmgr plain record" + b"sid-a").digest()[:8]
+    assert codec.decode("sid-a", payload) == ({"a": 1}, False)
+    # handed back under another id (a proxy or connection out of step): refused
+    with pytest.raises(DecodeError, match="another session id"):
+        codec.decode("sid-b", payload)
+    # 0.1's untagged plain payloads still load
+    assert codec.decode("sid-b", b"\x00" + payload[9:]) == ({"a": 1}, False)
 
 
 def test_codec_refuses_plain_payload_when_encryption_is_on() -> None:

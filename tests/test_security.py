@@ -65,6 +65,29 @@ async def test_ciphertext_swapped_between_sessions_is_rejected(
     assert [r.levelname for r in caplog.records] == ["WARNING"]
 
 
+async def test_a_plain_record_served_under_another_id_is_refused(
+        caplog: pytest.LogCaptureFixture) -> None:
+    # without encryption nothing secret binds a record to its id, but a store or a Redis
+    # connection out of step that answers with another session's record must not hand
+    # that session's data over: the record carries a tag of its id
+    manager = SessionManager({"lottery": (0, 1)})
+    driver = manager.get_driver()
+    alice = await manager.driver()
+    alice.put("user", "alice")
+    await alice.save()
+    bob = await manager.driver()
+    bob.put("user", "bob")
+    await bob.save()
+    served = await driver.read(alice.id)
+    assert served is not None
+    await driver.write(bob.id, served, 60)
+    caplog.clear()
+    loaded = await manager.load(bob.id)
+    assert loaded.new and loaded.all() == {}
+    assert [r.levelname for r in caplog.records] == ["WARNING"]
+    assert "another session id" in caplog.records[0].getMessage()
+
+
 async def test_tampered_byte_anywhere_gives_fresh_session(
         caplog: pytest.LogCaptureFixture) -> None:
     manager = encrypted()

@@ -19,6 +19,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any
 
 import pytest
+import redis
 from aiohttp import ClientSession
 from redis.asyncio import Redis
 from redis.exceptions import RedisClusterException
@@ -34,6 +35,9 @@ pytestmark = pytest.mark.redis
 
 Match = Callable[[list[bytes]], bool]
 Answer = bytes | Callable[[list[bytes]], bytes]
+#: given the server's reply, what to send instead: bytes to write and seconds to sleep,
+#: in order; raising ConnectionResetError hangs up
+Act = Callable[[bytes], Awaitable[list[bytes | float]]]
 
 
 # -- the proxy ----------------------------------------------------------------------------
@@ -83,6 +87,7 @@ class RespProxy:
         self.upstream_port = upstream_port
         self.answers: list[tuple[Match, Answer]] = []
         self.rewrites: list[tuple[Match, Callable[[bytes], bytes]]] = []
+        self.acts: list[tuple[Match, Act]] = []
         self.port = 0
         self._server: asyncio.Server | None = None
         self._handlers: set[asyncio.Task[None]] = set()
@@ -111,9 +116,15 @@ class RespProxy:
         """Forward commands that *match*, and pass their reply through *change*."""
         self.rewrites.append((match, change))
 
+    def act(self, match: Match, act: Act) -> None:
+        """Forward commands that *match*, then send what *act* makes of the reply."""
+        self.acts.append((match, act))
+
     def clear(self) -> None:
-        """Forget every :meth:`answer` (rewrites stay: they make the proxy usable)."""
+        """Forget every :meth:`answer` and :meth:`act` (rewrites stay: they make the proxy
+        usable)."""
         self.answers.clear()
+        self.acts.clear()
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
@@ -124,8 +135,14 @@ class RespProxy:
             up_reader, upstream = await asyncio.open_connection("127.0.0.1", self.upstream_port)
             while True:
                 command = await read_command(reader)
-                writer.write(await self._reply(command, up_reader, upstream))
-                await writer.drain()
+                reply = await self._reply(command, up_reader, upstream)
+                act = next((act for match, act in self.acts if match(command)), None)
+                for item in [reply] if act is None else await act(reply):
+                    if isinstance(item, bytes):
+                        writer.write(item)
+                        await writer.drain()
+                    else:
+                        await asyncio.sleep(item)
         except (asyncio.IncompleteReadError, ConnectionError, asyncio.CancelledError):
             pass  # the client hung up (or the test is over)
         finally:
@@ -318,8 +335,11 @@ async def run_hostile(proxy: RespProxy, direct: Redis, operation: Operation, rep
         results = await asyncio.wait_for(asyncio.gather(
             operation.call(driver, sid), driver.read(other), return_exceptions=True), 10)
         proxy.clear()
-        # the driver works again for the next request: no connection left out of step
-        assert await driver.read(other) == b"v0------"
+        if not (options.get("cluster") and redis.VERSION < (7, 2)):
+            # the driver works again for the next request: no connection left out of
+            # step (it dropped them all; a cluster client before redis-py 7.2 cannot
+            # reconnect after that, as after any lost connection: redis-py#2555)
+            assert await driver.read(other) == b"v0------"
         return results[0], results[1]
     finally:
         proxy.clear()

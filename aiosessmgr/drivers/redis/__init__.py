@@ -32,14 +32,22 @@ them changes it (an explicit ``destroy`` deletes it). Other failures are a
 
 A reply no Redis would give (an integer or an array where a string belongs, a string
 where 0 or 1 belongs, a line redis-py's parser cannot read) is a ``DriverError`` too,
-never another exception, and is never converted blindly (see ``replies``). redis-py's
-pure-Python parser allocates only the bytes that actually arrive, so a length the reply
-announces (``$200000000``, ``*200000000``) costs nothing but the wait for them, bounded
-by the socket timeout; with hiredis installed, redis-py's hiredis parser reserves 8
-bytes per element an array header announces before any arrives, which redis-py offers
-no public way to limit or avoid. No DriverError, nor any exception chained to it, shows
-a whole session id: keys contain the id, and redis-py's messages may quote keys.
+never another exception, and is never converted blindly (see ``replies``). It may be
+another command's reply (a stray extra reply puts its connection one behind), so the
+driver then disconnects every connection of the client, idle or in use, through the
+pool's (or each Cluster node's) public ``disconnect()``: no connection that may be out
+of step is used again. redis-py's pure-Python parser reserves nothing for a length a
+reply announces (``$200000000``), but builds an announced array (``*200000000``) element
+by element, and tiny elements cost 8 to 30 times their bytes in memory; the bound is
+that times what it can read in ``socket_timeout`` (which redis-py applies to the whole
+reply), and redis-py offers no public way to cap a reply's size. With hiredis
+installed, redis-py's hiredis parser reserves 8 bytes per element an array header
+announces before any arrives, which redis-py offers no public way to limit or avoid. No
+DriverError, nor any exception chained to it, shows a whole session id: keys contain
+the id, and redis-py's messages may quote keys.
 
+Clients the driver builds speak RESP2 unless the options ask for 3: redis-py 8's pool
+checks a pooled connection for unread data before handing it out on RESP2 only.
 Connections, their checks and retries are redis-py's: a pooled connection that died
 (Redis restarted, ``CLIENT KILL``) is replaced when the pool hands it out, or the
 command is retried once on a fresh connection (the clients the driver builds; a

@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any, Final, NamedTuple
 
+import redis.utils
 from redis.asyncio import Redis, RedisCluster
 from redis.asyncio.retry import Retry
 from redis.asyncio.sentinel import Sentinel
@@ -20,8 +21,8 @@ from redis.exceptions import RedisClusterException, RedisError
 from ...errors import ConfigError
 from ...keys import check_keys
 
-__all__ = ["DEFAULT_CONNECT_TIMEOUT", "DEFAULT_SOCKET_TIMEOUT", "OPTIONS", "Built", "RedisClient",
-           "build_client"]
+__all__ = ["DEFAULT_CONNECT_TIMEOUT", "DEFAULT_PROTOCOL", "DEFAULT_SOCKET_TIMEOUT", "OPTIONS",
+           "Built", "RedisClient", "build_client", "check_client", "protocol_of"]
 
 #: seconds to wait for a reply before the command fails
 DEFAULT_SOCKET_TIMEOUT: Final = 3.0
@@ -31,7 +32,9 @@ DEFAULT_CONNECT_TIMEOUT: Final = 3.0
 #: every option of a redis driver entry (besides ``driver`` and ``lifetime``)
 OPTIONS: Final = ("client", "cluster", "connect_timeout", "connection", "pipelining", "prefix",
                   "sentinel", "socket_timeout", "url")
-_CONNECTION_KEYS: Final = ("db", "host", "password", "port", "ssl", "username")
+_CONNECTION_KEYS: Final = ("db", "host", "password", "port", "protocol", "ssl", "username")
+#: the RESP version of the clients built here, unless the options ask for another
+DEFAULT_PROTOCOL: Final = 2
 _SENTINEL_KEYS: Final = ("hosts", "password", "service_name")
 
 RedisClient = Redis | RedisCluster
@@ -62,6 +65,14 @@ def build_client(opts: Mapping[str, Any]) -> Built:
     version), and a lock SET NX refused by our own earlier attempt is recognised by
     its token. The driver's overall timeout (connect + socket timeout, doubled and
     padded on a cluster for its retry) bounds every call whatever the retries do.
+
+    Protocol: the clients built here speak RESP2 (:data:`DEFAULT_PROTOCOL`) unless the
+    url (``?protocol=3``) or ``connection.protocol`` asks for 3. redis-py 8's pool checks
+    a pooled connection for unread data before handing it out ("Connection has data",
+    then it reconnects) on RESP2 only: on RESP3 it skips the check, as it expects
+    maintenance notifications, so a connection put out of step by a stray reply would
+    stay so. The driver also drops every pooled connection after a reply that shows a
+    connection out of step (see ``RedisDriver``), on either protocol.
     """
     socket_timeout = _seconds("socket_timeout", opts.get("socket_timeout",
                                                          DEFAULT_SOCKET_TIMEOUT))
@@ -91,6 +102,8 @@ def build_client(opts: Mapping[str, Any]) -> Built:
     common: dict[str, Any] = {
         "socket_timeout": socket_timeout,
         "socket_connect_timeout": connect_timeout,
+        # a url's ?protocol=3 overrides this (redis-py's from_url lets the url win)
+        "protocol": DEFAULT_PROTOCOL,
     }
     if cluster:
         common["retry"] = Retry(NoBackoff(), 1)
@@ -115,6 +128,7 @@ def build_client(opts: Mapping[str, Any]) -> Built:
                      else Redis.from_url(url, **common))
         else:
             conn = _connection(opts.get("connection", {}))
+            common["protocol"] = conn.pop("protocol", DEFAULT_PROTOCOL)
             if cluster:
                 if conn.pop("db", 0):
                     raise ConfigError("connection.db must be 0 with cluster: true")
@@ -142,6 +156,17 @@ def check_client(client: Any) -> None:
         )
 
 
+def protocol_of(client: RedisClient) -> int:
+    """The RESP version *client* speaks: its ``protocol``, else redis-py's default (2
+    before redis-py 8, 3 from 8 on)."""
+    kwargs = (client.get_connection_kwargs() if isinstance(client, RedisCluster)
+              else client.connection_pool.connection_kwargs)
+    value = kwargs.get("protocol")
+    if value is None:
+        value = getattr(redis.utils, "DEFAULT_RESP_VERSION", 2)
+    return 3 if value in (3, "3") else 2
+
+
 def _seconds(name: str, value: Any) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
         raise ConfigError(f"{name} must be a positive number of seconds, got {value!r}")
@@ -161,6 +186,9 @@ def _connection(data: Any) -> dict[str, Any]:
             raise ConfigError(f"connection.{name} must be an integer, got {conn[name]!r}")
     if not isinstance(conn.get("ssl", False), bool):
         raise ConfigError(f"connection.ssl must be true or false, got {conn['ssl']!r}")
+    if conn.get("protocol", DEFAULT_PROTOCOL) not in (2, 3) or isinstance(
+            conn.get("protocol"), bool):
+        raise ConfigError(f"connection.protocol must be 2 or 3, got {conn['protocol']!r}")
     return conn
 
 
@@ -180,11 +208,13 @@ def _sentinel_client(
         raise ConfigError("with sentinel, the master's address comes from the sentinels: "
                           "connection may set only db, username, password and ssl")
     del conn["host"], conn["port"]
+    common = {**common, "protocol": conn.pop("protocol", common["protocol"])}
     sentinel_kwargs: dict[str, Any] = {
         "socket_timeout": common["socket_timeout"],
         "socket_connect_timeout": common["socket_connect_timeout"],
         # the next sentinel is the retry: no need to hammer one that is down
         "retry": Retry(NoBackoff(), 0),
+        "protocol": common["protocol"],
     }
     if data.get("password") is not None:
         sentinel_kwargs["password"] = data["password"]

@@ -29,6 +29,7 @@ from .client import (
     RedisClient,
     build_client,
     check_client,
+    protocol_of,
 )
 from .lock import (
     LOCK_POLL_MAX,
@@ -38,10 +39,9 @@ from .lock import (
     RELEASE_SHA,
     SessionLock,
     Turns,
-    backoff,
     is_wrongtype,
 )
-from .replies import failure
+from .replies import failure, out_of_step
 
 __all__ = ["CAS_SCRIPT", "CAS_SHA", "DEFAULT_PREFIX", "LOCK_POLL_MAX", "LOCK_POLL_MIN",
            "RELEASE_SCRIPT", "RELEASE_SHA", "RedisDriver"]
@@ -87,7 +87,12 @@ class RedisDriver(SessionDriver):
 
     Usually built from the config dict by ``SessionManager`` (see :meth:`from_config`).
     *timeout* (seconds) bounds every call, whatever the client's own socket settings.
-    Raises ConfigError for a client that is not a redis.asyncio one returning bytes.
+    Raises ConfigError for a client that is not a redis.asyncio one returning bytes. A
+    client should speak RESP2 (``protocol=2``; redis-py 8 defaults to 3): on RESP3
+    redis-py's pool does not check a pooled connection for unread data before handing
+    it out, so a WARNING is logged. After any reply that shows a connection out of step
+    with its commands (a wrong type, one redis-py cannot parse), every connection of
+    the client is dropped (see :meth:`_drop_connections`).
     """
 
     def __init__(
@@ -102,6 +107,11 @@ class RedisDriver(SessionDriver):
     ) -> None:
         check_client(client)
         _check_prefix(prefix)
+        if protocol_of(client) == 3:
+            logger.warning(
+                "redis client speaks RESP3: redis-py then hands out pooled connections "
+                "without checking them for unread data, so a stray reply (a faulty proxy) "
+                "can leave one out of step until the driver notices; protocol=2 is safer")
         self.client = client
         self.prefix = prefix
         self.timeout = float(timeout)
@@ -173,8 +183,37 @@ class RedisDriver(SessionDriver):
         async with asyncio.timeout(self.timeout):
             return await self.client.execute_command(*command)
 
-    def _failure(self, operation: str, exc: BaseException, session_id: str) -> DriverError:
+    async def _failure(self, operation: str, exc: BaseException,
+                       session_id: str) -> DriverError:
+        """The DriverError for *exc*; first, if *exc* shows a connection out of step, every
+        pooled connection is dropped (see :meth:`_drop_connections`)."""
+        if out_of_step(exc):
+            await self._drop_connections()
         return failure(operation, exc, session_id, self.timeout)
+
+    async def _drop_connections(self) -> None:
+        """Disconnect every connection of the client, idle or in use: each reconnects on
+        its next command.
+
+        A reply of the wrong type or one redis-py cannot parse may be another command's
+        (a stray extra reply puts every later reply of its connection one behind), and
+        by the time the driver sees it, redis-py has put the connection back in its
+        pool, where another command may already have taken it. So all of them go (the
+        pool's ``disconnect()``, each Cluster node's ``disconnect()``): commands in
+        flight on them fail with a connection error, which redis-py retries once on a
+        fresh connection as for any lost connection. Failures of the disconnect itself
+        are ignored (the connection is unusable either way).
+        """
+        logger.info("redis: a reply out of step with its command; dropping every "
+                    "pooled connection")
+        client = self.client
+        with suppress(Exception):
+            async with asyncio.timeout(self.timeout):
+                if isinstance(client, RedisCluster):
+                    await asyncio.gather(*(node.disconnect() for node in client.get_nodes()),
+                                         return_exceptions=True)
+                else:
+                    await client.connection_pool.disconnect(inuse_connections=True)
 
     async def _call(self, command: Command, session_id: str,
                     check: Callable[[str, Any], _T]) -> _T:
@@ -191,7 +230,7 @@ class RedisDriver(SessionDriver):
             raise
         except Exception as exc:
             error = exc
-        raise self._failure(operation, error, session_id)
+        raise await self._failure(operation, error, session_id)
 
     async def _get(self, command: Command, session_id: str) -> tuple[bytes | None, bool]:
         """Run a GET-like *command*: its value, and True if the key holds another type.
@@ -210,7 +249,7 @@ class RedisDriver(SessionDriver):
             raise
         except Exception as exc:
             error = exc
-        raise self._failure(operation, error, session_id)
+        raise await self._failure(operation, error, session_id)
 
     def _foreign(self, session_id: str, suffix: str = "") -> None:
         # the id is abbreviated: it is the session's credential
@@ -252,7 +291,8 @@ class RedisDriver(SessionDriver):
         """Write only if the stored version is *expected* (None: only if absent); atomic in Redis.
 
         One EVALSHA round trip; if the node does not know the script (restart, SCRIPT
-        FLUSH, failover) it is sent again with EVAL, which loads it for next time.
+        FLUSH, failover) it is sent again with EVAL, which loads it for next time. Both
+        together are bounded by the driver's timeout (seconds), retries included.
         (redis-py's ``Script`` would cost a SCRIPT EXISTS per pipeline, and cannot
         recover from NOSCRIPT inside a cluster pipeline.) DriverError if Redis fails,
         does not answer in time, or answers anything but 0 or 1.
@@ -262,16 +302,18 @@ class RedisDriver(SessionDriver):
             "0" if expected is None else "1", b"" if expected is None else expected,
         )
         try:
-            try:
-                reply = await self._send(args)
-            except NoScriptError:
-                reply = await self._send(("EVAL", CAS_SCRIPT, *args[2:]))
+            # one deadline for the whole operation, the NOSCRIPT retry included
+            async with asyncio.timeout(self.timeout):
+                try:
+                    reply = await self._send(args)
+                except NoScriptError:
+                    reply = await self._send(("EVAL", CAS_SCRIPT, *args[2:]))
             return replies.flag("compare-and-set", reply)
         except DriverError:
             raise
         except Exception as exc:
             error = exc
-        raise self._failure("compare-and-set", error, session_id)
+        raise await self._failure("compare-and-set", error, session_id)
 
     def _session_lock(self, session_id: str, ttl: float = 0.0) -> SessionLock:
         lock = cast(SessionLock, self.client.lock(
@@ -287,7 +329,11 @@ class RedisDriver(SessionDriver):
         Callers of this process queue per id (first come, first served) and only the
         first polls Redis: ``SET lock token NX PX ttl``, then sleeps of LOCK_POLL_MIN
         doubling to LOCK_POLL_MAX seconds (jittered) until *wait* runs out, when a last
-        attempt is made. Redis expires the lock *ttl* seconds after it was taken,
+        attempt is made unless the id was tried too recently; the schedule is the id's,
+        continued by the next caller when one gives up (see ``lock.Turns``). One attempt
+        (SET NX, then GET) is bounded by the driver's timeout, and none starts after
+        *wait*: the call returns within *wait* plus that timeout (seconds). Redis
+        expires the lock *ttl* seconds after it was taken,
         whether or not its holder is done, and the next caller of this process gets its
         turn then too. A lock key holding another type of value is never taken (logged
         once per call). Raises DriverError if Redis fails, does not answer within the
@@ -322,7 +368,7 @@ class RedisDriver(SessionDriver):
             raise
         except Exception as exc:
             error = exc
-        raise self._failure(operation, error, session_id)
+        raise await self._failure(operation, error, session_id)
 
     async def _poll(self, session_id: str, ttl: float, deadline: float) -> str | None:
         """Attempts at the lock, with backoff, until *deadline*: the token, or None."""
@@ -331,15 +377,18 @@ class RedisDriver(SessionDriver):
         lock = self._session_lock(session_id, ttl)
         if self._turns.should_yield(session_id, loop.time()):
             await asyncio.sleep(max(min(LOCK_YIELD, deadline - loop.time()), 0.0))
-        waits = backoff(deadline)
         try:
             while True:
+                # the id's schedule, continued from the callers before this one
+                at = self._turns.next_attempt(session_id, deadline, loop.time())
+                if at is None:
+                    return None
+                if at > loop.time():
+                    await asyncio.sleep(at - loop.time())
                 if await self._attempt(lock, session_id, token):
                     self._turns.taken(session_id, loop.time())
                     return token
-                self._turns.missed(session_id)
-                if not await waits.sleep():
-                    return None
+                self._turns.missed(session_id, loop.time())
         finally:
             if lock.foreign:
                 self._foreign(session_id, ":lock")
@@ -356,7 +405,7 @@ class RedisDriver(SessionDriver):
             raise
         except Exception as exc:
             error = exc
-        raise self._failure("SET", error, session_id)
+        raise await self._failure("SET", error, session_id)
 
     def _expired(self, token: str) -> None:
         """The lock of *token* expired in Redis: the next caller of this process goes on."""
@@ -396,7 +445,7 @@ class RedisDriver(SessionDriver):
             if held is not None:
                 await self._turns.end(session_id, held.turn)
         if error is not None:
-            raise self._failure("lock release", error, session_id)
+            raise await self._failure("lock release", error, session_id)
 
     def _abandon(self, attempt: asyncio.Future[bool], session_id: str, token: str) -> None:
         """Wait for the SET of a caller that is gone; if it won the lock, release it."""

@@ -23,10 +23,12 @@ import copy
 import re
 from typing import Any, Final
 
+from redis.exceptions import InvalidResponse
+
 from ...errors import DriverError
 
-__all__ = ["RedactedError", "UnexpectedReply", "describe", "failure", "flag", "ok", "record",
-           "redact", "scrub", "set_nx"]
+__all__ = ["RedactedError", "UnexpectedReply", "describe", "failure", "flag", "ok",
+           "out_of_step", "record", "redact", "scrub", "set_nx"]
 
 #: characters of a session id kept when it is abbreviated (then "…")
 SHOWN: Final = 6
@@ -72,6 +74,25 @@ def describe(reply: Any) -> str:
     if isinstance(reply, (list, tuple, set)):
         return f"an array of {len(reply)}"
     return f"a {type(reply).__name__}"
+
+
+def out_of_step(exc: BaseException) -> bool:
+    """True if *exc*, or an exception chained to it, says a connection may be out of step
+    with its commands: a reply of the wrong type (:class:`UnexpectedReply`), one redis-py
+    could not parse (``InvalidResponse``, or the ``ValueError`` of ``int()`` on a bad
+    number), or a pipeline answering the wrong number of replies (``RuntimeError``).
+    A stray extra reply shows up like that, on a later command of its connection."""
+    seen: set[int] = set()
+    pending: list[BaseException | None] = [exc]
+    while pending:
+        item = pending.pop()
+        if item is None or id(item) in seen:
+            continue
+        seen.add(id(item))
+        if isinstance(item, (UnexpectedReply, InvalidResponse, ValueError, RuntimeError)):
+            return True
+        pending += [item.__cause__, item.__context__]
+    return False
 
 
 def record(command: str, reply: Any) -> bytes | None:

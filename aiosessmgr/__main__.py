@@ -56,8 +56,12 @@ def _driver_config(args: argparse.Namespace) -> dict[str, Any]:
     entry: dict[str, Any] = {"driver": args.driver, "lifetime": args.lifetime}
     if args.driver == "file":
         entry["path"] = args.path or tempfile.mkdtemp(prefix="aiosessmgr-")
+        if args.no_check_permissions:
+            entry["check_permissions"] = False
     elif args.path:
         raise AiosessmgrError("--path is only for --driver file")
+    elif args.no_check_permissions:
+        raise AiosessmgrError("--no-check-permissions is only for --driver file")
     if args.driver == "redis":
         entry["url"] = args.url
     return {"default": args.driver, "drivers": {args.driver: entry}}
@@ -100,6 +104,9 @@ def _parser() -> argparse.ArgumentParser:
     def driver_options(cmd: argparse.ArgumentParser, default: str) -> None:
         cmd.add_argument("--driver", choices=("file", "memory", "redis"), default=default)
         cmd.add_argument("--path", help="session directory of the file driver")
+        cmd.add_argument("--no-check-permissions", action="store_true",
+                         help="file driver: use a session directory that other users could "
+                              "read or replace (the driver's check_permissions: false)")
         cmd.add_argument("--url", default="redis://127.0.0.1:6379/0", help="redis URL")
         cmd.add_argument("--lifetime", type=_lifetime, default=120,
                          help="idle lifetime in minutes (default 120)")

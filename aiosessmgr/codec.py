@@ -16,7 +16,8 @@ still decrypt and are re-encrypted on their session's next request. Plain payloa
 ``0x03 | id tag (8 bytes) | serialized bytes``, the tag a SHA-256 of the session id: not
 a secret (anyone who can write the store can compute it), but a record that a store, a
 proxy or a connection out of step hands back under another id is refused, not served
-to that session. Plain payloads of 0.1 (``0x00 | serialized bytes``, no tag) still load.
+to that session. Plain payloads of 0.1 (``0x00 | serialized bytes``, no tag) still load
+and are rewritten with the tag on their session's next request.
 
 The serializers (what the ``"msgpack"`` and ``"json"`` formats hold) are in
 :mod:`aiosessmgr.serializers`; their names are re-exported here for old imports.
@@ -221,7 +222,7 @@ class Codec:
                 raise DecodeError("payload belongs to another session id")
             body = payload[1 + _ID_TAG_SIZE:]
         elif payload[:1] == _PLAIN_V1:
-            body = payload[1:]
+            body, stale = payload[1:], True  # rewritten with its id tag on this request
         else:
             raise DecodeError("payload is encrypted or unknown, and encryption is off")
         try:

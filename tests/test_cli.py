@@ -63,6 +63,22 @@ def test_gc_removes_expired_sessions(tmp_path: Path) -> None:
     assert remaining(store) == []
 
 
+def test_gc_of_a_shared_directory_needs_the_explicit_opt_out(tmp_path: Path) -> None:
+    store = tmp_path / "sessions"
+    make_sessions(store, live=1, expired=2)
+    store.chmod(0o755)  # others may list the ids: refused, saying how to fix it
+    refused = run("gc", "--driver", "file", "--path", str(store), "--lifetime", str(TTL_MINUTES))
+    assert refused.returncode == 2 and "chmod 700" in refused.stderr
+    assert "Traceback" not in refused.stderr
+    done = run("gc", "--driver", "file", "--path", str(store), "--lifetime", str(TTL_MINUTES),
+               "--no-check-permissions")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == "file: removed 2 expired sessions\n"
+    assert oct(store.stat().st_mode & 0o777) == "0o755"  # used as it is, not changed
+    memory = run("gc", "--driver", "memory", "--no-check-permissions")
+    assert memory.returncode == 2 and "only for --driver file" in memory.stderr
+
+
 def test_gc_with_the_apps_config(tmp_path: Path) -> None:
     store = tmp_path / "sessions"
     live = make_sessions(store, live=2, expired=3)

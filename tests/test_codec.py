@@ -341,8 +341,8 @@ def test_plain_payloads_are_tagged_with_their_session_id() -> None:
     # handed back under another id (a proxy or connection out of step): refused
     with pytest.raises(DecodeError, match="another session id"):
         codec.decode("sid-b", payload)
-    # 0.1's untagged plain payloads still load
-    assert codec.decode("sid-b", b"\x00" + payload[9:]) == ({"a": 1}, False)
+    # 0.1's untagged plain payloads still load, and are to be rewritten with the tag
+    assert codec.decode("sid-b", b"\x00" + payload[9:]) == ({"a": 1}, True)
 
 
 def test_codec_refuses_plain_payload_when_encryption_is_on() -> None:

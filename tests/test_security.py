@@ -88,6 +88,23 @@ async def test_a_plain_record_served_under_another_id_is_refused(
     assert "another session id" in caplog.records[0].getMessage()
 
 
+async def test_an_untagged_plain_record_of_0_1_is_rewritten_with_its_tag() -> None:
+    manager = SessionManager({"lottery": (0, 1)})
+    driver = manager.get_driver()
+    s = await manager.driver()
+    s.put("user", "alice")
+    await s.save()
+    record = await driver.read(s.id)
+    assert record is not None and record[VERSION_SIZE:VERSION_SIZE + 1] == b"\x03"
+    untagged = record[:VERSION_SIZE] + b"\x00" + record[VERSION_SIZE + 9:]
+    await driver.write(s.id, untagged, 60)
+    loaded = await manager.load(s.id)
+    assert loaded.get("user") == "alice" and loaded.modified  # a read-only request rewrites
+    await loaded.save()
+    rewritten = await driver.read(s.id)
+    assert rewritten is not None and rewritten[VERSION_SIZE:VERSION_SIZE + 1] == b"\x03"
+
+
 async def test_tampered_byte_anywhere_gives_fresh_session(
         caplog: pytest.LogCaptureFixture) -> None:
     manager = encrypted()

@@ -276,3 +276,25 @@ async def test_a_custom_driver_error_that_escapes_to_aiohttp_logs_no_whole_id(
     assert response.status == 500
     await asyncio.sleep(0)
     assert any("Error handling request" in t and abbreviate(sid) in t for t in logged)
+
+
+def test_the_filter_on_a_handler_covers_child_loggers_too() -> None:
+    # the README's advice for records logged on an app's own loggers
+    from aiosessmgr.log import RedactSessionIds
+
+    texts: list[str] = []
+
+    class Collect(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            texts.append(self.format(record))
+
+    handler = Collect()
+    handler.addFilter(RedactSessionIds())
+    child = logging.getLogger("aiosessmgr.myapp")
+    child.addHandler(handler)
+    try:
+        sid = new_session_id()
+        child.warning("user of %s logged in", sid)
+    finally:
+        child.removeHandler(handler)
+    assert texts == [f"user of {abbreviate(sid)} logged in"]

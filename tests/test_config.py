@@ -132,3 +132,15 @@ def test_custom_driver_type_is_checked_when_used() -> None:
         manager.runtime("db")
     with pytest.raises(ConfigError, match="unknown driver 'other'; configured: db"):
         manager.runtime("other")
+
+
+@pytest.mark.parametrize("bad", [0, 255, -1, 1.5, "1mb", True])
+def test_max_record_size_must_be_a_sane_number_of_bytes(bad: object) -> None:
+    with pytest.raises(ConfigError, match="max_record_size must be a number of bytes"):
+        SessionConfig.from_dict({"max_record_size": bad})
+
+
+def test_max_record_size_defaults_to_one_mib_and_may_be_off() -> None:
+    assert SessionConfig().max_record_size == 1024 * 1024
+    assert SessionConfig.from_dict({"max_record_size": None}).max_record_size is None
+    assert SessionConfig.from_dict({"max_record_size": 256}).max_record_size == 256

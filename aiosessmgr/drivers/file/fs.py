@@ -36,9 +36,9 @@ from .locking import (
     STRIPE_FLAGS,
     Busy,
     remove_abandoned,
+    stripe_held,
     try_flock,
     try_session_lock,
-    try_stripe,
     unlock_session,
 )
 from .permissions import check_path, check_private
@@ -241,17 +241,13 @@ class Directory:
     def _remove_expired(self, session_id: str, path: str, seen: os.stat_result,
                         ttl: float) -> None:
         """Unlink an expired file if its stripe lock is free; else leave it to gc."""
-        with suppress(OSError):
-            fd = try_stripe(self.stripe_file(stripe_of(session_id)))
-            if fd is None:
+        with suppress(OSError), stripe_held(self.stripe_file(stripe_of(session_id))) as held:
+            if not held:
                 return  # a writer of this stripe is at work: it may be replacing this file
-            try:
-                now = os.lstat(path)
-                # unlink only the file we judged expired, not one a writer replaced it with
-                if now.st_ino == seen.st_ino and time.time() - now.st_mtime > ttl:
-                    os.unlink(path)
-            finally:
-                os.close(fd)
+            now = os.lstat(path)
+            # unlink only the file we judged expired, not one a writer replaced it with
+            if now.st_ino == seen.st_ino and time.time() - now.st_mtime > ttl:
+                os.unlink(path)
 
     # -- the operations (one thread hop each) ------------------------------------------------
 
@@ -307,13 +303,10 @@ class Directory:
         """Replace the record under the stripe lock; BUSY if the lock is held."""
         path = self.file(session_id)
         try:
-            fd = try_stripe(self.stripe_file(stripe_of(session_id)))
-            if fd is None:
-                return BUSY
-            try:
+            with stripe_held(self.stripe_file(stripe_of(session_id))) as held:
+                if not held:
+                    return BUSY
                 self._replace(path, payload)
-            finally:
-                os.close(fd)  # releases the lock
         except OSError as exc:
             raise self.broken("write a session", exc) from exc
         return None
@@ -326,16 +319,13 @@ class Directory:
         """
         path = self.file(session_id)
         try:
-            fd = try_stripe(self.stripe_file(stripe_of(session_id)))
-            if fd is None:
-                return BUSY
-            try:
+            with stripe_held(self.stripe_file(stripe_of(session_id))) as held:
+                if not held:
+                    return BUSY
                 if self._version(path, ttl) != expected:
                     return False
                 self._replace(path, payload)
                 return True
-            finally:
-                os.close(fd)
         except OSError as exc:
             raise self.broken("write a session", exc) from exc
 
@@ -359,16 +349,14 @@ class Directory:
         """Unlink the session file under the stripe lock; BUSY if the lock is held."""
         path = self.file(session_id)
         try:
-            fd = try_stripe(self.stripe_file(stripe_of(session_id)))
-            if fd is None:
-                return BUSY
-            try:
-                os.unlink(path)
-            except FileNotFoundError:
-                if not os.path.isdir(self.path):
-                    raise
-            finally:
-                os.close(fd)
+            with stripe_held(self.stripe_file(stripe_of(session_id))) as held:
+                if not held:
+                    return BUSY
+                try:
+                    os.unlink(path)
+                except FileNotFoundError:
+                    if not os.path.isdir(self.path):
+                        raise
         except OSError as exc:
             raise self.broken("remove a session", exc) from exc
         return None

@@ -15,15 +15,17 @@ lock when its holder's process dies.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import enum
 import fcntl
 import os
+from collections.abc import Iterator
 from typing import Final
 
 from ...locks import Backoff
 
 __all__ = ["BUSY", "LOCK_POLL_MAX", "LOCK_POLL_MIN", "Busy", "backoff", "remove_abandoned",
-           "same_file", "try_session_lock", "try_stripe", "unlock_session"]
+           "same_file", "stripe_held", "try_session_lock", "try_stripe", "unlock_session"]
 
 #: seconds between attempts at a lock held by another process: the first sleep, and the
 #: longest (each sleep is jittered and grows between them)
@@ -69,6 +71,20 @@ def try_stripe(path: str) -> int | None:
         raise
     os.close(fd)
     return None
+
+
+@contextlib.contextmanager
+def stripe_held(path: str) -> Iterator[bool]:
+    """Hold stripe lock file *path* for the block if it is free: yields False if it is held
+    elsewhere (the block should answer BUSY), and releases the lock when the block ends."""
+    fd = try_stripe(path)
+    if fd is None:
+        yield False
+        return
+    try:
+        yield True
+    finally:
+        os.close(fd)  # releases the lock
 
 
 def same_file(fd: int, path: str) -> bool:

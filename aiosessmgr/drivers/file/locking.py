@@ -62,7 +62,12 @@ def try_stripe(path: str) -> int | None:
     Closing the descriptor releases the lock. Raises OSError if the file cannot be opened
     (the session directory is gone, say).
     """
-    fd = os.open(path, STRIPE_FLAGS, 0o600)
+    return _open_locked(path, STRIPE_FLAGS)
+
+
+def _open_locked(path: str, flags: int) -> int | None:
+    """Open *path* and take its flock without waiting: the descriptor, or None if held."""
+    fd = os.open(path, flags, 0o600)
     try:
         if try_flock(fd):
             return fd
@@ -105,11 +110,10 @@ def try_session_lock(path: str) -> int | None:
     open and our flock is a lock nobody else will ever look at.
     """
     for _ in range(8):  # each retry means another holder released meanwhile
-        fd = os.open(path, _LOCK_FLAGS | os.O_CREAT, 0o600)
+        fd = _open_locked(path, _LOCK_FLAGS | os.O_CREAT)
+        if fd is None:
+            return None
         try:
-            if not try_flock(fd):
-                os.close(fd)
-                return None
             if same_file(fd, path):
                 return fd
         except BaseException:

@@ -1,83 +1,295 @@
-"""Writing a session's record: compare-and-set with delta replay, or last writer wins.
+"""Writing a session's record: group commit, compare-and-set with delta replay.
 
-Saves of one id in one process take turns (``DriverRuntime.save_turns``), so they never
-conflict with each other; a conflict with another process re-reads the record, replays
-the request's delta on it and tries again, backing off before each re-read, until
-:data:`SAVE_DEADLINE`. A driver without compare-and-set writes last-writer-wins, but
-never over an id this process destroyed meanwhile (``DriverRuntime.tombstones``).
+Saves of one id in one process form a line. The first save of an idle line writes at
+once; saves that arrive while it is in flight wait, and the next write takes all of them
+together (group commit): each one's delta is replayed in order on the record the line
+wrote last, and the result goes out as one compare-and-set. The process remembers the
+last record it wrote for an id (:class:`CommitQueue`), so a save that loaded an older
+version needs no re-read. A conflict with another process re-reads the record, replays
+the deltas of the whole batch on it and tries again, backing off before each re-read,
+until :data:`SAVE_DEADLINE`. A driver without compare-and-set writes last-writer-wins,
+but never over an id this process destroyed meanwhile (``DriverRuntime.tombstones``).
 """
 
 from __future__ import annotations
 
 import asyncio
 import random
+import time
+from collections import OrderedDict
 from collections.abc import Callable
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
 from .drivers.base import VERSION_SIZE
 from .errors import SessionSaveTimeout
-from .runtime import DriverRuntime
+from .log import logger
 
-__all__ = ["SAVE_BACKOFF_MAX", "SAVE_BACKOFF_MIN", "SAVE_DEADLINE", "SAVE_TURN_WAIT", "write"]
+if TYPE_CHECKING:
+    from .runtime import DriverRuntime
+
+__all__ = ["REMEMBER_BYTES", "REMEMBER_IDS", "SAVE_BACKOFF_MAX", "SAVE_BACKOFF_MIN",
+           "SAVE_DEADLINE", "SAVE_TURN_WAIT", "CommitQueue", "Save", "write"]
 
 #: seconds a save keeps re-reading and replaying its delta while other processes keep
-#: winning the compare-and-set (saves of one id within a process take turns instead)
+#: winning the compare-and-set (saves of one id within a process are grouped instead)
 SAVE_DEADLINE: Final = 10.0
 #: seconds: the first and the longest jittered pause before a re-read after a conflict
 SAVE_BACKOFF_MIN: Final = 0.0005
 SAVE_BACKOFF_MAX: Final = 0.05
-#: seconds a save waits for its turn behind saves of the same id in this process
+#: seconds a save waits in line behind a write of the same id in this process
 SAVE_TURN_WAIT: Final = 10.0
+#: the last written record is remembered for this many ids, if at most REMEMBER_BYTES long
+REMEMBER_IDS: Final = 256
+REMEMBER_BYTES: Final = 64 * 1024
 
 #: () -> (version, record): encode the session's current state under a new version
 Encode = Callable[[], tuple[bytes, bytes]]
-#: (fresh record or None) -> its version: replay the delta on a record another wrote
-Rebase = Callable[[bytes | None], bytes | None]
+#: (a record another wrote, or None) -> anything: replay the delta on that record
+Rebase = Callable[[bytes | None], object]
+#: (the record a group commit wrote) -> None: take it as the session's state
+Adopt = Callable[[bytes], None]
 
 
-async def write(rt: DriverRuntime, session_id: str, expected: bytes | None,
-                encode: Encode, rebase: Rebase) -> bytes | None:
-    """Write the session; return the version written, or None if its record ended.
+class Save:
+    """One session's pending save: the version it loaded and how to encode and replay it.
 
-    *expected* is the version loaded (None: no record yet). Raises SessionSaveTimeout
-    (turn or deadline) and DriverError (the store failed).
+    *expected* is the version loaded (None: no record yet, a create-only write);
+    *loaded_at* is ``time.monotonic()`` when the store answered that load.
     """
-    version, payload = encode()
+
+    __slots__ = ("adopt", "base", "encode", "expected", "future", "loaded_at", "rebase")
+
+    def __init__(self, expected: bytes | None, loaded_at: float, encode: Encode,
+                 rebase: Rebase, adopt: Adopt) -> None:
+        self.expected = expected
+        self.loaded_at = loaded_at
+        self.encode = encode
+        self.rebase = rebase
+        self.adopt = adopt
+        # the version the session's state is relative to (its load, then each replay)
+        self.base = expected
+        self.future: asyncio.Future[bytes | None] | None = None
+
+
+class _Line:
+    __slots__ = ("queue", "task")
+
+    def __init__(self) -> None:
+        self.queue: list[Save] = []
+        self.task: asyncio.Task[None] | None = None
+
+
+class CommitQueue:
+    """The save lines of one driver in this process, and the last record written per id.
+
+    The memory is bounded: the last record of at most :data:`REMEMBER_IDS` ids, each at
+    most :data:`REMEMBER_BYTES` long, the least recently written forgotten first.
+    """
+
+    def __init__(self, ids: int = REMEMBER_IDS, size: int = REMEMBER_BYTES) -> None:
+        self._lines: dict[str, _Line] = {}
+        # id -> (version, record, time.monotonic() when the write was acknowledged)
+        self._last: OrderedDict[str, tuple[bytes, bytes, float]] = OrderedDict()
+        self._ids = ids
+        self._size = size
+
+    def remember(self, session_id: str, version: bytes, payload: bytes) -> None:
+        """Note the record this process just wrote for *session_id*."""
+        last = self._last
+        if len(payload) > self._size:
+            last.pop(session_id, None)
+            return
+        last[session_id] = (version, payload, time.monotonic())
+        last.move_to_end(session_id)
+        if len(last) > self._ids:
+            last.popitem(last=False)
+
+    def forget(self, session_id: str) -> None:
+        """Forget the last record of *session_id* (destroyed, or the store's answer lost)."""
+        self._last.pop(session_id, None)
+
+    def base(self, session_id: str, first: Save) -> tuple[bytes | None, bytes | None]:
+        """Where a batch starting with *first* is written: (expected version, the record to
+        replay the batch on; None: on the first save's own load)."""
+        last = None if first.expected is None else self._last.get(session_id)
+        if last is not None and last[0] != first.expected and first.loaded_at <= last[2]:
+            # that save loaded before this process's last write was acknowledged: the
+            # record is at least that write, so replay on it instead of a certain conflict
+            return last[0], last[1]
+        return first.expected, None
+
+
+async def write(rt: DriverRuntime, session_id: str, save: Save) -> bytes | None:
+    """Write one session's save; return the version written, or None if its record ended.
+
+    Raises SessionSaveTimeout (waited too long in line, or other processes kept winning
+    until the deadline), DriverError (the store failed) and what the session's own
+    encoding raises (SerializationError, SessionTooLarge).
+    """
     if not rt.can_cas:
-        if expected is not None and session_id in rt.tombstones:
+        if save.expected is not None and session_id in rt.tombstones:
             return None  # destroyed while this request ran: last-writer-wins would revive it
+        version, payload = save.encode()
         await rt.driver.write(session_id, payload, rt.ttl)
         return version
-    turn = await rt.save_turns.acquire_lock(session_id, SAVE_TURN_WAIT, SAVE_TURN_WAIT)
-    if turn is None:
-        raise SessionSaveTimeout(
-            f"session save waited {SAVE_TURN_WAIT:g} s for its turn behind other "
-            f"saves of the same session"
-        )
+    queue = rt.commits
+    if save.expected is None:
+        # a create-only write of a new id: nothing to group with
+        return await _write_alone(rt, session_id, save)
+    line = queue._lines.get(session_id)
+    if line is None:
+        # nobody writes this id in this process: write at once, in this task
+        line = queue._lines[session_id] = _Line()
+        try:
+            return await _write_alone(rt, session_id, save)
+        finally:
+            if line.queue:
+                line.task = asyncio.get_running_loop().create_task(
+                    _drain(rt, session_id, line))
+            else:
+                del queue._lines[session_id]
+    loop = asyncio.get_running_loop()
+    future: asyncio.Future[bytes | None] = loop.create_future()
+    save.future = future
+    line.queue.append(save)
+    timer = loop.call_later(SAVE_TURN_WAIT, _waited_too_long, line, save)
     try:
-        return await _compare_and_set(rt, session_id, expected, version, payload, encode,
-                                      rebase)
+        return await future
     finally:
-        await rt.save_turns.release_lock(session_id, turn)
+        timer.cancel()
+        if save in line.queue:  # cancelled while waiting: never written
+            line.queue.remove(save)
+
+
+def _waited_too_long(line: _Line, save: Save) -> None:
+    if save in line.queue and save.future is not None and not save.future.done():
+        line.queue.remove(save)
+        save.future.set_exception(SessionSaveTimeout(
+            f"session save waited {SAVE_TURN_WAIT:g} s in line behind other saves of "
+            f"the same session"))
+
+
+async def _write_alone(rt: DriverRuntime, session_id: str, save: Save) -> bytes | None:
+    version, _, written, failed = await _commit(rt, session_id, [save])
+    if failed:
+        raise failed[0][1]
+    return version if written else None
+
+
+async def _drain(rt: DriverRuntime, session_id: str, line: _Line) -> None:
+    """Write the saves waiting in *line*, a batch at a time, until none are left."""
+    batch: list[Save] = []
+    try:
+        while line.queue:
+            batch = [save for save in line.queue if not _done(save)]
+            line.queue = []
+            if not batch:
+                continue
+            try:
+                version, _, written, failed = await _commit(rt, session_id, batch)
+            except Exception as exc:
+                failed, written, version = [(save, exc) for save in batch], [], b""
+            for save, error in failed:
+                _settle(save, error)
+            landed = {id(save) for save in written}
+            for save in batch:
+                _settle(save, version if id(save) in landed else None)
+    finally:
+        for save in (*batch, *line.queue):  # cancelled (the loop is closing)
+            if save.future is not None and not save.future.done():
+                save.future.cancel()
+        if rt.commits._lines.get(session_id) is line:
+            del rt.commits._lines[session_id]
+
+
+def _done(save: Save) -> bool:
+    return save.future is None or save.future.done()
+
+
+def _settle(save: Save, outcome: bytes | Exception | None) -> None:
+    """Resolve a waiting save (its first outcome counts: an error before "ended")."""
+    future = save.future
+    if future is None or future.done():
+        return
+    if isinstance(outcome, Exception):
+        future.set_exception(outcome)
+    else:
+        future.set_result(outcome)
+
+
+def _replay(batch: list[Save], raw: bytes | None
+            ) -> tuple[bytes, bytes, list[Save], list[tuple[Save, Exception]]]:
+    """Replay each save's delta in order on *raw* (None: on the first save's own load).
+
+    Returns the last version and record encoded, the saves it contains and the saves
+    whose own state could not be encoded (with their errors).
+    """
+    version = payload = b""
+    written: list[Save] = []
+    failed: list[tuple[Save, Exception]] = []
+    for save in batch:
+        try:
+            if raw is not None and raw[:VERSION_SIZE] != save.base:
+                save.rebase(raw)
+                save.base = raw[:VERSION_SIZE]
+            version, payload = save.encode()
+        except Exception as exc:  # this session's own value: its own error to see
+            failed.append((save, exc))
+            continue
+        written.append(save)
+        raw = payload
+    return version, payload, written, failed
+
+
+async def _commit(rt: DriverRuntime, session_id: str, batch: list[Save]
+                  ) -> tuple[bytes, bytes, list[Save], list[tuple[Save, Exception]]]:
+    """Write *batch* as one compare-and-set; return what was written and who failed.
+
+    The saves written is empty if the record ended (or no save could be encoded).
+    """
+    queue = rt.commits
+    expected, raw = queue.base(session_id, batch[0])
+    version, payload, written, failed = _replay(batch, raw)
+    if raw is None and written:
+        expected = written[0].expected
+    if not written:
+        return version, payload, written, failed
+    try:
+        outcome = await _compare_and_set(rt, session_id, expected, version, payload,
+                                         written, failed)
+    except BaseException:
+        queue.forget(session_id)  # whether the write landed is unknown
+        raise
+    if outcome is None:
+        queue.forget(session_id)
+        return version, payload, [], failed
+    version, payload, written = outcome
+    queue.remember(session_id, version, payload)
+    for save in written[:-1]:
+        save.adopt(payload)  # the last one's state is the record; the others take it
+    if len(written) > 1:
+        logger.debug("session %s…: %d saves written as one", session_id[:6], len(written))
+    return version, payload, written, failed
 
 
 async def _compare_and_set(rt: DriverRuntime, session_id: str, expected: bytes | None,
-                           version: bytes, payload: bytes, encode: Encode,
-                           rebase: Rebase) -> bytes | None:
+                           version: bytes, payload: bytes, written: list[Save],
+                           failed: list[tuple[Save, Exception]]
+                           ) -> tuple[bytes, bytes, list[Save]] | None:
     cas = rt.driver.compare_and_set  # type: ignore[attr-defined]
     loop = asyncio.get_running_loop()
     deadline = 0.0
     conflicts = 0
     while True:
         if await cas(session_id, payload, rt.ttl, expected):
-            return version
+            return version, payload, written
         conflicts += 1
         if conflicts == 1:
             # the first conflict re-reads at once: the winner has just written
             deadline = loop.time() + SAVE_DEADLINE
         else:
             # back off *before* re-reading, never between the re-read and the write:
-            # the snapshot the delta is replayed on is then as fresh as it can be
+            # the snapshot the deltas are replayed on is then as fresh as it can be
             delay = random.uniform(0, min(SAVE_BACKOFF_MAX,
                                           SAVE_BACKOFF_MIN * (1 << min(conflicts, 16))))
             if loop.time() + delay > deadline:
@@ -89,9 +301,14 @@ async def _compare_and_set(rt: DriverRuntime, session_id: str, expected: bytes |
         fresh = await rt.driver.read(session_id)
         if fresh is not None and fresh[:VERSION_SIZE] == version:
             # our write landed but its reply was lost (a client that retried):
-            # replaying the delta now would apply increments twice
-            return version
+            # replaying the deltas now would apply increments twice
+            return version, payload, written
         if fresh is None and expected is not None:
             return None
-        expected = rebase(fresh)
-        version, payload = encode()
+        # (fresh is None only for a create-only write that raced a record which vanished
+        # again: it writes its own state as before)
+        expected = None if fresh is None else fresh[:VERSION_SIZE]
+        version, payload, written, more = _replay(written, fresh)
+        failed.extend(more)
+        if not written:
+            return None

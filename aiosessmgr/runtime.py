@@ -1,4 +1,4 @@
-"""The per-driver runtime sessions share: capabilities, locks, save turns, tombstones."""
+"""The per-driver runtime sessions share: capabilities, locks, save lines, tombstones."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from .codec import Codec
+from .commit import CommitQueue
 from .drivers.base import SessionDriver, SupportsCompareAndSet, SupportsLock, SupportsTouch
 from .events import EventRegistry
 from .locks import LocalLocks
@@ -51,8 +52,8 @@ class DriverRuntime:
     """A named driver at run time: the driver and everything sessions on it share.
 
     Built once per driver name by the manager (``manager.runtime(name)``): its codec,
-    events, lifetime (seconds), clock, detected capabilities, locks, save turns and
-    tombstones. Called ``StoreContext`` before 0.2 (a deprecated alias remains).
+    events, lifetime (seconds), clock, detected capabilities, locks, save lines (group
+    commit) and tombstones. Called ``StoreContext`` before 0.2 (a deprecated alias remains).
     """
 
     name: str
@@ -71,8 +72,9 @@ class DriverRuntime:
     can_cas: bool = field(init=False)
     #: the driver's cross-process lock, or process-local locks for drivers without one
     locks: SupportsLock = field(init=False)
-    #: saves of one id in this process take turns, so they never conflict with each other
-    save_turns: LocalLocks = field(init=False, default_factory=LocalLocks)
+    #: saves of one id in this process are written together, so they never conflict with
+    #: each other, and the last record written per id (see aiosessmgr.commit)
+    commits: CommitQueue = field(init=False, default_factory=CommitQueue)
     #: ids destroyed here, for drivers without compare-and-set (see Tombstones)
     tombstones: Tombstones = field(init=False)
     #: ids a request moved away from (regenerate, invalidate, new_session) or destroyed
@@ -91,6 +93,7 @@ class DriverRuntime:
     async def destroy(self, session_id: str) -> None:
         """Remove a record and remember its id (see Tombstones)."""
         await self.driver.destroy(session_id)
+        self.commits.forget(session_id)
         now = self.clock()
         self.tombstones.add(session_id, now)
         self.moved.add(session_id, now)

@@ -162,9 +162,8 @@ class SessionStore(SessionData):
     def cookie_sent_at(self) -> float:
         """When a response last sent this session's cookie (epoch seconds); 0.0 if unknown.
 
-        Kept in the record (metadata ``s``) so that a rolling ``max_age`` cookie is re-sent
-        on time, whichever process served the requests in between.
-        """
+        Kept in the record (metadata ``s``): a rolling ``max_age`` cookie is re-sent on
+        time, whichever process served the requests in between."""
         return float(self._d.meta.get("s", 0.0)) if self.stored else 0.0
 
     def cookie_sent(self, at: float) -> None:
@@ -253,15 +252,17 @@ class SessionStore(SessionData):
                 d.delete(key)
 
     def _rebase(self, raw: bytes | None, session_id: str | None = None) -> bytes | None:
-        """Replay this request's delta on the record another request just wrote.
-
-        Returns that record's version: what the next compare-and-set expects.
-        """
+        """Replay this request's delta on a record another wrote; return its version."""
         decoded = None if raw is None else self._decode(session_id or self._id, raw)
         self._version = None if raw is None else raw[:_VERSION_SIZE]
         if decoded is not None:
             self._d.rebase(decoded[0], decoded[1])
         return self._version
+
+    def _adopt(self, raw: bytes) -> None:
+        """Take the record a group commit wrote: this save's changes and later ones."""
+        if (decoded := self._decode(self._id, raw)) is not None:
+            self._d.data, self._d.meta = decoded[0], decoded[1]
 
     # -- saving ----------------------------------------------------------------------------
 
@@ -279,9 +280,8 @@ class SessionStore(SessionData):
         carry = self._carry
         if carry is not None and not await self._carry_over(*carry):
             return  # the record it was moved from ended meanwhile: never revive it
-        # if this fails, the old record stays and the move stays pending (a save retried
-        # after the handler caught the error re-checks the old record and moves the state
-        # merged here): a failed login loses nothing and revives nothing
+        # if this fails, the old record stays and the move stays pending (a retried save
+        # re-checks the old record): a failed login loses nothing and revives nothing
         await self._write()
         self._carry = None
         if carry is not None and self._state is not State.ENDED:
@@ -296,7 +296,8 @@ class SessionStore(SessionData):
             d.clear()  # nothing worth a record: an empty session is never stored
             return
         d.set_meta("t", rt.clock())
-        written = await commit.write(rt, self._id, self._version, self._encode, self._rebase)
+        written = await commit.write(rt, self._id, commit.Save(
+            self._version, self._answered_at, self._encode, self._rebase, self._adopt))
         if written is None:
             self._end(self._id)  # the record ended under this request: never write it back
             return

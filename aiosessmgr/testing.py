@@ -514,7 +514,7 @@ class DriverContract:
 
     async def test_concurrent_saves_on_one_id_lose_nothing(
             self, driver: SessionDriver) -> None:
-        # two managers on one driver: saves of one manager take turns, the two race like
+        # two managers on one driver: saves of one manager are grouped, the two race like
         # two processes, so conflicts are resolved by compare-and-set and a replayed delta
         async with self.lent_manager(driver) as (one, _), self.lent_manager(driver) as (two, _):
             first = await one.driver()

@@ -57,3 +57,16 @@ async def test_two_processes_lose_nothing(servers: list[str],
     assert data["n"] == 100
     assert sorted(data["items"]) == list(range(50))
     assert len(data) == 103  # first, k0..k99, n, items
+
+
+async def test_a_hot_session_with_1000_concurrent_requests_across_two_processes(
+        servers: list[str]) -> None:
+    # one cookie, 1,000 requests in flight at once, half on each process: saves of one
+    # id group in each process and the two processes' batches conflict and replay
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as http:
+        sid = await start_session(http, servers[0])
+        paths = [f"/set?key=k{i}" if i % 4 >= 2 else "/incr" for i in range(1000)]
+        await fan_out(http, servers, sid, paths)
+        data = await dump(http, servers[1], sid)
+    assert data.pop("n") == 500
+    assert data == {"first": True, **{f"k{i}": True for i in range(1000) if i % 4 >= 2}}

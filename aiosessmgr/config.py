@@ -280,6 +280,10 @@ class SessionConfig:
     lottery: tuple[int, int] = (2, 100)
     #: seconds between periodic GC runs started by ``setup()``; ``None`` disables it
     gc_interval: float | None = None
+    #: seconds: a lottery hit starts no GC run of a driver sooner than this after the last
+    #: GC run of that driver in this process ended; ``None``: the driver's lifetime / 100
+    #: (72 s at 120 minutes); 0: no minimum. Periodic and explicit runs ignore it.
+    lottery_interval: float | None = None
     #: default idle lifetime in minutes for drivers that do not set their own
     lifetime: float = 120
     #: minutes after creation when a session ends however active it is; None: no cap
@@ -331,6 +335,13 @@ class SessionConfig:
             )
         object.__setattr__(self, "lottery", (lottery[0], lottery[1]))
         _number("gc_interval", self.gc_interval, allow_none=True)
+        interval = _number("lottery_interval", self.lottery_interval, positive=False,
+                           allow_none=True)
+        if interval is not None and not interval >= 0:
+            raise ConfigError(
+                f"lottery_interval must be 0 (no minimum) or more seconds, or None for the "
+                f"driver's lifetime / 100; got {interval!r}"
+            )
         _number("lifetime", self.lifetime)
         _number("absolute_lifetime", self.absolute_lifetime, allow_none=True)
         size = self.max_record_size
@@ -341,6 +352,13 @@ class SessionConfig:
                 f"{MIN_MAX_RECORD_SIZE} (default {DEFAULT_MAX_RECORD_SIZE}), or None for no "
                 f"limit; got {size!r}"
             )
+
+    def lottery_seconds(self, ttl: int) -> float:
+        """Seconds a lottery hit waits after a driver's last GC run before starting one.
+
+        ``lottery_interval`` if set, else *ttl* (the driver's lifetime, in seconds) / 100.
+        """
+        return ttl / 100 if self.lottery_interval is None else self.lottery_interval
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> SessionConfig:

@@ -76,6 +76,8 @@ class SessionManager:
         self._factories: dict[str, DriverFactory] = {}
         self._runtimes: dict[str, DriverRuntime] = {}
         self._gc_tasks: dict[str, asyncio.Task[int]] = {}
+        # driver name -> event loop time (monotonic seconds) when its last GC run ended
+        self._gc_ended: dict[str, float] = {}
         # built-in drivers are built now, so a bad path or URL fails at construction
         for name, cfg in self.config.drivers.items():
             if cfg.driver in BUILTIN_DRIVERS:
@@ -191,13 +193,17 @@ class SessionManager:
     async def gc(self, name: str | None = None) -> dict[str, int]:
         """Collect expired sessions on *name*, or on every configured driver if None.
 
-        Returns the number removed per driver name.
+        Returns the number removed per driver name. Never throttled; a run's end (even a
+        failed one) starts the driver's ``lottery_interval``.
         """
         names = [name] if name else list(self.config.drivers)
         result: dict[str, int] = {}
         for driver_name in names:
             ctx = self.runtime(driver_name)
-            result[driver_name] = await ctx.driver.gc(ctx.ttl)
+            try:
+                result[driver_name] = await ctx.driver.gc(ctx.ttl)
+            finally:
+                self._gc_ended[driver_name] = asyncio.get_running_loop().time()
         return result
 
     def schedule_gc(self, name: str | None = None) -> bool:
@@ -212,6 +218,19 @@ class SessionManager:
         task = asyncio.get_running_loop().create_task(self._gc_logged(key))
         self._gc_tasks[key] = task
         return True
+
+    def lottery_gc(self, name: str | None = None) -> bool:
+        """What a GC lottery hit calls: :meth:`schedule_gc`, unless the driver's last GC run
+        in this process ended less than ``lottery_interval`` seconds ago (event loop time).
+
+        Returns True if a run was started.
+        """
+        key = name or self.config.default
+        ended = self._gc_ended.get(key)
+        if ended is not None and (asyncio.get_running_loop().time() - ended
+                                  < self.config.lottery_seconds(self.runtime(key).ttl)):
+            return False
+        return self.schedule_gc(key)
 
     async def _gc_logged(self, name: str) -> int:
         try:

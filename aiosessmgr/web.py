@@ -223,9 +223,10 @@ class _Front:
                             headers={hdrs.RETRY_AFTER: "1"})
 
     def maybe_collect(self) -> None:
-        """The GC lottery: on a hit, collect after the response went out, in the background."""
+        """The GC lottery: on a hit, collect after the response went out, in the background
+        (unless the last run ended less than ``lottery_interval`` seconds ago)."""
         if self.lottery and random.random() < self.lottery:
-            asyncio.get_running_loop().call_soon(self.manager.schedule_gc)
+            asyncio.get_running_loop().call_soon(self.manager.lottery_gc)
 
 
 def session_middleware(manager: SessionManager) -> Middleware:

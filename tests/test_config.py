@@ -144,3 +144,28 @@ def test_max_record_size_defaults_to_one_mib_and_may_be_off() -> None:
     assert SessionConfig().max_record_size == 1024 * 1024
     assert SessionConfig.from_dict({"max_record_size": None}).max_record_size is None
     assert SessionConfig.from_dict({"max_record_size": 256}).max_record_size == 256
+
+
+@pytest.mark.parametrize(("bad", "expected"), [
+    pytest.param(-1, "lottery_interval must be 0 (no minimum) or more seconds", id="negative"),
+    pytest.param(float("nan"), "lottery_interval must be 0", id="nan"),
+    pytest.param("72", "lottery_interval must be a number", id="string"),
+    pytest.param(True, "lottery_interval must be a number", id="bool"),
+])
+def test_lottery_interval_must_be_none_or_non_negative_seconds(bad: object,
+                                                               expected: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        SessionConfig.from_dict({"lottery_interval": bad})
+    assert expected in str(info.value)
+
+
+def test_lottery_interval_defaults_to_a_hundredth_of_the_lifetime() -> None:
+    assert SessionConfig().lottery_interval is None
+    default = SessionManager()
+    assert default.config.lottery_seconds(default.runtime().ttl) == 72.0  # 120 minutes
+    short = SessionConfig.from_dict({"drivers": {"m": {"driver": "memory", "lifetime": 5}}})
+    assert short.lottery_seconds(short.drivers["m"].ttl) == 3.0
+    assert SessionConfig.from_dict({"lottery_interval": 0}).lottery_seconds(7200) == 0
+    assert SessionConfig.from_dict({"lottery_interval": 2.5}).lottery_seconds(7200) == 2.5
+    with pytest.raises(ConfigError, match="did you mean 'lottery_interval'"):
+        SessionConfig.from_dict({"lotteryInterval": 5})

@@ -57,10 +57,13 @@ class Save:
     *loaded_at* is ``time.monotonic()`` when the store answered that load.
     """
 
-    __slots__ = ("adopt", "base", "encode", "expected", "future", "loaded_at", "rebase")
+    __slots__ = ("adopt", "base", "encode", "expected", "future", "loaded_at", "owner",
+                 "rebase")
 
     def __init__(self, expected: bytes | None, loaded_at: float, encode: Encode,
-                 rebase: Rebase, adopt: Adopt) -> None:
+                 rebase: Rebase, adopt: Adopt, owner: object = None) -> None:
+        #: the session saving: its saves never overlap (see CommitQueue.settled)
+        self.owner = owner
         self.expected = expected
         self.loaded_at = loaded_at
         self.encode = encode
@@ -88,6 +91,8 @@ class CommitQueue:
 
     def __init__(self, ids: int = REMEMBER_IDS, size: int = REMEMBER_BYTES) -> None:
         self._lines: dict[str, _Line] = {}
+        # id() of a session with a save in progress -> the saves waiting for it to end
+        self._saving: dict[int, list[asyncio.Future[None]] | None] = {}
         # id -> (version, record, time.monotonic() when the write was acknowledged)
         self._last: OrderedDict[str, tuple[bytes, bytes, float]] = OrderedDict()
         self._ids = ids
@@ -103,6 +108,22 @@ class CommitQueue:
         last.move_to_end(session_id)
         if len(last) > self._ids:
             last.popitem(last=False)
+
+    async def settled(self, owner: object) -> None:
+        """Wait until *owner* (a session) has no save in progress.
+
+        A session's saves never overlap: replaying one session's delta twice in one batch
+        would apply its increments twice, and a session that moves (regenerate,
+        invalidate) while its save waits would write its new id's state under the old.
+        """
+        key = id(owner)
+        while key in self._saving:
+            waiters = self._saving[key]
+            if waiters is None:
+                waiters = self._saving[key] = []
+            done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            waiters.append(done)
+            await done
 
     def forget(self, session_id: str) -> None:
         """Forget the last record of *session_id* (destroyed, or the store's answer lost)."""
@@ -126,6 +147,22 @@ async def write(rt: DriverRuntime, session_id: str, save: Save) -> bytes | None:
     until the deadline), DriverError (the store failed) and what the session's own
     encoding raises (SerializationError, SessionTooLarge).
     """
+    if save.owner is None:
+        return await _write(rt, session_id, save)
+    queue = rt.commits
+    key = id(save.owner)
+    if key in queue._saving:
+        await queue.settled(save.owner)
+    queue._saving[key] = None
+    try:
+        return await _write(rt, session_id, save)
+    finally:
+        for done in queue._saving.pop(key, None) or ():
+            if not done.done():
+                done.set_result(None)
+
+
+async def _write(rt: DriverRuntime, session_id: str, save: Save) -> bytes | None:
     if not rt.can_cas:
         if save.expected is not None and session_id in rt.tombstones:
             return None  # destroyed while this request ran: last-writer-wins would revive it

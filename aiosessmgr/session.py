@@ -244,9 +244,8 @@ class SessionStore(SessionData):
                 key = exc.key
                 if key is None or key in d.changes or key not in d.data:
                     raise  # this request's own value: the handler's error to see
-                # a stored value this request did not touch, which loads but cannot be
-                # saved again (written by something else): dropped, rather than fail
-                # every request of this session from now on
+                # a stored value this request did not touch, which loads but cannot be saved
+                # again (written by something else): dropped, not failing every request
                 logger.warning("session %s…: dropping stored key %r, which cannot be "
                                "saved again: %s", self._id[:6], key, exc)
                 d.delete(key)
@@ -259,8 +258,7 @@ class SessionStore(SessionData):
             self._d.rebase(decoded[0], decoded[1])
         return self._version
 
-    def _adopt(self, raw: bytes) -> None:
-        """Take the record a group commit wrote: this save's changes and later ones."""
+    def _adopt(self, raw: bytes) -> None:  # the record a group commit wrote: take it
         if (decoded := self._decode(self._id, raw)) is not None:
             self._d.data, self._d.meta = decoded[0], decoded[1]
 
@@ -297,7 +295,7 @@ class SessionStore(SessionData):
             return
         d.set_meta("t", rt.clock())
         written = await commit.write(rt, self._id, commit.Save(
-            self._version, self._answered_at, self._encode, self._rebase, self._adopt))
+            self._version, self._answered_at, self._encode, self._rebase, self._adopt, self))
         if written is None:
             self._end(self._id)  # the record ended under this request: never write it back
             return
@@ -395,6 +393,7 @@ class SessionStore(SessionData):
         cookie: an ended session is never revived.
         """
         self._require_started()
+        await self._rt.commits.settled(self)  # a save of this session in progress ends first
         old_id = self._id
         await self._move(destroy, at_save=True)
         self._d.new_token()
@@ -411,6 +410,7 @@ class SessionStore(SessionData):
         made since included, moves to the new id.
         """
         self._require_started()
+        await self._rt.commits.settled(self)  # a save of this session in progress ends first
         old_id, d = self._id, self._d
         if flush:
             d.flush()

@@ -258,3 +258,45 @@ def test_the_remembered_records_are_bounded() -> None:
     assert queue.base("b", probe) == (b"0" * 8, None)  # too long to remember
     assert queue.base("c", probe) == (b"x" * 8, b"x" * 8 + b"c")
 
+
+
+async def test_one_session_saving_twice_at_once_applies_its_changes_once(
+        manager: SessionManager) -> None:
+    # a handler's early save in a task, then the middleware's save: never in one batch,
+    # where the session's delta would be replayed twice
+    other, session = await loaded_copies(manager, 2)
+    spy = Spy(manager)
+    other.put("other", True)
+    session.increment("n")
+    tasks = await in_line(spy, [other.save(), session.save(), session.save()])
+    assert spy.gate is not None
+    spy.gate.set()
+    await asyncio.gather(*tasks)
+    assert await stored(manager, session) == {"base": True, "other": True, "n": 1}
+
+
+@pytest.mark.parametrize("move", ["regenerate", "invalidate"])
+async def test_moving_while_its_own_save_waits_in_line(manager: SessionManager,
+                                                       move: str) -> None:
+    # the move waits for the save in progress: that save writes the old id's own state
+    # (not the new id's), and the move then happens as usual
+    other, session = await loaded_copies(manager, 2)
+    old_id = session.id
+    spy = Spy(manager)
+    other.put("other", True)
+    session.put("mine", 1)
+    tasks = await in_line(spy, [other.save(), session.save()])
+    mover = asyncio.ensure_future(getattr(session, move)())
+    await asyncio.sleep(0)
+    assert spy.gate is not None
+    spy.gate.set()
+    await asyncio.gather(*tasks, mover)
+    session.put("after", 2)
+    await session.save()
+    assert session.id != old_id and session.stored
+    moved = await manager.load(session.id)
+    if move == "regenerate":
+        assert moved.all() == {"base": True, "other": True, "mine": 1, "after": 2}
+    else:  # a logout: only what was set after it
+        assert moved.all() == {"after": 2}
+    assert await manager.get_driver().read(old_id) is None

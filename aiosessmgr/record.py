@@ -26,7 +26,7 @@ DATA: Final = "d"
 META: Final = "m"
 
 _SCALARS: Final = (str, int, float, bool, type(None))
-_KNOWN_META: Final = frozenset({"c", "t", "s", "k", "f"})
+_TIMES: Final = frozenset({"c", "t", "s"})
 
 
 class DecodeError(ValueError):
@@ -86,25 +86,34 @@ def valid_meta(meta: dict[str, Any]) -> bool:
 
     Times are finite numbers, the token a str, flash data a {str: str} map; keys we do not
     know (a later version's) may hold scalars only, so metadata always saves again.
+    One pass over the entries: this runs on every read.
     """
-    for name in ("c", "t", "s"):
-        if name in meta and (isinstance(meta[name], bool)
-                             or not isinstance(meta[name], (int, float))
-                             or not math.isfinite(meta[name])):
-            return False
-    if "k" in meta and not isinstance(meta["k"], str):
-        return False
-    if any(name not in _KNOWN_META and (not isinstance(value, _SCALARS) or (
-            isinstance(value, float) and not math.isfinite(value)))
-           for name, value in meta.items()):
-        return False
-    if "f" in meta:
-        flash = meta["f"]
-        if isinstance(flash, dict):
-            return all(isinstance(k, str) and isinstance(v, str) for k, v in flash.items())
-        # aiosessmgr 0.1: [new keys, old keys]
-        if not (isinstance(flash, list) and len(flash) == 2
-                and all(isinstance(part, list) and all(isinstance(k, str) for k in part)
-                        for part in flash)):
+    for name, value in meta.items():
+        kind = type(value)
+        if name in _TIMES:
+            if kind is float:
+                if value - value != 0.0:  # inf or nan
+                    return False
+            elif kind is not int and (isinstance(value, bool)  # bool is not a time
+                                      or not isinstance(value, (int, float))
+                                      or (isinstance(value, float) and not math.isfinite(value))):
+                return False
+        elif name == "k":
+            if not isinstance(value, str):
+                return False
+        elif name == "f":
+            if not _valid_flash(value):
+                return False
+        elif not isinstance(value, _SCALARS) or (isinstance(value, float)
+                                                 and not math.isfinite(value)):
             return False
     return True
+
+
+def _valid_flash(flash: Any) -> bool:
+    if isinstance(flash, dict):
+        return all(isinstance(k, str) and isinstance(v, str) for k, v in flash.items())
+    # aiosessmgr 0.1: [new keys, old keys]
+    return (isinstance(flash, list) and len(flash) == 2
+            and all(isinstance(part, list) and all(isinstance(k, str) for k in part)
+                    for part in flash))

@@ -25,6 +25,7 @@ The serializers (what the ``"msgpack"`` and ``"json"`` formats hold) are in
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 from collections.abc import Sequence
@@ -97,7 +98,10 @@ class Secret:
         return hash(self._value)
 
 
+@functools.lru_cache(maxsize=4096)
 def _id_tag(session_id: str) -> bytes:
+    # cached: every read of a plain record checks it, and a tag is not a secret (the
+    # record carries it in the clear); 4,096 tags are about 0.5 MB
     return hashlib.sha256(b"aiosessmgr plain record" + session_id.encode()).digest()[
         :_ID_TAG_SIZE]
 

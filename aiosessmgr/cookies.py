@@ -22,6 +22,7 @@ partitioned cookie that lacks them.
 from __future__ import annotations
 
 import email.utils
+import re
 import time
 from collections.abc import Callable
 from http.cookies import CookieError, Morsel
@@ -57,14 +58,9 @@ def _parse(header: str) -> list[tuple[str, str]]:
     return [(name, morsel.value) for name, morsel in jar.items()]  # pragma: no cover
 
 
-#: what a browser never puts in a Cookie header: quotes, backslashes, control characters
-_NOT_BROWSER: Final = bytes(range(0x20)) + b'\x7f"\\'
-
-
-def _is_browser_shaped(header: bytes) -> bool:
-    """No quote, backslash or control character, and every space right after a ';'."""
-    return (len(header.translate(None, _NOT_BROWSER)) == len(header)
-            and header.count(b" ") == header.count(b"; "))
+#: a header as browsers send it: printable ASCII without quotes or backslashes, and every
+#: space right after a ';' (pairs joined by "; ")
+_BROWSER_SHAPED: Final = re.compile(r'[!#-\[\]-~]*(?:; [!#-\[\]-~]*)*')
 
 
 def cookie_values(header: str, name: str) -> list[str]:
@@ -75,21 +71,20 @@ def cookie_values(header: str, name: str) -> list[str]:
     """
     if not header:
         return []
-    # Fast path: only what a browser sends ("a=1; b=2"): printable ASCII, no quotes or
-    # backslashes, and every space right after a ';'. There aiohttp's parser splits at ';'
-    # and takes the value after the first '=' as is (no unquoting, no date special cases:
-    # those need a quote, a comma followed by whitespace, or whitespace in a value).
-    if header.isascii() and _is_browser_shaped(header.encode("ascii")):
+    # Fast path: only what a browser sends ("a=1; b=2"). There aiohttp's parser splits at
+    # ';' and takes the value after the first '=' as is (no unquoting, no date special
+    # cases: those need a quote, a comma followed by whitespace, or whitespace in a value).
+    if _BROWSER_SHAPED.fullmatch(header) is not None:
+        if name not in header:
+            return []
+        prefix, size = name + "=", len(name) + 1
         values = []
-        start, name_eq, size, end_of_header = 0, name + "=", len(name) + 1, len(header)
-        while (found := header.find(name, start)) >= 0:
-            start = found + 1
-            if found and header[found - 1] not in "; ":
-                continue  # inside another cookie's name or value
-            if header.startswith(name_eq, found):
-                end = header.find(";", found)
-                values.append(header[found + size:end if end >= 0 else None])
-            elif found + size - 1 == end_of_header or header[found + size - 1] == ";":
+        for pair in header.split(";"):
+            if pair[:1] == " ":
+                pair = pair[1:]
+            if pair.startswith(prefix):
+                values.append(pair[size:])
+            elif pair == name:
                 values.append("")  # a bare name: aiohttp reads it as an empty value
         return values
     return [value for key, value in _parse(header) if key == name]

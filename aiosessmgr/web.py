@@ -28,7 +28,7 @@ import logging
 import random
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Final, cast
+from typing import Final
 
 from aiohttp import hdrs, web
 from aiohttp.typedefs import Handler, Middleware
@@ -176,7 +176,8 @@ class _Front:
         cookie alone. *preparing*: called from ``on_response_prepare``, where aiohttp
         has already turned ``response.cookies`` into headers.
         """
-        await slot.run_finalizers()
+        if slot.finalizers:
+            await slot.run_finalizers()
         slot.finalized = True
         session = slot.session
         if session is None or slot.failed:
@@ -189,6 +190,11 @@ class _Front:
                 response.headers[hdrs.VARY] = f"{vary}, Cookie"
         if not self.saves(response.status):
             return
+        if (session.stored and session.id == slot.cookie and not session.modified
+                and not session.moved and not self.in_outage and slot.destroy_on_save is None
+                and not (self.refresh_interval
+                         and slot.arrived - session.cookie_sent_at >= self.refresh_interval)):
+            return  # read only (the common case): nothing to save, no cookie to send
         rolling = False
         if self.refresh_interval and not session.ended:
             if session.id != slot.cookie:
@@ -462,7 +468,10 @@ def default_manager(request: web.Request) -> SessionManager:
 
 
 def _slot(request: web.Request, manager: SessionManager | None) -> _Slot:
-    slots = cast("dict[SessionManager, _Slot] | None", request.get(_SLOTS))
+    try:
+        slots = request[_SLOTS]  # not request.get(): Mapping.get costs more on every call
+    except KeyError:
+        slots = None
     if not slots:
         raise SessionError(
             "no session middleware on this app: call aiosessmgr.setup(app, manager)"

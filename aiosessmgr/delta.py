@@ -15,7 +15,8 @@ record it wrote, by meaning:
 
 Flash lifetime follows Laravel's ``flash``/``now``/``reflash``/``keep``, except that a
 flashed key lasts until a request *reads* it (not only the next request): a poll
-between a POST and its redirect does not eat the message.
+between a POST and its redirect does not eat the message. ``keep`` of a key forgotten in
+the same request keeps nothing (Laravel would keep a flash entry with no data).
 """
 
 from __future__ import annotations
@@ -213,18 +214,29 @@ class Delta:
         self._flash_delta().now.add(key)
 
     def keep(self, keys: tuple[str, ...] | None = None) -> None:
-        """Keep the named flash keys read (or set with ``now``) here; None: all of them."""
+        """Keep the named flash keys read (or set with ``now``) here; None: all of them.
+
+        A key set with ``now`` becomes a flash of its current value (so does one that was
+        also a flash read here: ``now`` overrode that flash). A key no longer in the data
+        (forgotten here) has nothing to keep: keep is a no-op for it, so no flash stays
+        pending without its data.
+        """
         fd = self.fd
         if fd is None:
             return
         if keys is None:
             keys = (*fd.read, *fd.now)
+        data = self.data
         for key in keys:
-            if key in fd.read:
-                del fd.read[key]  # still pending, with the flash's own token
-            elif key in fd.now and key in self.data:
+            if key not in data:
+                continue
+            if key in fd.now:
                 fd.now.discard(key)
-                self.flash(key, self.data[key])
+                self.flash(key, data[key])
+            elif key in fd.read:
+                # still pending, with the flash's own token (restored locally where
+                # unflash() removed it, so a save without a merge keeps it as well)
+                self.meta.setdefault("f", {})[key] = fd.read.pop(key)
 
     def age_flash(self) -> None:
         """At save: drop the flashes this request read and the keys it set with ``now``.

@@ -583,12 +583,17 @@ class InterleavedRequests(RuleBasedStateMachine):
     def keep(self, request: Request, key: str) -> None:
         present = key in request.session
         request.session.keep(key)
-        if key in request.consumed:
-            del request.consumed[key]  # still pending, the same flash
-        elif key in request.now and present:
-            request.now.discard(key)  # a now() value becomes a flash for a later request
+        if not present:
+            return  # forgotten here: nothing to keep (no pending flash without data)
+        if key in request.now:
+            # a now() value becomes a flash for a later request (now() had overridden a
+            # flash this request saw: that one is no longer what is kept)
+            request.now.discard(key)
             self.instances += 1
             request.flashed[key] = self.instances
+            request.consumed.pop(key, None)
+        elif key in request.consumed:
+            del request.consumed[key]  # still pending, the same flash
 
     @rule(request=requests, key=KEYS)
     def read(self, request: Request, key: str) -> None:
@@ -907,3 +912,83 @@ async def test_a_move_whose_save_failed_stays_a_move(any_manager: SessionManager
         assert s.ended and await driver.read(s.id) is None  # nor revived
     else:
         assert s.stored and (await manager.load(s.id)).get("user") == "alice"
+
+
+# -- keep() of a key forgotten in the same request (two sequences the state machine found) --
+
+
+async def _record(manager: SessionManager, sid: str) -> tuple[dict[str, Any], set[str]]:
+    """The stored data and the keys with a pending flash, as the driver holds them."""
+    raw = await manager.get_driver().read(sid)
+    assert raw is not None
+    record, _ = manager.codec.decode(sid, raw[VERSION_SIZE:])
+    return record["d"], set(record["m"].get("f", {}))
+
+
+async def _reflash_over_a_pending_flash(manager: SessionManager,
+                                        contended: bool) -> tuple[str, Session]:
+    first = await stored(manager, seed=0)
+    first.flash("b", 0)
+    await first.save()
+    second = await manager.load(first.id)  # sees the pending flash of b
+    assert isinstance(second, Session)
+    second.flash("b", 0)  # flashes b over it
+    if contended:  # another request saves meanwhile: the save below merges (rebase)
+        other = await manager.load(first.id)
+        other["x"] = 1
+        await other.save()
+    second.forget("b")
+    second.keep("b")  # nothing to keep: b was forgotten here
+    return first.id, second
+
+
+@pytest.mark.parametrize("contended", [False, True])
+async def test_keep_of_a_forgotten_flash_keeps_nothing(manager: SessionManager,
+                                                       contended: bool) -> None:
+    sid, second = await _reflash_over_a_pending_flash(manager, contended)
+    await second.save()
+    extra = {"x": 1} if contended else {}
+    assert await _record(manager, sid) == ({"seed": 0, **extra}, set())
+
+
+@pytest.mark.parametrize("contended", [False, True])
+async def test_keep_after_now_of_a_forgotten_flash_flashes_the_now_value(
+        manager: SessionManager, contended: bool) -> None:
+    sid, second = await _reflash_over_a_pending_flash(manager, contended)
+    second.now("b", 0)
+    second.keep("b")  # the now() value becomes a flash for a later request
+    await second.save()
+    extra = {"x": 1} if contended else {}
+    assert await _record(manager, sid) == ({"seed": 0, "b": 0, **extra}, {"b"})
+    assert (await manager.load(sid)).get("b") == 0
+
+
+@pytest.mark.parametrize("contended", [False, True])
+async def test_keep_of_a_forgotten_flash_set_again_keeps_the_earlier_flash(
+        manager: SessionManager, contended: bool) -> None:
+    # forget() dropped this request's flash of b and consumed the one it had replaced;
+    # b set again and kept: that earlier flash stays pending, with the new value, whether
+    # the save merges or not
+    sid, second = await _reflash_over_a_pending_flash(manager, contended)
+    second["b"] = "y"
+    second.keep("b")
+    await second.save()
+    extra = {"x": 1} if contended else {}
+    assert await _record(manager, sid) == ({"seed": 0, "b": "y", **extra}, {"b"})
+
+
+@pytest.mark.parametrize("how", ["now", "forget"])
+async def test_keep_after_now_or_forget_of_a_loaded_flash(manager: SessionManager,
+                                                          how: str) -> None:
+    s = await stored(manager, seed=0)
+    s.flash("b", "old")
+    await s.save()
+    later = await manager.load(s.id)
+    if how == "now":
+        later.now("b", "new")  # overrides the pending flash, for this request only
+    else:
+        later.forget("b")
+    later.keep("b")  # now: "new" becomes the flash a later request reads; forget: nothing
+    await later.save()
+    expected = ({"seed": 0, "b": "new"}, {"b"}) if how == "now" else ({"seed": 0}, set())
+    assert await _record(manager, s.id) == expected

@@ -1,9 +1,9 @@
 """Run every benchmark: ``python -m benchmarks [--quick] [--plot] [--only NAME,...]``.
 
-Each part also runs alone (``python -m benchmarks.http``, ``.drivers``, ``.serializers``,
-``.gc``, ``.memory``, ``.fileio``). Tables go to stdout, progress to stderr, results to
-``benchmarks/results/*.json``; ``--plot`` also draws ``benchmarks/results/*.png``
-(matplotlib, from the ``bench`` extra).
+Each part also runs alone (``python -m benchmarks.http``, ``.hotpath``, ``.drivers``,
+``.serializers``, ``.gc``, ``.memory``, ``.fileio``). Tables go to stdout, progress to
+stderr, results to ``benchmarks/results/*.json``; ``--plot`` also draws
+``benchmarks/results/*.png`` (matplotlib, from the ``bench`` extra).
 """
 
 from __future__ import annotations
@@ -14,15 +14,16 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from . import drivers, fileio, gc, http, memory, serializers
+from . import drivers, fileio, gc, hotpath, http, memory, serializers
 from ._common import RESULTS, progress
 
 #: name -> (runner, arguments for a normal run, arguments for --quick)
 PARTS: dict[str, tuple[Callable[[Sequence[str] | None], Any], list[str], list[str]]] = {
     "serializers": (serializers.main, [], ["--repeat", "200"]),
     "drivers": (drivers.main, [], ["--seconds", "0.3", "--http-seconds", "1"]),
-    "http": (http.main, ["--repeat", "3"], ["--duration", "1", "--warmup", "0.3"]),
-    "gc": (gc.main, [], ["--memory", "100000", "--files", "10000"]),
+    "http": (http.main, ["--repeat", "3"], ["--quick"]),
+    "hotpath": (hotpath.main, [], ["--requests", "2000", "--repeat", "2"]),
+    "gc": (gc.main, [], ["--quick"]),
     "memory": (memory.main, [], ["--sessions", "10000"]),
     "fileio": (fileio.main, [], ["--reads", "500"]),
 }

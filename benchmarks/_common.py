@@ -14,6 +14,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -93,9 +94,30 @@ def stop(process: subprocess.Popen[bytes]) -> None:
             process.wait(5)
 
 
+def pinned(command: Sequence[str], cpus: Sequence[int] | None) -> list[str]:
+    """*command* run on *cpus* only (``taskset -c``, threads included); as is without cpus
+    or without taskset on PATH."""
+    taskset = shutil.which("taskset")
+    if not cpus or taskset is None:
+        return list(command)
+    return [taskset, "-c", ",".join(map(str, cpus)), *command]
+
+
+@dataclass(frozen=True)
+class RedisProcess:
+    """A running throwaway redis-server: its URL, version and process id."""
+
+    url: str
+    version: str
+    pid: int
+
+
 @contextlib.contextmanager
-def redis_server() -> Iterator[tuple[str, str]]:
-    """A throwaway redis-server on a free loopback port: yields (url, version)."""
+def redis_process(cpus: Sequence[int] | None = None) -> Iterator[RedisProcess]:
+    """A throwaway redis-server on a free loopback port, on *cpus* if given (see pinned).
+
+    Raises SystemExit if redis-server is not installed.
+    """
     binary = shutil.which("redis-server")
     if binary is None:
         raise SystemExit("redis-server not found: apt-get install redis-server")
@@ -104,11 +126,19 @@ def redis_server() -> Iterator[tuple[str, str]]:
     port = free_port()
     workdir = tempfile.mkdtemp(prefix="aiosessmgr-bench-redis-")
     process = subprocess.Popen(
-        [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-         "--dir", workdir], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        pinned([binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+                "--appendonly", "no", "--dir", workdir], cpus),
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         wait_listening(port, process)
-        yield f"redis://127.0.0.1:{port}/0", version
+        yield RedisProcess(f"redis://127.0.0.1:{port}/0", version, process.pid)
     finally:
         stop(process)
         shutil.rmtree(workdir, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def redis_server() -> Iterator[tuple[str, str]]:
+    """A throwaway redis-server on a free loopback port: yields (url, version)."""
+    with redis_process() as redis:
+        yield redis.url, redis.version

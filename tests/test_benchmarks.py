@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 import pytest
 
 from benchmarks import __main__ as suite
+from benchmarks import gc as gc_bench
 from benchmarks._common import RESULTS
 
 
@@ -23,7 +25,88 @@ def test_quick_suite_runs_and_writes_results(capsys: pytest.CaptureFixture[str])
     assert "cpus" in json.loads((RESULTS / "memory.json").read_text())["machine"]
 
 
+def test_gc_quick_run_has_the_lottery_case_and_no_verdicts(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    gc_bench.main(["--quick", "--memory", "2000", "--files", "200", "--live", "5000",
+                   "--requests", "500"])
+    out = capsys.readouterr().out
+    assert "| (2, 100) on |" in out and "| (0, 1) off |" in out
+    assert "n/a (quick)" in out
+    assert "| yes |" not in out and "| NO |" not in out  # too short to judge a target
+    result = json.loads((RESULTS / "gc.json").read_text())
+    assert result["quick"] is True
+    lottery = result["lottery"]
+    assert lottery["live_sessions"] == 5000 and lottery["requests"] == 500
+    assert lottery["gc_runs_on"] <= 1  # the default lottery_interval (72 s) holds
+
+
 def test_unknown_part_is_a_usage_error() -> None:
     with pytest.raises(SystemExit) as info:
         suite.main(["--only", "nope"])
     assert info.value.code == 2
+
+
+def test_http_quick_shows_cpu_and_lost_updates_but_no_verdicts(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    from benchmarks import http
+
+    assert http.main(["--quick", "--drivers", "aiohttp,aiosessmgr-memory"]) == 0
+    out = capsys.readouterr().out
+    assert "quick=True" in out and "pinning=" in out
+    header = next(line for line in out.splitlines() if line.startswith("| app |"))
+    generator = "wrk" if shutil.which("wrk") else "python load"
+    for column in ("server CPU", f"{generator} CPU", "redis CPU", "lost"):
+        assert f"| {column} |" in header
+    assert "| aiosessmgr-memory | hot-write | 1 x 32 |" in out
+    assert "quick run: no verdicts" in out
+    assert not any(line.startswith("- ") for line in out.splitlines())
+    assert " met" not in out and "MISSED" not in out
+    saved = json.loads((RESULTS / "http.json").read_text())
+    assert saved["targets"] == [] and saved["verdicts"] == "quick run: no verdicts"
+    cells = saved["results"]
+    assert set(cells["aiosessmgr-memory"]) == {"read", "write", "hot-read", "hot-write"}
+    for by_scenario in cells.values():
+        for cell in by_scenario.values():
+            assert cell["server_cpu_pct"] > 0 and cell["load_cpu_pct"] > 0
+            assert isinstance(cell["load_bound"], bool)
+    for scenario in ("write", "hot-write"):
+        cell = cells["aiosessmgr-memory"][scenario]
+        assert cell["settled"] and cell["answered_ok"] > 0
+        assert cell["lost"] == 0, cell
+        assert cell["wrk_ok"] <= cell["answered_ok"]
+    assert "lost" not in cells["aiohttp"]["write"]  # no counter to lose
+
+
+def test_http_verdicts_name_each_target_and_lost_updates() -> None:
+    from benchmarks import http
+
+    def cell(rps: float, **extra: object) -> dict[str, object]:
+        return {"rps": rps, "cpu_us": 10.0, "load_bound": False, "contended": False,
+                "server_idle": False, **extra}
+
+    results = {
+        "aiohttp-session": {"hot-write": cell(1000)},
+        "aiosessmgr-redis": {"write": cell(2000, lost=0, settled=True),
+                             "hot-write": cell(1200, lost=3, settled=True, load_bound=True)},
+    }
+    lines = http.verdicts(results)
+    assert "aiosessmgr-redis hot-write >= 1.5x aiohttp-session hot-write: 1.20x, " \
+           "MISSED by 0.30x" in lines[0]
+    assert "not conclusive: aiosessmgr-redis hot-write flagged" in lines[0]
+    assert lines[1].startswith("aiosessmgr-redis hot-write >= 0.8x aiosessmgr-redis write: "
+                               "0.60x, MISSED by 0.20x")
+    assert lines[-1] == ("zero lost updates in all 2 aiosessmgr write cells: "
+                         "MISSED: aiosessmgr-redis hot-write lost 3")
+
+
+def test_hotpath_smoke(capsys: pytest.CaptureFixture[str]) -> None:
+    from benchmarks import hotpath
+
+    assert hotpath.main(["--requests", "200", "--repeat", "1", "--profile"]) == 0
+    out = capsys.readouterr().out
+    assert "session middleware over the no-op one:" in out
+    assert "### cProfile of session-read" in out and "aiosessmgr/web.py" in out
+    saved = json.loads((RESULTS / "hotpath.json").read_text())
+    assert set(saved["cases"]) == set(hotpath.CASES)
+    assert all(case["us_min"] > 0 for case in saved["cases"].values())
+    assert len(saved["profile"]) == hotpath.TOP

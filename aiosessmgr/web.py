@@ -304,8 +304,9 @@ async def _on_response_prepare(request: web.Request, response: web.StreamRespons
     an error would send a status line that disagrees with it (the connection then goes
     out of step). A failure is logged and the response goes out as a well-framed 503.
     """
-    slots = request.get(_SLOTS)
-    if not slots:
+    try:
+        slots = request[_SLOTS]  # set by the middleware: present on (nearly) every request
+    except KeyError:
         return
     for slot in slots.values():
         if slot.finalized or slot.failed or (slot.session is None and not slot.finalizers):

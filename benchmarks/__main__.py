@@ -30,7 +30,8 @@ PARTS: dict[str, tuple[Callable[[Sequence[str] | None], Any], list[str], list[st
 
 
 def plot_http(path: str) -> None:
-    """Bar chart of read and write requests/s per app, from results/http.json."""
+    """Bar chart of requests/s per app and scenario (256 sessions, and one hot cookie),
+    from results/http.json."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -39,11 +40,14 @@ def plot_http(path: str) -> None:
     results = json.loads((RESULTS / "http.json").read_text())["results"]
     names = list(results)
     fig, ax = plt.subplots(figsize=(10, 4.5))
-    width = 0.4
-    for i, scenario in enumerate(("read", "write")):
+    scenarios = [s for s in ("read", "write", "hot-read", "hot-write")
+                 if all(s in results[n] for n in names)]
+    width = 0.8 / len(scenarios)
+    for i, scenario in enumerate(scenarios):
         values = [results[n][scenario]["rps"] for n in names]
         ax.bar([x + i * width for x in range(len(names))], values, width, label=scenario)
-    ax.set_xticks([x + width / 2 for x in range(len(names))], names, rotation=25, ha="right")
+    ax.set_xticks([x + width * (len(scenarios) - 1) / 2 for x in range(len(names))], names,
+                  rotation=25, ha="right")
     ax.set_ylabel("requests/s (higher is better)")
     ax.set_title("aiosessmgr HTTP throughput vs bare aiohttp and aiohttp-session")
     ax.legend()

@@ -142,3 +142,26 @@ def redis_server() -> Iterator[tuple[str, str]]:
     """A throwaway redis-server on a free loopback port: yields (url, version)."""
     with redis_process() as redis:
         yield redis.url, redis.version
+
+
+def session_handlers() -> dict[str, Any]:
+    """The handlers every aiosessmgr benchmark app serves, by path: ``/login`` (stores a
+    user and a counter), ``/read`` (reads one value), ``/write`` (increments the counter)."""
+    from aiohttp import web
+
+    import aiosessmgr
+
+    async def login(request: web.Request) -> web.Response:
+        session = await aiosessmgr.get_session(request)
+        session.put({"user": "ann", "n": 0})
+        return web.Response(text="ok")
+
+    async def read(request: web.Request) -> web.Response:
+        session = await aiosessmgr.get_session(request)
+        return web.Response(text=f"user={session.get('user')}")
+
+    async def write(request: web.Request) -> web.Response:
+        session = await aiosessmgr.get_session(request)
+        return web.Response(text=f"n={session.increment('n')}")
+
+    return {"/login": login, "/read": read, "/write": write}

@@ -49,7 +49,7 @@ from typing import Any
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
-from benchmarks._common import progress, setup_line, table, write_json
+from benchmarks._common import progress, session_handlers, setup_line, table, write_json
 
 CASES = ("bare", "noop", "session-none", "session-read", "session-write")
 #: the profile's rows, and the requests profiled at most
@@ -162,24 +162,9 @@ def session_app(manager: Any) -> web.Application:
 
     app = web.Application()
     aiosessmgr.setup(app, manager)
-
-    async def login(request: web.Request) -> web.Response:
-        session = await aiosessmgr.get_session(request)
-        session.put({"user": "ann", "n": 0})
-        return web.Response(text="ok")
-
-    async def read(request: web.Request) -> web.Response:
-        session = await aiosessmgr.get_session(request)
-        return web.Response(text=f"user={session.get('user')}")
-
-    async def write(request: web.Request) -> web.Response:
-        session = await aiosessmgr.get_session(request)
-        return web.Response(text=f"n={session.increment('n')}")
-
-    app.router.add_get("/login", login)
+    for path, handler in session_handlers().items():
+        app.router.add_get(path, handler)
     app.router.add_get("/none", reply)
-    app.router.add_get("/read", read)
-    app.router.add_get("/write", write)
     return app
 
 

@@ -98,6 +98,7 @@ from benchmarks._common import (
     pinned,
     progress,
     redis_process,
+    session_handlers,
     setup_line,
     stop,
     table,
@@ -356,19 +357,13 @@ def aiosessmgr_app(entry: Callable[[argparse.Namespace], dict[str, Any]],
         manager = aiosessmgr.SessionManager({"drivers": {"main": entry(opts)}, **config})
         manager.extend("redis-plain-write", _plain_write_redis)
 
-        async def login(request: web.Request) -> web.Response:
-            session = await aiosessmgr.get_session(request)
-            session.put({"user": "ann", "n": 0})
-            return web.Response(text="ok")
+        handlers = session_handlers()
+        counted = handlers["/write"]
 
-        async def read(request: web.Request) -> web.Response:
-            session = await aiosessmgr.get_session(request)
-            return web.Response(text=f"user={session.get('user')}")
-
-        async def write(request: web.Request) -> web.Response:
+        async def write(request: web.Request) -> web.StreamResponse:
             Tally.started += 1
-            session = await aiosessmgr.get_session(request)
-            return web.Response(text=f"n={session.increment('n')}")
+            response: web.StreamResponse = await counted(request)
+            return response
 
         async def count(request: web.Request) -> int | None:
             session = await aiosessmgr.get_session(request)
@@ -377,8 +372,8 @@ def aiosessmgr_app(entry: Callable[[argparse.Namespace], dict[str, Any]],
 
         app = web.Application()
         aiosessmgr.setup(app, manager)
-        app.router.add_get("/login", login)
-        app.router.add_get("/read", read)
+        app.router.add_get("/login", handlers["/login"])
+        app.router.add_get("/read", handlers["/read"])
         app.router.add_get("/write", write)
         add_stats(app, count)
         return app

@@ -13,6 +13,7 @@ from __future__ import annotations
 import base64
 import binascii
 import difflib
+import math
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -57,11 +58,17 @@ _KEY_HELP = (
 )
 
 
-def _number(where: str, value: Any, *, positive: bool = True, allow_none: bool = False) -> Any:
+def _number(where: str, value: Any, *, positive: bool = True, allow_none: bool = False,
+            finite: bool = True) -> Any:
     if value is None and allow_none:
         return None
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise ConfigError(f"{where} must be a number, got {type(value).__name__}")
+    if value != value:  # nan compares false with everything: "positive" would pass it
+        raise ConfigError(f"{where} must be a number, got nan")
+    if finite and value in (math.inf, -math.inf):
+        raise ConfigError(f"{where} must be finite, got {value!r}"
+                          + (" (None turns it off)" if allow_none else ""))
     if positive and value <= 0:
         raise ConfigError(f"{where} must be positive, got {value!r}")
     return value
@@ -336,7 +343,7 @@ class SessionConfig:
         object.__setattr__(self, "lottery", (lottery[0], lottery[1]))
         _number("gc_interval", self.gc_interval, allow_none=True)
         interval = _number("lottery_interval", self.lottery_interval, positive=False,
-                           allow_none=True)
+                           allow_none=True, finite=False)  # inf: no lottery run after one
         if interval is not None and not interval >= 0:
             raise ConfigError(
                 f"lottery_interval must be 0 (no minimum) or more seconds, or None for the "

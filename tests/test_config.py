@@ -148,7 +148,7 @@ def test_max_record_size_defaults_to_one_mib_and_may_be_off() -> None:
 
 @pytest.mark.parametrize(("bad", "expected"), [
     pytest.param(-1, "lottery_interval must be 0 (no minimum) or more seconds", id="negative"),
-    pytest.param(float("nan"), "lottery_interval must be 0", id="nan"),
+    pytest.param(float("nan"), "lottery_interval must be a number, got nan", id="nan"),
     pytest.param("72", "lottery_interval must be a number", id="string"),
     pytest.param(True, "lottery_interval must be a number", id="bool"),
 ])
@@ -169,3 +169,12 @@ def test_lottery_interval_defaults_to_a_hundredth_of_the_lifetime() -> None:
     assert SessionConfig.from_dict({"lottery_interval": 2.5}).lottery_seconds(7200) == 2.5
     with pytest.raises(ConfigError, match="did you mean 'lottery_interval'"):
         SessionConfig.from_dict({"lotteryInterval": 5})
+
+
+@pytest.mark.parametrize("key", ["lifetime", "gc_interval", "absolute_lifetime"])
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), float("-inf")])
+def test_numbers_that_are_not_finite_are_a_config_error(key: str, value: float) -> None:
+    # nan passed "must be positive" (every comparison with it is false), and an infinite
+    # lifetime crashed with OverflowError when turned into seconds
+    with pytest.raises(ConfigError, match=key):
+        SessionConfig.from_dict({key: value})

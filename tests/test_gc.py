@@ -97,22 +97,49 @@ async def test_passive_expiry_before_gc_is_not_counted(clock: FakeClock) -> None
     assert await driver.gc(60) == 0
 
 
-async def test_a_clock_that_goes_back_loses_no_expired_entry(clock: FakeClock) -> None:
+async def test_a_clock_that_goes_back_removes_no_live_entry_and_collects_late(
+        clock: FakeClock) -> None:
     driver = MemoryDriver(clock=clock)
     await driver.write("early", V1, 10)  # expires at now + 10
     clock.advance(-100)
     await driver.write("behind", V1, 10)  # expires 90 s earlier, yet it is queued second
     clock.advance(11)
-    assert await driver.gc(60) == 1  # found behind the live one in front of it
-    assert await driver.read("early") == V1
-    clock.advance(100)
-    assert await driver.gc(60) == 1
-    # once the clock is a lifetime past where it went back, gc looks only at what it removes
-    for i in range(100):
-        await driver.write(f"new{i}", V1, 10)
-    before = driver.gc_examined
-    assert await driver.gc(60) == 0
-    assert driver.gc_examined - before == 1
+    assert await driver.gc(60) == 0  # stuck behind the live one in front of it...
+    assert await driver.read("early") == V1  # ...which stays
+    assert len(driver) == 2
+    clock.advance(100)  # once the one in front has expired, both go
+    assert await driver.gc(60) == 2
+    assert len(driver) == 0
+
+
+async def test_two_gc_runs_at_once_both_finish_and_remove_each_entry_once(
+        clock: FakeClock) -> None:
+    # an explicit manager.gc() beside a lottery run: their steps interleave at each yield
+    driver = MemoryDriver(clock=clock)
+    for ttl in (10, 20):
+        for i in range(memory.GC_CHUNK * 2 + 17):
+            await driver.write(f"{ttl}-{i}", V1, ttl)
+    clock.advance(25)
+    results = await asyncio.gather(driver.gc(60), driver.gc(60), driver.gc(60))
+    assert sum(results) == 2 * (memory.GC_CHUNK * 2 + 17)
+    assert len(driver) == 0
+
+
+async def test_a_cancelled_gc_run_leaves_the_rest_to_the_next(clock: FakeClock) -> None:
+    driver = MemoryDriver(clock=clock)
+    count = memory.GC_CHUNK * 3
+    for i in range(count):
+        await driver.write(f"id{i}", V1, 10)
+    clock.advance(11)
+    run = asyncio.ensure_future(driver.gc(60))
+    await asyncio.sleep(0)  # the first chunk is gone, the run waits at its first yield
+    run.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await run
+    remaining = len(driver)
+    assert 0 < remaining < count
+    assert await driver.gc(60) == remaining  # nothing was orphaned by the cancelled run
+    assert len(driver) == 0
 
 
 async def test_gc_examines_only_what_it_removes() -> None:

@@ -13,10 +13,8 @@ and stops at the first live one; live sessions are never looked at.
 from __future__ import annotations
 
 import asyncio
-import math
 import time
-from collections.abc import Callable, Iterator
-from functools import partial
+from collections.abc import Callable
 from itertools import islice
 
 from ..locks import LocalLocks
@@ -35,8 +33,9 @@ class MemoryDriver(SessionDriver):
     """Keeps records in a dict; atomic by construction (one event loop, no awaits inside).
 
     ``clock`` returns seconds (default ``time.monotonic``); pass a fake to control expiry.
-    A clock that goes back (a fake one, or an injected wall clock) stays correct: for one
-    lifetime after it went back, ``gc()`` scans the buckets whose order it may have upset.
+    With a clock that goes back (a fake one, or an injected wall clock) a bucket may hold a
+    live id in front of expired ones: those are collected once it expires (at most one
+    lifetime late; a read never returns them), and a live entry is never removed.
     """
 
     def __init__(self, *, clock: Callable[[], float] = time.monotonic) -> None:
@@ -44,10 +43,6 @@ class MemoryDriver(SessionDriver):
         self._entries: dict[str, _Entry] = {}
         # ttl -> {id: expires_at}; each stored id is in the bucket of its entry's ttl
         self._buckets: dict[int, dict[str, float]] = {}
-        # the highest clock reading a write saw, and that reading when the clock last went
-        # back: a bucket may be out of expiry order until the clock passes this + its ttl
-        self._high = -math.inf
-        self._unsorted_until = -math.inf
         #: entries gc() has looked at, in total: its cost, observable without timing
         self.gc_examined = 0
         self._locks = LocalLocks()
@@ -96,10 +91,6 @@ class MemoryDriver(SessionDriver):
         if bucket is None:
             bucket = buckets[ttl] = {}
         bucket[session_id] = expires
-        if now >= self._high:
-            self._high = now
-        else:
-            self._unsorted_until = self._high
 
     async def read(self, session_id: str) -> bytes | None:
         entry = self._live(session_id)
@@ -116,13 +107,12 @@ class MemoryDriver(SessionDriver):
             return None
         record = entry[1]
         bucket = self._buckets.get(ttl)
-        if entry[2] == ttl and bucket is not None and now >= self._high:
-            # the hot path, _put inlined: same bucket, clock not gone back
+        if entry[2] == ttl and bucket is not None:
+            # the hot path, _put inlined: same bucket
             expires = now + ttl
             self._entries[session_id] = (expires, record, ttl)
             bucket.pop(session_id, None)
             bucket[session_id] = expires
-            self._high = now
         else:
             self._put(session_id, record, ttl, now, entry)
         return record
@@ -159,38 +149,24 @@ class MemoryDriver(SessionDriver):
         """Remove expired entries, looking at no live one; return how many went.
 
         Pops expired ids off the front of each ttl bucket and stops at its first live
-        one (after the clock went back: scans that bucket whole, see the class). Yields
-        to the loop every GC_CHUNK entries looked at, so a big run never stalls it.
-        Entries expire by the ttl they were written with; *max_lifetime* is not needed
-        here because every entry carries its own deadline.
+        one. Each step looks at most GC_CHUNK entries without awaiting (no iterator is
+        held across a yield, so writes, reads and other gc runs may interleave), then
+        yields to the loop, so a big run never stalls it. Entries expire by the ttl they
+        were written with; *max_lifetime* is not needed: every entry has its own deadline.
         """
         removed = 0
-        budget = GC_CHUNK  # entries left to look at before the next yield
         for ttl, bucket in list(self._buckets.items()):
-            now = self._clock()
-            step: Callable[[int], tuple[int, int, bool]]
-            if now < self._unsorted_until + ttl:
-                step = partial(self._collect_scan, bucket, iter(list(bucket)))
-            elif (bucket and self._buckets.get(ttl) is bucket
-                  and next(reversed(bucket.values())) <= now):
-                # all of it expired: a fresh bucket takes new writes, and the old one is
-                # emptied without taking each id off it (nothing else touches it now)
-                self._buckets[ttl] = {}
-                step = partial(self._collect_detached, iter(bucket.items()))
-            else:
-                step = partial(self._collect_front, bucket)
-            done = False
-            while not done:
-                gone, seen, done = step(budget)
+            while True:
+                gone, seen, done = self._collect_front(bucket, GC_CHUNK)
                 removed += gone
                 self.gc_examined += seen
-                budget -= seen
-                if budget <= 0:
-                    await asyncio.sleep(0)
-                    budget = GC_CHUNK
+                if done:
+                    break
+                await asyncio.sleep(0)
             current = self._buckets.get(ttl)
             if current is not None and not current:
                 del self._buckets[ttl]
+            await asyncio.sleep(0)
         return removed
 
     def _collect_front(self, bucket: dict[str, float], limit: int) -> tuple[int, int, bool]:
@@ -203,34 +179,11 @@ class MemoryDriver(SessionDriver):
             expired.append(session_id)
         return self._remove(bucket, expired, now), len(expired), len(expired) < limit
 
-    def _collect_scan(self, bucket: dict[str, float], ids: Iterator[str],
-                      limit: int) -> tuple[int, int, bool]:
-        """Remove expired ids among the next *limit* of *ids*: (removed, looked at, done)."""
-        now = self._clock()
-        chunk = list(islice(ids, limit))
-        expired = [session_id for session_id in chunk
-                   if (expires := bucket.get(session_id)) is not None and expires <= now]
-        return self._remove(bucket, expired, now), len(chunk), len(chunk) < limit
-
-    def _collect_detached(self, items: Iterator[tuple[str, float]],
-                          limit: int) -> tuple[int, int, bool]:
-        """Remove the next *limit* ids of a detached, wholly expired bucket, except those
-        written again since (their entry no longer holds the bucket's deadline object)."""
-        entries = self._entries
-        removed = seen = 0
-        for session_id, expires in islice(items, limit):
-            seen += 1
-            entry = entries.get(session_id)
-            if entry is not None and entry[0] is expires:
-                del entries[session_id]
-                removed += 1
-        return removed, seen, seen < limit
-
     def _remove(self, bucket: dict[str, float], expired: list[str], now: float) -> int:
         entries = self._entries
         removed = 0
         for session_id in expired:
-            del bucket[session_id]
+            bucket.pop(session_id, None)  # another gc run may have taken it meanwhile
             entry = entries.get(session_id)
             if entry is not None and entry[0] <= now:  # re-checked against the main dict
                 del entries[session_id]

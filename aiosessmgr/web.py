@@ -188,8 +188,8 @@ class _Front:
                 response.headers[hdrs.VARY] = "Cookie"
             elif "cookie" not in vary.lower():
                 response.headers[hdrs.VARY] = f"{vary}, Cookie"
-        if response.status >= 500 and not self.save_on_server_error:
-            return  # self.saves(), inlined: this runs on every request
+        if not self.saves(response.status):
+            return
         if (session.stored and session.id == slot.cookie and not session.modified
                 and not session.moved and not self.in_outage and slot.destroy_on_save is None
                 and not (self.refresh_interval
@@ -228,11 +228,11 @@ class _Front:
         return web.Response(status=503, text="503: session busy, retry",
                             headers={hdrs.RETRY_AFTER: "1"})
 
-    def collect(self) -> None:
-        """A GC lottery hit (the middleware draws it after each response): collect after the
-        response went out, in the background (unless the last run ended less than
-        ``lottery_interval`` seconds ago)."""
-        asyncio.get_running_loop().call_soon(self.manager.lottery_gc)
+    def maybe_collect(self) -> None:
+        """The GC lottery: on a hit, collect after the response went out, in the background
+        (unless the last run ended less than ``lottery_interval`` seconds ago)."""
+        if self.lottery and random.random() < self.lottery:
+            asyncio.get_running_loop().call_soon(self.manager.lottery_gc)
 
 
 def session_middleware(manager: SessionManager) -> Middleware:
@@ -291,8 +291,7 @@ def session_middleware(manager: SessionManager) -> Middleware:
         except SessionSaveTimeout as exc:
             busy = front.save_timed_out(exc)
             return response if response.prepared else busy
-        if front.lottery and random.random() < front.lottery:  # maybe_collect(), inlined
-            front.collect()
+        front.maybe_collect()
         return response
 
     return aiosessmgr_middleware

@@ -100,6 +100,9 @@ class _Front:
         #: seconds between two re-sends of a max_age cookie (each one writes the record)
         self.refresh_interval = 0 if max_age is None else max(1, max_age // 10)
         self.save_on_server_error = manager.config.save_on_server_error
+        # a read-only request may skip save() only if save() is ours: a store_class that
+        # overrides it (an audit hook, a stamp) is called on every request, as before
+        self.own_save = manager.store_class.save is SessionStore.save
         # ids requests of this process moved away from or destroyed
         self.moved = manager.runtime().moved
         chances, out_of = manager.config.lottery
@@ -190,7 +193,8 @@ class _Front:
                 response.headers[hdrs.VARY] = f"{vary}, Cookie"
         if not self.saves(response.status):
             return
-        if (session.stored and session.id == slot.cookie and not session.modified
+        if (self.own_save and session.stored and session.id == slot.cookie
+                and not session.modified
                 and not session.moved and not self.in_outage and slot.destroy_on_save is None
                 and not (self.refresh_interval
                          and slot.arrived - session.cookie_sent_at >= self.refresh_interval)):

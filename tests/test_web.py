@@ -19,6 +19,7 @@ from aiohttp.test_utils import TestClient
 from aiosessmgr import (
     DriverError,
     MemoryDriver,
+    Session,
     SessionError,
     SessionManager,
     get_session,
@@ -1341,3 +1342,26 @@ async def test_new_session_after_regenerate_destroys_the_record_it_was_loaded_fr
     assert (await client.get("/switch")).status == 200
     assert await driver.read(sid) is None  # the pre-login id cannot be replayed
     assert await (await client.get("/peek")).text() == "{'started': 'over'}"
+
+
+async def test_a_store_class_that_overrides_save_is_saved_on_read_only_requests(
+        aiohttp_client: ClientFactory) -> None:
+    # the middleware skips save() for an unchanged session only when save() is ours: a
+    # subclass's own save() (an audit hook, a stamp) still runs on every request
+    calls: list[str] = []
+
+    class Audited(Session):
+        async def save(self) -> None:
+            calls.append(self.id)
+            await super().save()
+
+    driver = CountingDriver()
+    manager = SessionManager({"default": "counted",
+                              "drivers": {"counted": {"driver": "counting", "lifetime": 5}},
+                              "lottery": (0, 1)}, store_class=Audited)
+    manager.extend("counting", lambda cfg: driver)
+    client = await aiohttp_client(app_with(manager))
+    await client.get("/count")
+    for _ in range(3):
+        assert (await client.get("/peek")).status == 200
+    assert len(calls) == 4

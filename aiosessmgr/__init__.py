@@ -25,10 +25,18 @@ from .config import (
     Secret,
     Serializer,
     SessionConfig,
+    UsersConfig,
 )
 from .csrf import csrf_exempt, csrf_middleware, csrf_token
 from .deprecation import renamed
-from .drivers.base import SessionDriver, SupportsCompareAndSet, SupportsLock, SupportsTouch
+from .drivers.base import (
+    SessionDriver,
+    SupportsCompareAndSet,
+    SupportsLock,
+    SupportsReadMany,
+    SupportsTouch,
+    SupportsUserIndex,
+)
 from .drivers.memory import MemoryDriver
 from .errors import (
     AiosessmgrError,
@@ -45,6 +53,7 @@ from .ids import is_valid_session_id, new_session_id
 from .manager import DriverFactory, SessionManager
 from .runtime import DriverRuntime
 from .session import Session, SessionStore, State
+from .users import UserSession
 from .web import get_session, new_session, session_lock, session_middleware, setup
 
 __version__ = "0.2.0"
@@ -80,7 +89,11 @@ __all__ = [
     "State",
     "SupportsCompareAndSet",
     "SupportsLock",
+    "SupportsReadMany",
     "SupportsTouch",
+    "SupportsUserIndex",
+    "UserSession",
+    "UsersConfig",
     "__version__",
     "csrf_exempt",
     "csrf_middleware",

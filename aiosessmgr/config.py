@@ -35,6 +35,7 @@ __all__ = [
     "Secret",
     "SessionConfig",
     "Serializer",
+    "UsersConfig",
     "check_keys",
 ]
 
@@ -222,6 +223,48 @@ class EncryptionConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class UsersConfig:
+    """The sessions of a user (``session.login``, ``manager.user_sessions``).
+
+    IP addresses are personal data (GDPR art. 4), so ``record_ip`` is off by default; when
+    on, the address is ``request.remote`` as aiohttp reports it (behind a proxy: whatever
+    the app configured, e.g. aiohttp-remotes' ``XForwardedRelaxed``).
+    """
+
+    #: the most sessions one user may have; a login beyond it ends the least recently
+    #: active others. None: no cap
+    max_sessions: int | None = None
+    #: keep the User-Agent header of the login request in the record (shown per device)
+    record_user_agent: bool = True
+    #: keep the client's IP address of the login request in the record
+    record_ip: bool = False
+    #: seconds: a logged-in session's ``last_seen`` (and its index entry) is refreshed at
+    #: most this often; 0: on every request (each one then writes the record)
+    touch_interval: float = 60
+
+    def __post_init__(self) -> None:
+        cap = self.max_sessions
+        if cap is not None and (isinstance(cap, bool) or not isinstance(cap, int) or cap < 1):
+            raise ConfigError(f"users.max_sessions must be a whole number >= 1 or None, "
+                              f"got {cap!r}")
+        for name in ("record_user_agent", "record_ip"):
+            if not isinstance(getattr(self, name), bool):
+                raise ConfigError(f"users.{name} must be true or false, got "
+                                  f"{getattr(self, name)!r}")
+        _number("users.touch_interval", self.touch_interval, positive=False)
+        if self.touch_interval < 0:
+            raise ConfigError(f"users.touch_interval must be 0 or more seconds, got "
+                              f"{self.touch_interval!r}")
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> UsersConfig:
+        """Build from the ``users`` section of the config dict."""
+        _mapping("users", data)
+        check_keys("users.", data, cls.__dataclass_fields__)
+        return cls(**data)
+
+
+@dataclass(frozen=True, slots=True)
 class DriverConfig:
     """One named driver: its type, idle ``lifetime`` in minutes, and driver options."""
 
@@ -301,6 +344,8 @@ class SessionConfig:
     #: bytes: the largest record (encoded and encrypted) ``save()`` writes; a larger one
     #: raises SessionTooLarge and the stored record stays as it was. None: no limit.
     max_record_size: int | None = DEFAULT_MAX_RECORD_SIZE
+    #: the sessions of a user: device info kept at login, the cap, last_seen refresh
+    users: UsersConfig = field(default_factory=UsersConfig)
 
     def __post_init__(self) -> None:
         if not isinstance(self.save_on_server_error, bool):
@@ -313,6 +358,8 @@ class SessionConfig:
                 f"default={self.default!r} is not one of the configured drivers: "
                 f"{', '.join(sorted(self.drivers))}"
             )
+        if not isinstance(self.users, UsersConfig):
+            raise ConfigError("users must be a UsersConfig or a mapping")
         for name, cfg in self.drivers.items():
             if not isinstance(cfg, DriverConfig):
                 raise ConfigError(f"drivers.{name} must be a DriverConfig or a mapping")
@@ -386,6 +433,8 @@ class SessionConfig:
             values["cookie"] = CookieConfig.from_dict(values["cookie"])
         if "encryption" in values:
             values["encryption"] = EncryptionConfig.from_dict(values["encryption"])
+        if "users" in values:
+            values["users"] = UsersConfig.from_dict(values["users"])
         if "lottery" in values and isinstance(values["lottery"], list):
             values["lottery"] = tuple(values["lottery"])
         return cls(**values)

@@ -154,6 +154,11 @@ class Delta:
         self.meta[name] = value
         self.meta_changed.add(name)
 
+    def unset_meta(self, name: str) -> None:
+        """Remove one metadata entry (the removal wins over the stored one at a merge)."""
+        self.meta.pop(name, None)
+        self.meta_changed.add(name)
+
     def new_token(self, rotate: bool = True) -> str:
         """Make a CSRF token: created lazily (yields to a stored one) or rotated (wins)."""
         token = secrets.token_urlsafe(32)

@@ -1,4 +1,4 @@
-"""Session ids: how they are made and the one shape we accept.
+"""Session ids and public handles: how they are made and the one shape we accept.
 
 The bottom of the package: nothing here imports anything of ours. Drivers that name a
 file or a key after an id check it with :func:`is_valid_session_id` first, so a
@@ -11,11 +11,15 @@ import re
 import secrets
 from typing import Final
 
-__all__ = ["SESSION_ID_LENGTH", "is_valid_session_id", "new_session_id"]
+__all__ = ["HANDLE_LENGTH", "SESSION_ID_LENGTH", "is_valid_handle", "is_valid_session_id",
+           "new_handle", "new_session_id"]
 
 #: characters in an id: 32 random bytes as unpadded URL-safe base64
 SESSION_ID_LENGTH: Final = 43
 _ID_RE: Final = re.compile(r"[A-Za-z0-9_-]{43}")
+#: characters in a handle: 16 random bytes as unpadded URL-safe base64
+HANDLE_LENGTH: Final = 22
+_HANDLE_RE: Final = re.compile(r"[A-Za-z0-9_-]{22}")
 
 
 def new_session_id() -> str:
@@ -27,3 +31,18 @@ def is_valid_session_id(value: object) -> bool:
     """True if *value* has the exact shape of an id we issue; nothing else is looked up."""
     return (isinstance(value, str) and len(value) == SESSION_ID_LENGTH
             and _ID_RE.fullmatch(value) is not None)
+
+
+def new_handle() -> str:
+    """A fresh public handle of a session (128 bits from ``secrets``, URL-safe).
+
+    Random, not derived from the id: showing it (a "your devices" page, a form field)
+    reveals nothing about the id, and it stays the same when the id is regenerated.
+    """
+    return secrets.token_urlsafe(16)
+
+
+def is_valid_handle(value: object) -> bool:
+    """True if *value* has the exact shape of a handle we issue."""
+    return (isinstance(value, str) and len(value) == HANDLE_LENGTH
+            and _HANDLE_RE.fullmatch(value) is not None)

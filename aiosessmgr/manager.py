@@ -8,14 +8,17 @@ import warnings
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from . import users
 from .codec import Codec
 from .config import BUILTIN_DRIVERS, DriverConfig, SessionConfig
 from .drivers.base import SessionDriver
 from .errors import ConfigError
 from .events import EventRegistry, Listener, SessionEventInfo, SessionEvents
+from .ids import is_valid_handle
 from .log import logger
 from .runtime import DriverRuntime
 from .session import Session, SessionStore
+from .users import UserSession
 
 __all__ = ["DriverFactory", "SessionManager"]
 
@@ -153,7 +156,8 @@ class SessionManager:
         return DriverRuntime(name=name, driver=driver, codec=self.codec, events=self.events,
                             ttl=cfg.ttl, clock=self.clock,
                             absolute_ttl=None if absolute is None else absolute * 60,
-                            max_record_size=self.config.max_record_size)
+                            max_record_size=self.config.max_record_size,
+                            users=self.config.users)
 
     # -- sessions --------------------------------------------------------------------------
 
@@ -177,6 +181,44 @@ class SessionManager:
         """Remove a stored session by id (for example from an admin "log out everywhere")."""
         await self.runtime(name).destroy(session_id)
         self.events.emit(SessionEventInfo(SessionEvents.DESTROYED, session_id))
+
+    # -- the sessions of a user ------------------------------------------------------------
+
+    async def user_sessions(self, user_id: str | int,
+                            name: str | None = None) -> list[UserSession]:
+        """The live sessions of *user_id* on driver *name*, most recently active first.
+
+        A "where you are logged in" page. Expired and destroyed sessions are never listed
+        (each entry of the index is checked against its record). Raises SessionError if the
+        driver keeps no index (the message names the methods to implement),
+        TypeError/ValueError for a bad *user_id*, DriverError if the store fails.
+        """
+        rt = self.runtime(name)
+        return [info for info, _ in await users.listing(rt, users.user_key(user_id))]
+
+    async def end_user_sessions(self, user_id: str | int, keep: str | None = None,
+                                name: str | None = None) -> int:
+        """End every session of *user_id* except the one whose handle is *keep*.
+
+        "Log out other devices" (``keep=session.handle``); ``keep=None`` ends all of them
+        (after a password change, OWASP's session management advice). Returns how many
+        ended; DESTROYED fires for each. Requests in flight on them save nothing. Errors
+        as for :meth:`user_sessions`.
+        """
+        return await users.end(self.runtime(name), users.user_key(user_id), keep=keep)
+
+    async def end_user_session(self, user_id: str | int, handle: str,
+                               name: str | None = None) -> bool:
+        """End the session of *user_id* whose handle is *handle* (a device's "Log out").
+
+        False if the user has no live session of that handle (a malformed one included).
+        Errors as for :meth:`user_sessions`.
+        """
+        rt, key = self.runtime(name), users.user_key(user_id)
+        users.index_of(rt)
+        if not is_valid_handle(handle):
+            return False
+        return await users.end(rt, key, handles={handle}) > 0
 
     # -- events ----------------------------------------------------------------------------
 

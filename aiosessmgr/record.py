@@ -7,7 +7,9 @@
 Drivers compare the version and never look further (``drivers.base``); the codec
 turns the mapping into bytes and back; this module alone knows the layout and what
 valid metadata looks like. Metadata keys: ``c`` created, ``t`` last write, ``s``
-cookie last sent (epoch seconds), ``k`` CSRF token, ``f`` ``{flashed key: token}``.
+cookie last sent (epoch seconds), ``k`` CSRF token, ``f`` ``{flashed key: token}``;
+for a session bound to a user (``login``): ``u`` user id, ``h`` handle, ``l`` login,
+``v`` user index last refreshed (epoch seconds), ``a`` user agent, ``i`` IP address.
 """
 
 from __future__ import annotations
@@ -26,7 +28,8 @@ DATA: Final = "d"
 META: Final = "m"
 
 _SCALARS: Final = (str, int, float, bool, type(None))
-_TIMES: Final = frozenset({"c", "t", "s"})
+_TIMES: Final = frozenset({"c", "t", "s", "l", "v"})
+_STRINGS: Final = frozenset({"k", "u", "h", "a", "i"})
 
 
 class DecodeError(ValueError):
@@ -84,7 +87,8 @@ def parse(record: Any) -> tuple[dict[str, Any], dict[str, Any]]:
 def valid_meta(meta: dict[str, Any]) -> bool:
     """Reject stored metadata of the wrong shape (a hostile or foreign payload).
 
-    Times are finite numbers, the token a str, flash data a {str: str} map; keys we do not
+    Times are finite numbers, the token and user binding strs, flash data a {str: str}
+    map; keys we do not
     know (a later version's) may hold scalars only, so metadata always saves again.
     One pass over the entries: this runs on every read.
     """
@@ -98,7 +102,7 @@ def valid_meta(meta: dict[str, Any]) -> bool:
                                       or not isinstance(value, (int, float))
                                       or (isinstance(value, float) and not math.isfinite(value))):
                 return False
-        elif name == "k":
+        elif name in _STRINGS:
             if not isinstance(value, str):
                 return False
         elif name == "f":

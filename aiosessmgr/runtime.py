@@ -9,7 +9,14 @@ from dataclasses import dataclass, field
 
 from .codec import Codec
 from .commit import CommitQueue
-from .drivers.base import SessionDriver, SupportsCompareAndSet, SupportsLock, SupportsTouch
+from .config import UsersConfig
+from .drivers.base import (
+    SessionDriver,
+    SupportsCompareAndSet,
+    SupportsLock,
+    SupportsTouch,
+    SupportsUserIndex,
+)
 from .events import EventRegistry
 from .locks import LocalLocks
 
@@ -68,8 +75,12 @@ class DriverRuntime:
     clock: Callable[[], float] = time.time
     #: bytes: the largest record a save writes (SessionTooLarge above it); None: no limit
     max_record_size: int | None = None
+    #: the ``users`` section: device info at login, the session cap, last_seen refresh
+    users: UsersConfig = field(default_factory=UsersConfig)
     can_touch: bool = field(init=False)
     can_cas: bool = field(init=False)
+    #: the driver keeps an index of each user's sessions (SupportsUserIndex)
+    can_index: bool = field(init=False)
     #: the driver's cross-process lock, or process-local locks for drivers without one
     locks: SupportsLock = field(init=False)
     #: saves of one id in this process are written together, so they never conflict with
@@ -84,6 +95,7 @@ class DriverRuntime:
     def __post_init__(self) -> None:
         object.__setattr__(self, "can_touch", isinstance(self.driver, SupportsTouch))
         object.__setattr__(self, "can_cas", isinstance(self.driver, SupportsCompareAndSet))
+        object.__setattr__(self, "can_index", isinstance(self.driver, SupportsUserIndex))
         driver = self.driver
         object.__setattr__(self, "locks",
                            driver if isinstance(driver, SupportsLock) else LocalLocks())

@@ -14,25 +14,23 @@ layout is :mod:`aiosessmgr.record`'s; bytes are the codec's.
 
 from __future__ import annotations
 
+import asyncio
 import enum
 import time
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from typing import Any, Final
 
-from . import commit, record
+from . import commit, record, users
 from .data import SessionData
 from .delta import Delta
 from .deprecation import renamed
 from .errors import (
-    DriverError,
     SerializationError,
     SessionError,
-    SessionLockTimeout,
     SessionTooLarge,
 )
 from .events import SessionEventInfo, SessionEvents
 from .ids import is_valid_session_id, new_session_id
+from .locking import SessionLocking
 from .log import logger
 from .runtime import DriverRuntime, Tombstones
 
@@ -60,7 +58,7 @@ class State(enum.Enum):
     ENDED = "ended"
 
 
-class SessionStore(SessionData):
+class SessionStore(SessionData, SessionLocking, users.UserBinding):
     """A session: a mapping with change tracking, flash data and a CSRF token.
 
     Usage (normally through ``get_session(request)``)::
@@ -80,8 +78,8 @@ class SessionStore(SessionData):
 
     # one session per request: slots make it cheaper to build and smaller (a subclass
     # without __slots__ of its own gets a __dict__ as usual)
-    __slots__ = ("_answered_at", "_carry", "_cookie_id", "_d", "_id", "_moved", "_new",
-                 "_rt", "_state", "_version", "_written")
+    __slots__ = ("_answered_at", "_carry", "_cookie_id", "_d", "_id", "_index", "_moved",
+                 "_new", "_rt", "_state", "_version", "_written", "request")
 
     def __init__(self, context: DriverRuntime, session_id: str | None = None) -> None:
         """Bind to a driver's runtime; *session_id* is the id from the cookie, if any."""
@@ -99,6 +97,10 @@ class SessionStore(SessionData):
         self._written = False
         # regenerate(): the record moved from, the version loaded, whether to destroy it
         self._carry: tuple[str, bytes | None, bool] | None = None
+        # the next write (re)points this session's entry in its user's index
+        self._index = False
+        #: the aiohttp request (set by the middleware): login() reads device info from it
+        self.request: Any = None
 
     # -- state -----------------------------------------------------------------------------
 
@@ -202,6 +204,9 @@ class SessionStore(SessionData):
                     rt.events.emit(SessionEventInfo(SessionEvents.EXPIRED, sid))
                 else:
                     self._id, self._new, self._state = sid, False, State.STORED
+                    if "u" in self._d.meta and rt.can_index and rt.clock() - \
+                            self._d.meta.get("v", 0) >= rt.users.touch_interval:
+                        self._d.rewrite = self._index = True  # refresh last_seen and entry
                     if not rt.can_touch and rt.clock() - self._d.meta.get("t", 0) > rt.ttl / 10:
                         # this driver cannot extend expiry on read: rewrite now and then
                         self._d.rewrite = True
@@ -294,8 +299,16 @@ class SessionStore(SessionData):
             d.clear()  # nothing worth a record: an empty session is never stored
             return
         d.set_meta("t", rt.clock())
-        written = await commit.write(rt, self._id, commit.Save(
+        index, soft = self._index and "u" in d.meta, not (self._moved or self._carry)
+        if index:
+            d.set_meta("v", d.meta["t"])
+        save = commit.write(rt, self._id, commit.Save(
             self._version, self._answered_at, self._encode, self._rebase, self._adopt, self))
+        if index and soft:  # a refresh: sent with the write (one round trip on Redis)
+            written = (await asyncio.gather(save, users.index(rt, d.meta, self._id, True)))[0]
+            index = False
+        else:
+            written = await save
         if written is None:
             self._end(self._id)  # the record ended under this request: never write it back
             return
@@ -303,6 +316,9 @@ class SessionStore(SessionData):
         self._written = True
         self._version = written
         self._state = State.STORED
+        if index:  # a new id: its record first, then its entry (module users)
+            await users.index(rt, d.meta, self._id)
+        self._index = False
         self._d.whole = False
         self._d.clear()
         if rt.events.has_listeners(SessionEvents.SAVED):
@@ -340,42 +356,6 @@ class SessionStore(SessionData):
         else:
             self._rebase(raw)
 
-    @asynccontextmanager
-    async def lock(self, lock_seconds: float = 10.0, wait_seconds: float = 10.0,
-                   *, save: bool = True) -> AsyncIterator[SessionStore]:
-        """Hold this session's lock: no other ``lock()`` holder runs meanwhile.
-
-        For a read-modify-write that ``increment``/``push`` cannot express. On entry the
-        session is refreshed from the store; on a normal exit it is saved while the
-        lock is still held (unless *save* is False: then the caller saves, or not).
-        Waiting longer than *wait_seconds* raises :class:`SessionLockTimeout`;
-        *lock_seconds* bounds how long a crashed holder can keep the lock (where the
-        store needs it, e.g. Redis)::
-
-            async with session.lock():
-                session.put("seats", session.get("seats", 0) - 1)
-        """
-        self._require_started()
-        locks, locked_id = self._rt.locks, self._id
-        token = await locks.acquire_lock(locked_id, lock_seconds, wait_seconds)
-        if token is None:
-            raise SessionLockTimeout(
-                f"session is locked by another request; gave up after {wait_seconds} s"
-            )
-        try:
-            await self.refresh()
-            yield self
-            if save:
-                await self.save()
-        finally:
-            try:
-                await locks.release_lock(locked_id, token)
-            except DriverError as exc:
-                # the work is done (or failed on its own): do not hide that behind the
-                # release; a lock the store could not release expires by itself
-                logger.warning("could not release the lock of session %s…: %s",
-                               locked_id[:6], exc)
-
     # -- moving: regenerate and invalidate ---------------------------------------------------
 
     async def regenerate(self, destroy: bool = True) -> None:
@@ -395,6 +375,8 @@ class SessionStore(SessionData):
         self._require_started()
         await self._rt.commits.settled(self)  # a save of this session in progress ends first
         old_id = self._id
+        if "u" in self._d.meta:  # a copy of a logged-in session would escape its index
+            destroy = self._index = True
         await self._move(destroy, at_save=True)
         self._d.new_token()
         self._rt.events.emit(
@@ -412,11 +394,16 @@ class SessionStore(SessionData):
         self._require_started()
         await self._rt.commits.settled(self)  # a save of this session in progress ends first
         old_id, d = self._id, self._d
+        bound = {n: d.meta.pop(n) for n in users.BINDING if n in d.meta}  # logged out
+        indexed = self._carry[0] if self._carry else old_id if self.stored else None
         if flush:
             d.flush()
         d.drop_token(unless_new=not flush)
         d.meta["c"] = self._rt.clock()  # a new session: the absolute lifetime restarts
         await self._move(True, at_save=False)
+        self._index = False
+        if "u" in bound and "h" in bound and indexed is not None:
+            await users.unindex(self._rt, bound["u"], {bound["h"]: indexed})
         self._rt.events.emit(
             SessionEventInfo(SessionEvents.INVALIDATED, self._id, self, old_id=old_id)
         )

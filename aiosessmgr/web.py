@@ -531,6 +531,7 @@ async def _load(slot: _Slot, request: web.Request) -> SessionStore:
     for candidate in candidates:
         # the session checks the id once more; a malformed value is never looked up
         session = slot.session = front.manager.session(candidate)
+        session.request = request
         await session.start()
         if not session.new or session.moved:  # found (or found expired and ended here)
             slot.cookie = candidate
@@ -545,6 +546,7 @@ async def _load(slot: _Slot, request: web.Request) -> SessionStore:
             first.detach()
         return first
     session = slot.session = front.manager.session(None)
+    session.request = request
     await session.start()
     return session
 
@@ -567,6 +569,7 @@ async def new_session(request: web.Request, manager: SessionManager | None = Non
         slot.destroy_on_save = slot.destroy_on_save or replaced
         slot.front.moved.add(replaced, mgr.clock())
     session = mgr.session(None)
+    session.request = request
     await session.start()
     slot.session = session
     slot.replaced = True

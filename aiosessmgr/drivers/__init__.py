@@ -7,7 +7,9 @@ from .base import (
     SessionDriver,
     SupportsCompareAndSet,
     SupportsLock,
+    SupportsReadMany,
     SupportsTouch,
+    SupportsUserIndex,
 )
 
 __all__ = [
@@ -15,5 +17,7 @@ __all__ = [
     "SessionDriver",
     "SupportsCompareAndSet",
     "SupportsLock",
+    "SupportsReadMany",
     "SupportsTouch",
+    "SupportsUserIndex",
 ]

@@ -19,12 +19,18 @@ Optional capabilities, detected once per driver and used when present:
 * :class:`SupportsLock` — ``acquire_lock`` / ``release_lock``: an exclusive per-session
   lock shared by every process using the store, for the opt-in ``session.lock()``.
   Without it the lock only serializes requests within one process.
+* :class:`SupportsUserIndex` — ``index_user_session`` / ``user_session_index`` /
+  ``unindex_user_sessions``: per user id, an index ``{handle: session id}`` of that
+  user's sessions, for ``manager.user_sessions()`` and "log out other devices". Without
+  it those raise :class:`aiosessmgr.SessionError` naming these methods.
+* :class:`SupportsReadMany` — ``read_many(ids)``: many reads in one operation (one
+  statement, one pipeline). Without it the manager sends the reads concurrently.
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any, Protocol, runtime_checkable
 
 from ..keys import check_keys
@@ -35,7 +41,9 @@ __all__ = [
     "SessionDriver",
     "SupportsCompareAndSet",
     "SupportsLock",
+    "SupportsReadMany",
     "SupportsTouch",
+    "SupportsUserIndex",
 ]
 
 #: Every stored record starts with this many bytes of version (see SupportsCompareAndSet).
@@ -137,3 +145,46 @@ class SupportsLock(Protocol):
 
     async def release_lock(self, session_id: str, token: str) -> None:
         """Release the lock if *token* still holds it."""
+
+
+@runtime_checkable
+class SupportsUserIndex(Protocol):
+    """A driver that keeps, per user id, an index of that user's sessions.
+
+    The index of a user maps a *handle* (a public name of one session, 22 URL-safe
+    characters) to the id of the record it currently names. It is a hint, not the truth:
+    the record names its user, and the manager checks every entry against its record
+    (stale entries are removed with :meth:`unindex_user_sessions`). What a driver must
+    guarantee: each method is atomic with respect to every other index call for the same
+    user, from any task, process or host sharing the store (on Redis Cluster: one hash
+    slot per user, no cross-slot command). *user_id* is any string of 1 to 256 printable
+    characters (it never reaches a path or key unescaped); *session_id* is always a valid
+    id. Store failures are :class:`aiosessmgr.DriverError`. ``gc()`` should also remove
+    entries whose record is gone where that costs no more than what it removes.
+    """
+
+    async def index_user_session(self, user_id: str, handle: str, session_id: str,
+                                 ttl: int) -> None:
+        """Map *handle* to *session_id* in *user_id*'s index (replacing what it named).
+
+        The user's index is then kept at least *ttl* seconds from now; it may vanish
+        whole once every such deadline has passed.
+        """
+
+    async def user_session_index(self, user_id: str) -> dict[str, str]:
+        """The entries of *user_id*'s index, ``{handle: session id}``; ``{}`` if none."""
+
+    async def unindex_user_sessions(self, user_id: str, entries: Mapping[str, str]) -> int:
+        """Remove each handle of *entries* that still names the session id given for it.
+
+        An entry that names another id by now (the session moved to a new id) stays.
+        Returns how many entries were removed.
+        """
+
+
+@runtime_checkable
+class SupportsReadMany(Protocol):
+    """A driver that reads many records in one operation (a statement, a pipeline)."""
+
+    async def read_many(self, session_ids: Sequence[str]) -> list[bytes | None]:
+        """``read()`` of each id, in the order given (None: absent or expired)."""

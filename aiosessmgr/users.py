@@ -1,0 +1,321 @@
+"""The sessions of a user: the binding a login writes, the index, listing and ending them.
+
+The record is the truth. A session bound to a user names it in its metadata (``u``, with
+its public handle ``h``, the login time ``l`` and device info; see :mod:`aiosessmgr.record`).
+The driver's index (:class:`~aiosessmgr.drivers.base.SupportsUserIndex`) maps each handle
+of a user to the id its record currently has. It is a hint, repaired lazily: a listing
+reads every record the index names and keeps only those that still name that user and
+handle, so an expired or destroyed session disappears from it at once; entries whose
+record is gone are removed then (and by drivers' ``gc()``).
+
+Order of writes, which keeps the index consistent with the records under races: a record
+is written before its index entry, and a login or regenerate checks that the record it
+moved from still exists only after indexing the new one. Ending a handle destroys the
+record it names, removes the entry only if it still names that id, and looks again: a
+session that moved to a new id meanwhile is ended under that id too (``end``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+from collections.abc import Collection, Mapping, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Final
+
+from . import record
+from .drivers.base import SupportsReadMany, SupportsUserIndex
+from .errors import DriverError, SessionError
+from .events import SessionEventInfo, SessionEvents
+from .ids import new_handle
+from .log import logger
+
+if TYPE_CHECKING:
+    from .config import UsersConfig
+    from .delta import Delta
+    from .runtime import DriverRuntime
+
+__all__ = ["BINDING", "MAX_USER_AGENT", "MAX_USER_ID", "UserBinding", "UserSession", "device",
+           "end",
+           "enforce_cap", "index", "index_of", "listing", "unindex", "user_key"]
+
+#: characters: the longest user id accepted (a str, or an int written in decimal)
+MAX_USER_ID: Final = 256
+#: characters of the User-Agent header kept (browsers send 100-300)
+MAX_USER_AGENT: Final = 512
+#: the metadata keys of a user binding (user, handle, login, index refreshed, device)
+BINDING: Final = ("u", "h", "l", "v", "a", "i")
+#: ids read or destroyed per round when listing or ending a user's sessions
+_CHUNK: Final = 1000
+#: rounds of ``end``: sessions that moved to a new id while they were being ended
+_ROUNDS: Final = 4
+
+
+@dataclass(frozen=True, slots=True)
+class UserSession:
+    """One live session of a user, as ``manager.user_sessions()`` lists it.
+
+    Times are epoch seconds. ``last_seen`` is the last request that wrote the record,
+    refreshed by read-only requests at most every ``users.touch_interval`` seconds.
+    ``user_agent`` and ``ip`` are those of the login request, None where not recorded
+    (``users.record_user_agent``, ``users.record_ip``).
+    """
+
+    #: the session's public handle (``session.handle``): never its id
+    handle: str
+    #: when the session logged in
+    created_at: float
+    last_seen: float
+    user_agent: str | None
+    ip: str | None
+
+
+def user_key(user_id: object) -> str:
+    """The stored form of a user id: a str as is, an int in decimal.
+
+    Raises TypeError for any other type (bool included) and ValueError for an empty
+    string, one longer than MAX_USER_ID characters, or one with control characters.
+    """
+    if isinstance(user_id, bool) or not isinstance(user_id, (str, int)):
+        raise TypeError(f"user_id must be a str or an int, got {type(user_id).__name__}")
+    key = user_id if isinstance(user_id, str) else str(user_id)
+    if not key or len(key) > MAX_USER_ID or not key.isprintable():
+        raise ValueError(f"user_id must be 1 to {MAX_USER_ID} printable characters")
+    return key
+
+
+def index_of(rt: DriverRuntime) -> SupportsUserIndex:
+    """The driver of *rt* as a user index; SessionError naming the methods if it is not."""
+    driver = rt.driver
+    if not isinstance(driver, SupportsUserIndex):
+        raise SessionError(
+            f"driver {rt.name!r} ({type(driver).__name__}) keeps no index of a user's "
+            f"sessions: implement index_user_session(), user_session_index() and "
+            f"unindex_user_sessions() (aiosessmgr.SupportsUserIndex)")
+    return driver
+
+
+def device(users: UsersConfig, request: Any) -> dict[str, str]:
+    """Device metadata of a login: the User-Agent (``a``) and IP address (``i``) of
+    *request* (an aiohttp request, or None), as far as *users* says to record them."""
+    found: dict[str, str] = {}
+    if request is None:
+        return found
+    if users.record_user_agent:
+        agent = request.headers.get("User-Agent")
+        if isinstance(agent, str) and agent:
+            found["a"] = agent[:MAX_USER_AGENT]
+    if users.record_ip:
+        remote = request.remote
+        if isinstance(remote, str) and remote:
+            found["i"] = remote
+    return found
+
+
+def _entry_ttl(rt: DriverRuntime) -> int:
+    # a session refreshes its entry at most every touch_interval, while every request
+    # extends its record's expiry: the entry outlives the record by that much slack
+    return rt.ttl + math.ceil(2 * rt.users.touch_interval)
+
+
+async def index(rt: DriverRuntime, meta: Mapping[str, Any], session_id: str,
+                soft: bool = False) -> None:
+    """Point the bound session's handle (in *meta*) at *session_id* in its user's index.
+
+    *soft*: a refresh of an entry that exists; a store failure is logged, not raised
+    (the next refresh repairs it). Without a user binding or an index: nothing.
+    """
+    user, handle = meta.get("u"), meta.get("h")
+    if not (isinstance(user, str) and isinstance(handle, str)
+            and isinstance(rt.driver, SupportsUserIndex)):
+        return
+    try:
+        await rt.driver.index_user_session(user, handle, session_id, _entry_ttl(rt))
+    except DriverError as exc:
+        if not soft:
+            raise
+        logger.warning("could not refresh the user index entry of session %s…: %s",
+                       session_id[:6], exc)
+
+
+async def unindex(rt: DriverRuntime, user: str, entries: Mapping[str, str]) -> None:
+    """Remove *entries* (handle -> id) from *user*'s index where they still name that id."""
+    if entries and isinstance(rt.driver, SupportsUserIndex):
+        await rt.driver.unindex_user_sessions(user, entries)
+
+
+async def _read_many(rt: DriverRuntime, ids: Sequence[str]) -> list[bytes | None]:
+    driver = rt.driver
+    found: list[bytes | None] = []
+    for start in range(0, len(ids), _CHUNK):
+        chunk = ids[start:start + _CHUNK]
+        if isinstance(driver, SupportsReadMany):
+            found.extend(await driver.read_many(chunk))
+        else:  # concurrent reads (the Redis driver sends one turn's as one pipeline)
+            found.extend(await asyncio.gather(*(driver.read(sid) for sid in chunk)))
+    return found
+
+
+def _live(rt: DriverRuntime, user: str, handle: str, session_id: str,
+          raw: bytes | None) -> UserSession | None:
+    """The listing of one indexed record, or None if it no longer is that session."""
+    if raw is None:
+        return None
+    try:
+        meta = record.decode(rt.codec, session_id, raw)[1]
+    except record.DecodeError:
+        return None  # unreadable: the next load of it gives a fresh session
+    if meta.get("u") != user or meta.get("h") != handle:
+        return None
+    created = meta.get("l", meta.get("c", 0.0))
+    if rt.absolute_ttl is not None and rt.clock() - meta.get("c", 0.0) > rt.absolute_ttl:
+        return None  # past its absolute lifetime: it ends at its next request
+    seen = max(meta.get("t", 0.0), meta.get("v", 0.0), created)
+    return UserSession(handle=handle, created_at=float(created), last_seen=float(seen),
+                       user_agent=meta.get("a"), ip=meta.get("i"))
+
+
+async def listing(rt: DriverRuntime, user: str) -> list[tuple[UserSession, str]]:
+    """The live sessions of *user* with their ids, most recently active first.
+
+    Entries whose record is gone, unreadable or no longer names this user and handle are
+    removed from the index (only if they still name the id read).
+    """
+    idx = index_of(rt)
+    entries = await idx.user_session_index(user)
+    handles = list(entries)
+    raws = await _read_many(rt, [entries[h] for h in handles]) if handles else []
+    live: list[tuple[UserSession, str]] = []
+    stale: dict[str, str] = {}
+    for handle, raw in zip(handles, raws, strict=True):
+        info = _live(rt, user, handle, entries[handle], raw)
+        if info is None:
+            stale[handle] = entries[handle]
+        else:
+            live.append((info, entries[handle]))
+    if stale:
+        await idx.unindex_user_sessions(user, stale)
+    live.sort(key=lambda item: item[0].last_seen, reverse=True)
+    return live
+
+
+async def end(rt: DriverRuntime, user: str, keep: str | None = None,
+              handles: Collection[str] | None = None) -> int:
+    """End *user*'s sessions (those of *handles*; None: all) but *keep*; return how many.
+
+    Each is destroyed (DESTROYED fires for it), then its entry is removed if it still
+    names the id destroyed. A session that moved to a new id meanwhile (a regenerate or
+    login in flight) is found under its new id at the next look and ended there too.
+    Requests in flight on an ended session cannot write it back (compare-and-set).
+    """
+    idx = index_of(rt)
+    ended: set[str] = set()
+    destroyed: set[str] = set()
+    for round_ in range(_ROUNDS):
+        targets = {
+            info.handle: sid for info, sid in await listing(rt, user)
+            if info.handle != keep and sid not in destroyed
+            and (handles is None or info.handle in handles)
+            and (round_ == 0 or info.handle in ended)
+        }
+        if not targets:
+            break
+        items = list(targets.items())
+        for start in range(0, len(items), _CHUNK):
+            await asyncio.gather(*(rt.destroy(sid) for _, sid in items[start:start + _CHUNK]))
+        for _, sid in items:
+            rt.events.emit(SessionEventInfo(SessionEvents.DESTROYED, sid))
+        await idx.unindex_user_sessions(user, targets)
+        ended.update(targets)
+        destroyed.update(targets.values())
+    return len(ended)
+
+
+async def enforce_cap(rt: DriverRuntime, user: str, own: str) -> int:
+    """``users.max_sessions``: end *user*'s least recently active sessions but *own* (a
+    handle) beyond the cap; return how many were ended."""
+    cap = rt.users.max_sessions
+    if cap is None or not isinstance(rt.driver, SupportsUserIndex):
+        return 0
+    live = await listing(rt, user)
+    excess = len(live) - cap
+    if excess <= 0:
+        return 0
+    oldest = [info.handle for info, _ in reversed(live) if info.handle != own][:excess]
+    return await end(rt, user, keep=own, handles=set(oldest))
+
+
+class UserBinding:
+    """The user side of a session: ``login``, ``logout``, ``user_id``, ``handle``.
+
+    Mixed into :class:`~aiosessmgr.SessionStore` (as :class:`~aiosessmgr.data.SessionData`
+    is), which provides what is declared below.
+    """
+
+    if not TYPE_CHECKING:  # SessionStore's slots hold the state (mypy: declared below)
+        __slots__ = ()
+    else:
+        _d: Delta
+        _rt: DriverRuntime
+        _id: str
+        _carry: tuple[str, bytes | None, bool] | None
+        _index: bool
+        request: Any
+
+        @property
+        def ended(self) -> bool:
+            raise NotImplementedError
+
+        def _require_started(self) -> None: ...
+        async def regenerate(self, destroy: bool = True) -> None: ...
+        async def invalidate(self, *, flush: bool = True) -> None: ...
+        async def save(self) -> None: ...
+
+    @property
+    def user_id(self) -> str | None:
+        """The user this session is logged in as (``login``, always a str), or None."""
+        user = self._d.meta.get("u")
+        return user if isinstance(user, str) else None
+
+    @property
+    def handle(self) -> str:
+        """The session's public handle: stable for its lifetime (a new one after
+        ``invalidate``), never the id, and random, so the id cannot be derived from it."""
+        self._require_started()
+        handle = self._d.meta.get("h")
+        if not isinstance(handle, str):
+            handle = new_handle()
+            self._d.set_meta("h", handle)
+        return handle
+
+    async def login(self, user_id: str | int) -> None:
+        """Log in as *user_id*: ``regenerate()``, bind the session to the user, save it and
+        add it to the user's index with device info from the request (``users`` config).
+
+        Saves at once, unlike ``regenerate()`` alone. The handle stays, unless the session
+        was logged in as another user (whose entry goes). Beyond
+        ``users.max_sessions`` the user's least recently active other sessions end.
+        TypeError/ValueError for a bad *user_id* (see ``user_key``), DriverError.
+        """
+        self._require_started()
+        rt, uid, meta = self._rt, user_key(user_id), self._d.meta
+        was = (meta.get("u"), meta.get("h"), self._carry[0] if self._carry else self._id)
+        await self.regenerate()
+        handle = was[1] if was[0] in (None, uid) and isinstance(was[1], str) else new_handle()
+        for name in BINDING[4:]:
+            self._d.unset_meta(name)  # device info of an earlier login
+        now = rt.clock()
+        for name, value in {"u": uid, "h": handle, "l": now, "v": now,
+                            **device(rt.users, self.request)}.items():
+            self._d.set_meta(name, value)
+        self._index = True
+        await self.save()
+        if isinstance(was[0], str) and was[0] != uid and isinstance(was[1], str):
+            await unindex(rt, was[0], {was[1]: was[2]})
+        if not self.ended:
+            await enforce_cap(rt, uid, handle)
+
+    async def logout(self) -> None:
+        """Log out: ``invalidate()`` (new id, data cleared, old record destroyed now) and
+        remove the session from its user's index."""
+        await self.invalidate()

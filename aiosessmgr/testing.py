@@ -3,8 +3,9 @@
 Subclass :class:`DriverContract` in a test module and give it a ``driver`` fixture that
 yields a fresh driver (and closes it afterwards). Every test of the contract then runs
 against it: ``read``/``write``/``destroy``/``gc``, expiry, and each optional capability
-the driver has (``read_touch``, ``compare_and_set``, locks), plus sessions saved through a
-real :class:`~aiosessmgr.SessionManager` (concurrent saves merged, a lost reply)::
+the driver has (``read_touch``, ``compare_and_set``, locks, the user index,
+``read_many``), plus sessions saved through a real :class:`~aiosessmgr.SessionManager`
+(concurrent saves merged, a lost reply, logins listed and ended)::
 
     from collections.abc import AsyncIterator
 
@@ -56,14 +57,17 @@ Requirements and rules:
 * Ids are :func:`aiosessmgr.new_session_id` values, records start with a
   :data:`~aiosessmgr.drivers.base.VERSION_SIZE`-byte version, each test uses ids of its
   own; the driver's store may be shared between tests.
+
+Longer than 600 lines: it is one suite, so that a driver's author subclasses one class.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import ClassVar
+import types
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from typing import Any, ClassVar
 
 import pytest
 
@@ -72,10 +76,14 @@ from .drivers.base import (
     SessionDriver,
     SupportsCompareAndSet,
     SupportsLock,
+    SupportsReadMany,
     SupportsTouch,
+    SupportsUserIndex,
 )
-from .ids import new_session_id
+from .events import SessionEvents
+from .ids import new_handle, new_session_id
 from .manager import SessionManager
+from .session import SessionStore
 
 __all__ = ["CAPABILITIES", "Advance", "DriverContract"]
 
@@ -87,7 +95,14 @@ CAPABILITIES: dict[type, str] = {
     SupportsTouch: "read_touch (SupportsTouch)",
     SupportsCompareAndSet: "compare_and_set (SupportsCompareAndSet)",
     SupportsLock: "acquire_lock/release_lock (SupportsLock)",
+    SupportsUserIndex: "index_user_session/user_session_index/unindex_user_sessions "
+                       "(SupportsUserIndex)",
+    SupportsReadMany: "read_many (SupportsReadMany)",
 }
+
+#: user ids every index must keep apart (each one's entries only its own)
+USER_IDS = ["42", "4", "42 ", " 42", "../x", "..", "{}", "}{", "a}b{c", "{", "%7B", "user:1",
+            "user", "ü🙂", "x" * 256, "a" * 43, "session:", "*", "?", "[ab]", "a b", "\\"]
 
 #: payloads every driver must store and return byte for byte
 PAYLOADS = [
@@ -114,6 +129,8 @@ class _Plain(SessionDriver):
 
     def __init__(self, driver: SessionDriver) -> None:
         self.driver = driver
+        #: awaited (once) before the next destroy(): a test's way into the middle of a race
+        self.before_destroy: Callable[[], Awaitable[None]] | None = None
 
     async def read(self, session_id: str) -> bytes | None:
         return await self.driver.read(session_id)
@@ -122,6 +139,9 @@ class _Plain(SessionDriver):
         await self.driver.write(session_id, payload, ttl)
 
     async def destroy(self, session_id: str) -> None:
+        hook, self.before_destroy = self.before_destroy, None
+        if hook is not None:
+            await hook()
         await self.driver.destroy(session_id)
 
     async def gc(self, max_lifetime: int) -> int:
@@ -154,12 +174,51 @@ class _Lent(_Plain):
         return written
 
 
-class _LentWithTouch(_Lent):
+class _Touch(_Lent):
     """A lent driver that has read_touch too, so sessions use it as they would."""
 
     async def read_touch(self, session_id: str, ttl: int) -> bytes | None:
         assert isinstance(self.driver, SupportsTouch)
         return await self.driver.read_touch(session_id, ttl)
+
+
+class _Index(_Lent):
+    """A lent driver that has the user index too."""
+
+    async def index_user_session(self, user_id: str, handle: str, session_id: str,
+                                 ttl: int) -> None:
+        assert isinstance(self.driver, SupportsUserIndex)
+        await self.driver.index_user_session(user_id, handle, session_id, ttl)
+
+    async def user_session_index(self, user_id: str) -> dict[str, str]:
+        assert isinstance(self.driver, SupportsUserIndex)
+        return await self.driver.user_session_index(user_id)
+
+    async def unindex_user_sessions(self, user_id: str, entries: Mapping[str, str]) -> int:
+        assert isinstance(self.driver, SupportsUserIndex)
+        return await self.driver.unindex_user_sessions(user_id, entries)
+
+
+class _ReadMany(_Lent):
+    """A lent driver that has read_many too."""
+
+    async def read_many(self, session_ids: Sequence[str]) -> list[bytes | None]:
+        assert isinstance(self.driver, SupportsReadMany)
+        return await self.driver.read_many(session_ids)
+
+
+def _lend(driver: SessionDriver) -> _Lent:
+    """A _Lent wrapper of *driver* with the same optional capabilities it has."""
+    bases = tuple(cls for cls, proto in ((_Touch, SupportsTouch), (_Index, SupportsUserIndex),
+                                         (_ReadMany, SupportsReadMany))
+                  if isinstance(driver, proto)) or (_Lent,)
+    lent: _Lent = types.new_class("_LentDriver", bases)(driver)
+    return lent
+
+
+def _request(agent: str = "Contract/1.0", remote: str = "192.0.2.7") -> Any:
+    """What login() reads from an aiohttp request: headers and remote."""
+    return types.SimpleNamespace(headers={"User-Agent": agent}, remote=remote)
 
 
 @pytest.mark.asyncio
@@ -210,24 +269,34 @@ class DriverContract:
         """*fraction* of the ttl, in seconds."""
         return self.ttl * fraction
 
-    def new_manager(self, driver: SessionDriver) -> SessionManager:
-        """A SessionManager whose default driver is *driver*, with a lifetime of ttl."""
-        manager = SessionManager({"default": "contract", "lottery": (0, 1), "drivers": {
-            "contract": {"driver": "contract", "lifetime": self.ttl / 60}}})  # minutes
+    def new_manager(self, driver: SessionDriver, users: Mapping[str, Any] | None = None,
+                    clock: Callable[[], float] | None = None) -> SessionManager:
+        """A SessionManager whose default driver is *driver*, with a lifetime of ttl.
+
+        *users*: its ``users`` config section; *clock*: its wall clock (default time.time).
+        """
+        config: dict[str, Any] = {"default": "contract", "lottery": (0, 1), "drivers": {
+            "contract": {"driver": "contract", "lifetime": self.ttl / 60}}}  # minutes
+        if users is not None:
+            config["users"] = users
+        manager = (SessionManager(config) if clock is None
+                   else SessionManager(config, clock=clock))
         manager.extend("contract", lambda config: driver)
         return manager
 
     @contextlib.asynccontextmanager
     async def lent_manager(
-        self, driver: SessionDriver
+        self, driver: SessionDriver, users: Mapping[str, Any] | None = None,
+        clock: Callable[[], float] | None = None,
     ) -> AsyncIterator[tuple[SessionManager, _Lent]]:
-        """A manager on *driver* with its compare-and-set (skips without it) and touch.
+        """A manager on *driver* with its compare-and-set (skips without it), touch, user
+        index and read_many.
 
         The manager gets a wrapper (see ``_Lent``), so closing it leaves *driver* open.
         """
         self.require_capability(driver, SupportsCompareAndSet)
-        lent = (_LentWithTouch if isinstance(driver, SupportsTouch) else _Lent)(driver)
-        manager = self.new_manager(lent)
+        lent = _lend(driver)
+        manager = self.new_manager(lent, users, clock)
         try:
             yield manager, lent
         finally:
@@ -592,3 +661,354 @@ class DriverContract:
         assert third is not None
         await driver.release_lock(sid, third)
 
+
+    # -- the user index ----------------------------------------------------------------------
+
+    def require_index(self, driver: SessionDriver) -> SupportsUserIndex:
+        """*driver* as a user index, or skip (fail if it was declared)."""
+        self.require_capability(driver, SupportsUserIndex)
+        assert isinstance(driver, SupportsUserIndex)
+        return driver
+
+    async def test_user_index_of_an_unknown_user_is_empty(self, driver: SessionDriver) -> None:
+        index = self.require_index(driver)
+        assert await index.user_session_index(f"nobody-{new_handle()}") == {}
+        assert await index.unindex_user_sessions(f"nobody-{new_handle()}",
+                                                 {new_handle(): new_session_id()}) == 0
+
+    async def test_user_index_maps_handles_and_replaces(self, driver: SessionDriver) -> None:
+        index = self.require_index(driver)
+        user, one, two = f"u-{new_handle()}", new_handle(), new_handle()
+        a, b, c = new_session_id(), new_session_id(), new_session_id()
+        await index.index_user_session(user, one, a, self.ttl)
+        await index.index_user_session(user, two, b, self.ttl)
+        assert await index.user_session_index(user) == {one: a, two: b}
+        await index.index_user_session(user, one, c, self.ttl)  # the session moved to c
+        assert await index.user_session_index(user) == {one: c, two: b}
+
+    async def test_user_index_keeps_users_apart(self, driver: SessionDriver) -> None:
+        index = self.require_index(driver)
+        tag = new_handle()[:6]
+        users = [f"{user}{tag}" if i % 2 else user for i, user in enumerate(USER_IDS)]
+        entries = {user: (new_handle(), new_session_id()) for user in users}
+        await asyncio.gather(*(index.index_user_session(user, handle, sid, self.ttl)
+                               for user, (handle, sid) in entries.items()))
+        try:
+            for user, (handle, sid) in entries.items():
+                assert await index.user_session_index(user) == {handle: sid}, user
+        finally:
+            for user, (handle, sid) in entries.items():
+                await index.unindex_user_sessions(user, {handle: sid})
+        for user in users:
+            assert await index.user_session_index(user) == {}, user
+
+    async def test_unindex_removes_only_entries_still_naming_the_id(
+            self, driver: SessionDriver) -> None:
+        index = self.require_index(driver)
+        user, one, two, three = f"u-{new_handle()}", new_handle(), new_handle(), new_handle()
+        a, b = new_session_id(), new_session_id()
+        await index.index_user_session(user, one, a, self.ttl)
+        await index.index_user_session(user, two, b, self.ttl)
+        # two names b, not a (it moved); three was never indexed
+        removed = await index.unindex_user_sessions(user, {one: a, two: a, three: a})
+        assert removed == 1
+        assert await index.user_session_index(user) == {two: b}
+        assert await index.unindex_user_sessions(user, {}) == 0
+
+    async def test_user_index_calls_of_one_user_are_atomic(self, driver: SessionDriver) -> None:
+        index = self.require_index(driver)
+        user = f"u-{new_handle()}"
+        old = {new_handle(): new_session_id() for _ in range(20)}
+        for handle, sid in old.items():
+            await index.index_user_session(user, handle, sid, self.ttl)
+        new = {new_handle(): new_session_id() for _ in range(40)}
+        dropped = dict(list(old.items())[:10])
+        results = await asyncio.gather(
+            *(index.index_user_session(user, h, sid, self.ttl) for h, sid in new.items()),
+            *(index.unindex_user_sessions(user, {h: sid}) for h, sid in dropped.items()))
+        assert sum(r for r in results if isinstance(r, int)) == len(dropped)
+        kept = {h: sid for h, sid in old.items() if h not in dropped}
+        assert await index.user_session_index(user) == {**kept, **new}
+
+    async def test_user_index_lives_at_least_its_ttl(self, driver: SessionDriver,
+                                                     advance: Advance | None) -> None:
+        index = self.require_index(driver)
+        move = self.require_clock(advance)
+        user, handle, sid = f"u-{new_handle()}", new_handle(), new_session_id()
+        await index.index_user_session(user, handle, sid, self.ttl)
+        await move(self.seconds(0.75))
+        assert await index.user_session_index(user) == {handle: sid}
+        await index.index_user_session(user, handle, sid, self.ttl)  # a refresh
+        await move(self.seconds(0.75))
+        assert await index.user_session_index(user) == {handle: sid}
+        await index.index_user_session(user, new_handle(), sid, self.ttl // 4)
+        await move(self.seconds(0.2))  # a shorter ttl never shortens the index's life
+        assert handle in await index.user_session_index(user)
+        await move(self.seconds(1.5))
+        await driver.gc(self.ttl)
+        assert await index.user_session_index(user) == {}  # every deadline passed
+
+    async def test_read_many_reads_in_order(self, driver: SessionDriver,
+                                            advance: Advance | None) -> None:
+        self.require_capability(driver, SupportsReadMany)
+        assert isinstance(driver, SupportsReadMany)
+        ids = [new_session_id() for _ in range(5)]
+        for n, sid in enumerate(ids[:3]):
+            await driver.write(sid, record(n), self.ttl)
+        assert await driver.read_many([]) == []
+        order = [ids[2], ids[3], ids[0], ids[2], ids[4], ids[1]]
+        assert await driver.read_many(order) == [record(2), None, record(0), record(2), None,
+                                                 record(1)]
+        many = [new_session_id() for _ in range(300)]
+        await asyncio.gather(*(driver.write(sid, record(n), self.ttl)
+                               for n, sid in enumerate(many)))
+        assert await driver.read_many(many) == [record(n) for n in range(len(many))]
+        if advance is not None:
+            await advance(self.seconds(0.5))
+            await driver.write(ids[0], record(9), self.ttl)
+            await advance(self.seconds(0.75))
+            assert await driver.read_many(ids[:3]) == [record(9), None, None]
+
+    # -- the sessions of a user, through a manager -----------------------------------------
+
+    async def _login(self, manager: SessionManager, user: str | int,
+                     agent: str = "Contract/1.0") -> SessionStore:
+        session = await manager.driver()
+        session.request = _request(agent)
+        session.put("cart", [1])
+        await session.login(user)
+        return session
+
+    async def test_login_lists_the_session_with_its_device(self, driver: SessionDriver) -> None:
+        self.require_index(driver)
+        async with self.lent_manager(driver, {"record_ip": True}) as (manager, _):
+            user = f"u-{new_handle()}"
+            before = (await manager.user_sessions(user))
+            session = await self._login(manager, user, "Firefox/140")
+            assert session.user_id == user and session.stored and session.get("cart") == [1]
+            [info] = await manager.user_sessions(user)
+            assert before == []
+            assert info.handle == session.handle and info.handle != session.id
+            assert session.id not in repr(info)
+            assert (info.user_agent, info.ip) == ("Firefox/140", "192.0.2.7")
+            assert info.created_at <= info.last_seen
+            loaded = await manager.load(session.id)
+            assert (loaded.user_id, loaded.handle) == (user, session.handle)
+            await manager.load(session.id)
+            assert len(await manager.user_sessions(user)) == 1  # a request adds nothing
+
+    async def test_an_int_user_id_is_stored_as_str(self, driver: SessionDriver) -> None:
+        self.require_index(driver)
+        async with self.lent_manager(driver) as (manager, _):
+            number = int.from_bytes(new_handle().encode()[:6], "big")
+            session = await self._login(manager, number)
+            assert session.user_id == str(number)
+            assert [i.handle for i in await manager.user_sessions(number)] == [session.handle]
+            assert [i.handle for i in await manager.user_sessions(str(number))] == [
+                session.handle]
+
+    async def test_user_sessions_are_most_recently_active_first(
+            self, driver: SessionDriver) -> None:
+        self.require_index(driver)
+        now = [1_000_000.0]
+        async with self.lent_manager(driver, {"touch_interval": 60},
+                                     clock=lambda: now[0]) as (manager, _):
+            user = f"u-{new_handle()}"
+            sessions = []
+            for _ in range(3):
+                sessions.append(await self._login(manager, user))
+                now[0] += 10
+            listed = [info.handle for info in await manager.user_sessions(user)]
+            assert listed == [s.handle for s in reversed(sessions)]
+            now[0] += 5  # within the touch interval: a read-only request writes nothing
+            first = await manager.load(sessions[0].id)
+            assert not first.modified
+            now[0] += 60  # past it: the request refreshes last_seen
+            first = await manager.load(sessions[0].id)
+            assert first.modified
+            await first.save()
+            infos = await manager.user_sessions(user)
+            assert [i.handle for i in infos] == [sessions[0].handle, sessions[2].handle,
+                                                 sessions[1].handle]
+            assert infos[0].last_seen == now[0]
+
+    async def test_end_user_sessions_keeps_one_and_fires_destroyed(
+            self, driver: SessionDriver) -> None:
+        self.require_index(driver)
+        async with self.lent_manager(driver) as (manager, _):
+            user, other = f"u-{new_handle()}", f"v-{new_handle()}"
+            sessions = [await self._login(manager, user) for _ in range(5)]
+            theirs = await self._login(manager, other)
+            destroyed: list[str] = []
+            manager.on(SessionEvents.DESTROYED,
+                       lambda event: destroyed.append(event.session_id))
+            keep = sessions[2]
+            assert await manager.end_user_sessions(user, keep=keep.handle) == 4
+            assert sorted(destroyed) == sorted(s.id for s in sessions if s is not keep)
+            assert [i.handle for i in await manager.user_sessions(user)] == [keep.handle]
+            for session in sessions:
+                assert (await driver.read(session.id) is None) == (session is not keep)
+            assert [i.handle for i in await manager.user_sessions(other)] == [theirs.handle]
+            assert await manager.end_user_sessions(user) == 1
+            assert await manager.user_sessions(user) == []
+            assert await manager.end_user_sessions(user) == 0
+
+    async def test_end_user_session_ends_one_device(self, driver: SessionDriver) -> None:
+        self.require_index(driver)
+        async with self.lent_manager(driver) as (manager, _):
+            user, other = f"u-{new_handle()}", f"v-{new_handle()}"
+            one, two = await self._login(manager, user), await self._login(manager, user)
+            theirs = await self._login(manager, other)
+            assert not await manager.end_user_session(user, theirs.handle)  # not this user's
+            assert not await manager.end_user_session(user, "not a handle")
+            assert not await manager.end_user_session(user, one.id)  # an id is no handle
+            assert await manager.end_user_session(user, one.handle)
+            assert not await manager.end_user_session(user, one.handle)  # already ended
+            assert [i.handle for i in await manager.user_sessions(user)] == [two.handle]
+            assert await driver.read(one.id) is None
+            assert await driver.read(theirs.id) is not None
+
+    async def test_requests_in_flight_resurrect_no_ended_session(
+            self, driver: SessionDriver) -> None:
+        self.require_index(driver)
+        async with self.lent_manager(driver) as (manager, _), \
+                self.lent_manager(driver) as (elsewhere, _):
+            user = f"u-{new_handle()}"
+            sessions = [await self._login(manager, user) for _ in range(6)]
+            # requests that loaded their session before the end, in this "process" and
+            # in another one, save after it
+            flight = [await (manager if i % 2 else elsewhere).load(s.id)
+                      for i, s in enumerate(sessions)]
+            for i, session in enumerate(flight):
+                session.put("late", i)
+                session.increment("n")
+            assert await manager.end_user_sessions(user) == 6
+            await asyncio.gather(*(session.save() for session in flight))
+            for session in flight:
+                assert session.ended
+                assert await driver.read(session.id) is None
+            assert await manager.user_sessions(user) == []
+
+    async def test_a_session_moving_while_it_is_ended_is_ended_under_its_new_id(
+            self, driver: SessionDriver) -> None:
+        index = self.require_index(driver)
+        async with self.lent_manager(driver) as (ender, lent), \
+                self.lent_manager(driver) as (elsewhere, _):
+            user = f"u-{new_handle()}"
+            session = await self._login(elsewhere, user)
+            moving = await elsewhere.load(session.id)
+            old = moving.id
+
+            async def regenerate_first() -> None:
+                # the end has listed the old id; the session moves before it is destroyed
+                await moving.regenerate()
+                await moving.save()
+
+            lent.before_destroy = regenerate_first
+            assert await ender.end_user_sessions(user) == 1
+            assert moving.id != old and not moving.ended  # the move itself went through
+            assert await driver.read(old) is None
+            assert await driver.read(moving.id) is None  # ... and was ended there too
+            assert await index.user_session_index(user) == {}
+            assert await ender.user_sessions(user) == []
+
+    async def test_a_destroyed_or_expired_session_is_not_listed(
+            self, driver: SessionDriver, advance: Advance | None) -> None:
+        index = self.require_index(driver)
+        async with self.lent_manager(driver) as (manager, _):
+            user = f"u-{new_handle()}"
+            gone, stays = await self._login(manager, user), await self._login(manager, user)
+            await manager.destroy(gone.id)  # knows nothing of users: the index is stale
+            assert [i.handle for i in await manager.user_sessions(user)] == [stays.handle]
+            assert gone.handle not in await index.user_session_index(user)  # repaired
+            if advance is None:
+                return
+            await advance(self.seconds(0.5))
+            fresh = await self._login(manager, user)
+            await advance(self.seconds(0.75))  # stays expired, fresh did not
+            assert [i.handle for i in await manager.user_sessions(user)] == [fresh.handle]
+
+    async def test_logout_and_regenerate_keep_the_index_true(
+            self, driver: SessionDriver) -> None:
+        index = self.require_index(driver)
+        async with self.lent_manager(driver) as (manager, _):
+            user = f"u-{new_handle()}"
+            session = await self._login(manager, user)
+            handle, old = session.handle, session.id
+            await session.regenerate(destroy=False)  # a logged-in copy would escape: gone
+            await session.save()
+            assert session.id != old and session.handle == handle
+            assert await driver.read(old) is None
+            assert await index.user_session_index(user) == {handle: session.id}
+            await session.logout()
+            assert session.user_id is None and session.handle != handle
+            assert await index.user_session_index(user) == {}
+            assert await manager.user_sessions(user) == []
+
+    async def test_a_login_as_another_user_moves_the_session(
+            self, driver: SessionDriver) -> None:
+        index = self.require_index(driver)
+        async with self.lent_manager(driver) as (manager, _):
+            ann, bob = f"ann-{new_handle()}", f"bob-{new_handle()}"
+            session = await self._login(manager, ann)
+            await session.login(ann)  # again as ann: the same handle, a new id
+            [entry] = (await index.user_session_index(ann)).items()
+            assert entry == (session.handle, session.id)
+            await session.login(bob)
+            assert await index.user_session_index(ann) == {}
+            assert [i.handle for i in await manager.user_sessions(bob)] == [session.handle]
+
+    async def test_max_sessions_ends_the_least_recently_active(
+            self, driver: SessionDriver) -> None:
+        self.require_index(driver)
+        now = [2_000_000.0]
+        async with self.lent_manager(driver, {"max_sessions": 2},
+                                     clock=lambda: now[0]) as (manager, _):
+            user = f"u-{new_handle()}"
+            first, second = await self._login(manager, user), None
+            now[0] += 5
+            second = await self._login(manager, user)
+            now[0] += 5
+            touched = await manager.load(first.id)  # first becomes the most recent
+            touched.put("seen", True)
+            await touched.save()
+            now[0] += 5
+            third = await self._login(manager, user)
+            listed = {i.handle for i in await manager.user_sessions(user)}
+            assert listed == {first.handle, third.handle}
+            assert await driver.read(second.id) is None
+
+    async def test_logins_racing_an_end_leave_index_and_records_agreeing(
+            self, driver: SessionDriver) -> None:
+        index = self.require_index(driver)
+        async with self.lent_manager(driver) as (manager, _), \
+                self.lent_manager(driver) as (elsewhere, _):
+            user = f"u-{new_handle()}"
+            early = [await self._login(manager, user) for _ in range(4)]
+            started = [await (manager if i % 2 else elsewhere).driver() for i in range(8)]
+
+            async def login(session: SessionStore) -> None:
+                session.put("x", 1)
+                await session.login(user)
+
+            regenerated = [await elsewhere.load(s.id) for s in early[:2]]
+
+            async def regenerate(session: SessionStore) -> None:
+                await session.regenerate()
+                await session.save()
+
+            await asyncio.gather(*(login(s) for s in started),
+                                 *(regenerate(s) for s in regenerated),
+                                 manager.end_user_sessions(user),
+                                 manager.end_user_sessions(user))
+            live = {}
+            for session in [*early, *started, *regenerated]:
+                raw = await driver.read(session.id)
+                if raw is not None:
+                    live[session.handle] = session.id
+            listed = await manager.user_sessions(user)
+            assert {i.handle for i in listed} == set(live)
+            assert await index.user_session_index(user) == live
+            assert await manager.end_user_sessions(user) == len(live)
+            for session in [*early, *started, *regenerated]:
+                assert await driver.read(session.id) is None

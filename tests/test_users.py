@@ -123,7 +123,7 @@ async def test_a_bad_user_id_fails_before_anything_is_written(
     manager, driver = counted
     session = await manager.driver()
     with pytest.raises(TypeError):
-        await session.login(True)  # type: ignore[arg-type]
+        await session.login(True)
     with pytest.raises(ValueError):
         await manager.user_sessions("")
     assert session.user_id is None and not session.stored

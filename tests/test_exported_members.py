@@ -16,7 +16,8 @@ def test_all_is_sorted_and_complete() -> None:
     modules = {"body", "codec", "commit", "compat", "config", "cookies", "csrf", "data",
                "delta", "deprecation", "drivers", "errors", "events", "ids", "keys", "locks", "log",
                "manager", "record", "renamed", "runtime", "serializers", "session", "testing",
-               "web", "users", "locking", "annotations"}  # submodules, the deprecation helper, the __future__ import
+               "web", "users", "locking",
+               "annotations"}  # submodules, the deprecation helper, the __future__ import
     assert public - modules - set(exported) == set()
     for name in exported:
         assert hasattr(aiosessmgr, name), name

@@ -280,7 +280,10 @@ class UserBinding:
     @property
     def handle(self) -> str:
         """The session's public handle: stable for its lifetime (a new one after
-        ``invalidate``), never the id, and random, so the id cannot be derived from it."""
+        ``invalidate``), never the id, and random, so the id cannot be derived from it.
+
+        Made at ``login``, or on first use (then a stored session is written once more).
+        """
         self._require_started()
         handle = self._d.meta.get("h")
         if not isinstance(handle, str):
@@ -316,6 +319,6 @@ class UserBinding:
             await enforce_cap(rt, uid, handle)
 
     async def logout(self) -> None:
-        """Log out: ``invalidate()`` (new id, data cleared, old record destroyed now) and
-        remove the session from its user's index."""
+        """Log out: the same as ``invalidate()`` (new id, data cleared, the old record
+        destroyed now), which also takes a logged-in session out of its user's index."""
         await self.invalidate()

@@ -4,8 +4,8 @@ Run it (PostgreSQL on localhost; ``DATABASE_URL`` overrides the default DSN)::
 
     DATABASE_URL=postgresql://postgres@127.0.0.1:5432/test python -m examples.postgres_driver
 
-then open http://127.0.0.1:8088/. The table (``sessions`` by default) is created on
-first use::
+then open http://127.0.0.1:8088/. The table (``sessions`` by default) and the users'
+index (the table's name with ``_users`` appended) are created on first use::
 
     CREATE TABLE IF NOT EXISTS sessions (
         id         text PRIMARY KEY,
@@ -13,13 +13,26 @@ first use::
         expires_at timestamptz NOT NULL
     );
     CREATE INDEX IF NOT EXISTS sessions_expires_at_idx ON sessions (expires_at);
+    CREATE TABLE IF NOT EXISTS sessions_users (
+        user_id    text NOT NULL,
+        handle     text NOT NULL,
+        session_id text NOT NULL,
+        expires_at timestamptz NOT NULL,
+        PRIMARY KEY (user_id, handle)
+    );
+    CREATE INDEX IF NOT EXISTS sessions_users_exp_idx ON sessions_users (expires_at);
+    CREATE INDEX IF NOT EXISTS sessions_users_sid_idx ON sessions_users (session_id);
 
 The four required methods (``read``, ``write``, ``destroy``, ``gc``) are enough for a
-driver. This one adds the two optional capabilities the session layer picks up by
-itself: ``read_touch`` (a read-only request extends expiry in the same round trip) and
+driver. This one adds the optional capabilities the session layer picks up by itself:
+``read_touch`` (a read-only request extends expiry in the same round trip),
 ``compare_and_set`` (a save writes only if the record's version, its first 8 bytes, is
-still the one the request loaded; so concurrent requests on one session lose nothing).
-Expiry uses the database's clock, so app servers with skewed clocks agree.
+still the one the request loaded; so concurrent requests on one session lose nothing),
+the user index (``index_user_session``, ``user_session_index``, ``unindex_user_sessions``:
+one row per session of a user, for ``manager.user_sessions()`` and "log out other
+devices") and ``read_many`` (the records of a user's sessions in one statement).
+Every method is one SQL statement (``gc``: one per batch), so each is atomic without a
+transaction. Expiry uses the database's clock, so app servers with skewed clocks agree.
 """
 
 from __future__ import annotations
@@ -27,7 +40,7 @@ from __future__ import annotations
 import asyncio
 import os
 import re
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from datetime import timedelta
 from typing import Any, TypeVar
 
@@ -49,7 +62,8 @@ __all__ = ["DEFAULT_DSN", "PostgresDriver", "make_app", "make_manager"]
 _T = TypeVar("_T")
 
 DEFAULT_DSN = "postgresql://postgres@127.0.0.1:5432/test"
-#: leaves room for the index name (``<table>_expires_at_idx``) within PostgreSQL's 63 bytes
+#: leaves room for the longest derived name (``<table>_users_exp_idx``) within PostgreSQL's
+#: 63 bytes
 _TABLE_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,47}")
 #: rows removed per DELETE in gc(), so no statement holds locks on a huge set of rows
 GC_BATCH = 5_000
@@ -61,9 +75,10 @@ _STORE_ERRORS = (asyncpg.PostgresError, asyncpg.InterfaceError, asyncpg.Internal
 
 
 class PostgresDriver(SessionDriver):
-    """Sessions in one PostgreSQL table; ``ttl`` and ``timeout`` in seconds.
+    """Sessions in one PostgreSQL table, users' indexes in a second; ``ttl`` and
+    ``timeout`` in seconds.
 
-    Building it does no I/O: the connection pool and the table are created on first
+    Building it does no I/O: the connection pool and the tables are created on first
     use (and again after a failed attempt, so the app recovers when the database does).
     Every operation is bounded by *timeout*; database, network and timeout failures
     become :class:`aiosessmgr.DriverError` (the middleware answers 503).
@@ -84,10 +99,17 @@ class PostgresDriver(SessionDriver):
         self._pool_lock = asyncio.Lock()
         self._closed = False
         t = f'"{table}"'  # validated above, so quoting cannot be escaped
+        u = f'"{table}_users"'  # the users' index: one row per (user, handle)
+        # one simple-protocol query is one transaction: all of it is created or none
         self._sql_create = (
             f"CREATE TABLE IF NOT EXISTS {t} (id text PRIMARY KEY, payload bytea NOT NULL, "
             f"expires_at timestamptz NOT NULL); "
-            f'CREATE INDEX IF NOT EXISTS "{table}_expires_at_idx" ON {t} (expires_at)'
+            f'CREATE INDEX IF NOT EXISTS "{table}_expires_at_idx" ON {t} (expires_at); '
+            f"CREATE TABLE IF NOT EXISTS {u} (user_id text NOT NULL, handle text NOT NULL, "
+            f"session_id text NOT NULL, expires_at timestamptz NOT NULL, "
+            f"PRIMARY KEY (user_id, handle)); "
+            f'CREATE INDEX IF NOT EXISTS "{table}_users_exp_idx" ON {u} (expires_at); '
+            f'CREATE INDEX IF NOT EXISTS "{table}_users_sid_idx" ON {u} (session_id)'
         )
         self._sql_read = f"SELECT payload FROM {t} WHERE id = $1 AND expires_at > now()"
         # touch only when a tenth of the lifetime has passed since the last one: the
@@ -111,9 +133,38 @@ class PostgresDriver(SessionDriver):
             f"WHERE id = $1 AND expires_at > now() AND substring(payload from 1 for 8) = $4"
         )
         self._sql_destroy = f"DELETE FROM {t} WHERE id = $1"
+        # one batch of expired records, and the index entries naming them (found through
+        # the session_id index: it costs what it removes); answers how many records
         self._sql_gc = (
-            f"DELETE FROM {t} WHERE id IN "
-            f"(SELECT id FROM {t} WHERE expires_at <= now() LIMIT {GC_BATCH})"
+            f"WITH gone AS (DELETE FROM {t} WHERE id IN "
+            f"(SELECT id FROM {t} WHERE expires_at <= now() LIMIT {GC_BATCH}) RETURNING id), "
+            f"entries AS (DELETE FROM {u} WHERE session_id IN (SELECT id FROM gone)) "
+            f"SELECT count(*) FROM gone"
+        )
+        self._sql_gc_index = (
+            f"DELETE FROM {u} WHERE (user_id, handle) IN "
+            f"(SELECT user_id, handle FROM {u} WHERE expires_at <= now() LIMIT {GC_BATCH})"
+        )
+        self._sql_read_many = (
+            f"SELECT id, payload FROM {t} WHERE id = ANY($1::text[]) AND expires_at > now()"
+        )
+        # every entry has its own deadline, which a refresh never moves closer
+        self._sql_index = (
+            f"INSERT INTO {u} AS i (user_id, handle, session_id, expires_at) "
+            f"VALUES ($1, $2, $3, now() + $4::interval) "
+            f"ON CONFLICT (user_id, handle) DO UPDATE SET session_id = EXCLUDED.session_id, "
+            f"expires_at = greatest(i.expires_at, EXCLUDED.expires_at)"
+        )
+        self._sql_user_index = (
+            f"SELECT handle, session_id FROM {u} WHERE user_id = $1 AND expires_at > now()"
+        )
+        # a handle goes only if it still names the id given for it; concurrent calls on
+        # one entry take turns on its row lock, and a DELETE that waited re-checks
+        # session_id on the row as the other call left it
+        self._sql_unindex = (
+            f"DELETE FROM {u} AS i USING unnest($2::text[], $3::text[]) AS e(handle, sid) "
+            f"WHERE i.user_id = $1 AND i.handle = e.handle AND i.session_id = e.sid "
+            f"AND i.expires_at > now()"
         )
 
     @classmethod
@@ -201,17 +252,56 @@ class PostgresDriver(SessionDriver):
         await self._run("destroy", lambda pool: pool.execute(self._sql_destroy, session_id))
 
     async def gc(self, max_lifetime: int) -> int:
-        """Delete expired rows in batches; return how many.
+        """Delete expired records in batches; return how many.
 
-        Every row carries its own ``expires_at``, so *max_lifetime* is not needed.
+        Index entries naming a removed record go with it, and expired entries after it
+        (those are not counted). Every row carries its own ``expires_at``, so
+        *max_lifetime* is not needed.
         """
         removed = 0
         while True:
-            status = await self._run("gc", lambda pool: pool.execute(self._sql_gc))
-            count = _row_count(status)
+            count: int = await self._run("gc", lambda pool: pool.fetchval(self._sql_gc))
             removed += count
             if count < GC_BATCH:
+                break
+        while True:  # then expired index entries, in batches too
+            status = await self._run("gc", lambda pool: pool.execute(self._sql_gc_index))
+            if _row_count(status) < GC_BATCH:
                 return removed
+
+    async def read_many(self, session_ids: Sequence[str]) -> list[bytes | None]:
+        """``read()`` of each id in one statement, in the order given (None: absent or
+        expired)."""
+        if not session_ids:
+            return []
+        rows = await self._run("read", lambda pool: pool.fetch(
+            self._sql_read_many, list(session_ids)))
+        found = {row["id"]: bytes(row["payload"]) for row in rows}
+        return [found.get(sid) for sid in session_ids]
+
+    # -- the user index --------------------------------------------------------------------
+
+    async def index_user_session(self, user_id: str, handle: str, session_id: str,
+                                 ttl: int) -> None:
+        """Point *handle* at *session_id* in *user_id*'s index (one upsert); the entry
+        then lives at least *ttl* seconds (a shorter ttl never shortens it)."""
+        await self._run("user index write", lambda pool: pool.execute(
+            self._sql_index, user_id, handle, session_id, timedelta(seconds=ttl)))
+
+    async def user_session_index(self, user_id: str) -> dict[str, str]:
+        """The live entries of *user_id*'s index, ``{handle: session id}``."""
+        rows = await self._run("user index read", lambda pool: pool.fetch(
+            self._sql_user_index, user_id))
+        return {row["handle"]: row["session_id"] for row in rows}
+
+    async def unindex_user_sessions(self, user_id: str, entries: Mapping[str, str]) -> int:
+        """Delete each handle of *entries* that still names the id given (one DELETE);
+        return how many."""
+        if not entries:
+            return 0
+        status = await self._run("user index delete", lambda pool: pool.execute(
+            self._sql_unindex, user_id, list(entries), list(entries.values())))
+        return _row_count(status)
 
     async def close(self) -> None:
         """Close the pool: wait up to the timeout for connections in use, then cut them."""

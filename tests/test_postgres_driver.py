@@ -1,12 +1,14 @@
 """examples/postgres_driver.py against the machine's real PostgreSQL.
 
 The driver contract (aiosessmgr.testing.DriverContract) runs in TestPostgresDriverContract;
-the tests after it cover what is PostgreSQL's own: the table, the touch throttle, batched
-gc, options, outages.
+the tests after it cover what is PostgreSQL's own: the tables, the touch throttle, batched
+gc, the user index's rows (hostile user ids, conditional deletes, concurrency, expiry),
+read_many, options, outages.
 
 The database comes from ``DATABASE_URL`` (default: the example's DEFAULT_DSN, then the
-local Unix socket). Each test gets its own table, dropped at teardown. Without a
-reachable server the tests skip, except in CI (``CI=true``), where they fail.
+local Unix socket). Each test gets its own table (and users' index table), dropped at
+teardown. Without a reachable server the tests skip, except in CI (``CI=true``), where
+they fail.
 """
 
 from __future__ import annotations
@@ -23,8 +25,17 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient
 
-from aiosessmgr import ConfigError, DriverConfig, DriverError, SupportsCompareAndSet
+from aiosessmgr import (
+    ConfigError,
+    DriverConfig,
+    DriverError,
+    SupportsCompareAndSet,
+    SupportsReadMany,
+    SupportsUserIndex,
+    new_session_id,
+)
 from aiosessmgr.drivers.base import SupportsTouch
+from aiosessmgr.ids import new_handle
 from aiosessmgr.testing import Advance, DriverContract
 from examples import postgres_driver
 from examples.postgres_driver import PostgresDriver
@@ -81,7 +92,7 @@ async def admin(dsn: str) -> AsyncIterator[asyncpg.Connection]:
 async def table(admin: asyncpg.Connection) -> AsyncIterator[str]:
     name = f"aiosessmgr_test_{secrets.token_hex(6)}"
     yield name
-    await admin.execute(f'DROP TABLE IF EXISTS "{name}"')
+    await admin.execute(f'DROP TABLE IF EXISTS "{name}", "{name}_users"')
 
 
 @pytest.fixture
@@ -109,7 +120,8 @@ async def seconds_left(admin: asyncpg.Connection, table: str, sid: str) -> float
 class TestPostgresDriverContract(DriverContract):
     """The public driver contract (aiosessmgr.testing); time moves by moving expires_at."""
 
-    capabilities = frozenset({SupportsTouch, SupportsCompareAndSet})
+    capabilities = frozenset({SupportsTouch, SupportsCompareAndSet, SupportsUserIndex,
+                              SupportsReadMany})
 
     @pytest.fixture
     async def driver(self, dsn: str, table: str) -> AsyncIterator[PostgresDriver]:
@@ -120,8 +132,10 @@ class TestPostgresDriverContract(DriverContract):
     @pytest.fixture
     def advance(self, admin: asyncpg.Connection, table: str) -> Advance:
         async def advance(seconds: float) -> None:
-            await admin.execute(f'UPDATE "{table}" SET expires_at = expires_at - $1::interval',
-                                timedelta(seconds=seconds))
+            for name in (table, f"{table}_users"):  # records and index entries alike
+                await admin.execute(
+                    f'UPDATE "{name}" SET expires_at = expires_at - $1::interval',
+                    timedelta(seconds=seconds))
 
         return advance
 
@@ -142,6 +156,12 @@ async def test_round_trip_creates_the_table_on_first_use(
     assert await driver.read(SID) == V2 + b"\xff" * 1000
     assert await admin.fetchval(f'SELECT count(*) FROM "{table}"') == 1
     assert 55 < await seconds_left(admin, table, SID) <= 60
+    # the users' index table came with it, with its two indexes
+    assert await admin.fetchval("SELECT to_regclass($1)", f"{table}_users") is not None
+    for name, column in (("exp", "(expires_at)"), ("sid", "(session_id)")):
+        index = await admin.fetchval("SELECT indexdef FROM pg_indexes WHERE indexname = $1",
+                                     f"{table}_users_{name}_idx")
+        assert column in index
 
 
 async def test_read_touch_extends_expiry_at_most_once_per_tenth(
@@ -194,6 +214,199 @@ async def test_gc_works_in_batches(
         assert await admin.fetchval(f'SELECT count(*) FROM "{table}"') == 1
     finally:
         await small.close()
+
+
+# -- the user index and read_many -------------------------------------------------------------
+
+#: user ids that would break string-formatted SQL, or that a careless store would merge
+HOSTILE_USER_IDS = [
+    "'; DROP TABLE sessions; --", "' OR '1'='1", '"', "$1", "$2::text", "%", "_", "\\",
+    "\\x00", "E'\\n'", "NULL", "null", "42", "42 ", " 42", "User", "user", "ß", "ss",
+    "\u00e9", "e\u0301", "\uff21", "A", "ü🙂", "a b", "x" * 256, "(user_id, handle)",
+]
+
+
+async def index_rows(admin: asyncpg.Connection, table: str) -> set[tuple[str, str, str]]:
+    """Every row of the users' index table, expired or not: (user_id, handle, session_id)."""
+    rows = await admin.fetch(f'SELECT user_id, handle, session_id FROM "{table}_users"')
+    return {(row["user_id"], row["handle"], row["session_id"]) for row in rows}
+
+
+async def entry_seconds_left(admin: asyncpg.Connection, table: str, user: str,
+                             handle: str) -> float:
+    value = await admin.fetchval(
+        f'SELECT extract(epoch FROM expires_at - now()) FROM "{table}_users" '
+        "WHERE user_id = $1 AND handle = $2", user, handle)
+    return float(value)
+
+
+async def expire_entries(admin: asyncpg.Connection, table: str, user: str,
+                         *handles: str) -> None:
+    await admin.execute(f'UPDATE "{table}_users" SET expires_at = now() - interval \'1 second\' '
+                        "WHERE user_id = $1 AND handle = ANY($2::text[])", user, list(handles))
+
+
+async def test_hostile_user_ids_are_stored_as_text_and_kept_apart(
+    driver: PostgresDriver, admin: asyncpg.Connection, table: str,
+) -> None:
+    assert all(0 < len(user) <= 256 and user.isprintable() for user in HOSTILE_USER_IDS)
+    assert len(set(HOSTILE_USER_IDS)) == len(HOSTILE_USER_IDS)
+    entries = {user: (new_handle(), new_session_id()) for user in HOSTILE_USER_IDS}
+    await asyncio.gather(*(driver.index_user_session(user, handle, sid, 60)
+                           for user, (handle, sid) in entries.items()))
+    # stored as given, byte for byte: no escaping, no normalization, no case folding
+    assert await index_rows(admin, table) == {
+        (user, handle, sid) for user, (handle, sid) in entries.items()}
+    for user, (handle, sid) in entries.items():
+        assert await driver.user_session_index(user) == {handle: sid}, user
+    assert await admin.fetchval("SELECT to_regclass($1)", table) is not None  # not dropped
+    for user, (handle, sid) in entries.items():
+        assert await driver.unindex_user_sessions(user, {handle: sid}) == 1, user
+    assert await index_rows(admin, table) == set()
+
+
+async def test_unindex_removes_only_live_entries_still_naming_the_id(
+    driver: PostgresDriver, admin: asyncpg.Connection, table: str,
+) -> None:
+    user, other = "ann", "bob"
+    h1, h2, h3, h4 = (new_handle() for _ in range(4))
+    a, b, c = new_session_id(), new_session_id(), new_session_id()
+    await driver.index_user_session(user, h1, a, 60)
+    await driver.index_user_session(user, h2, b, 60)
+    await driver.index_user_session(user, h3, c, 60)
+    await driver.index_user_session(other, h1, a, 60)  # the same entry under another user
+    await expire_entries(admin, table, user, h3)
+    # h1 still names a: removed; h2 names b: stays; h3 is expired: not in the index, not
+    # counted; h4 was never indexed
+    assert await driver.unindex_user_sessions(user, {h1: a, h2: a, h3: c, h4: a}) == 1
+    assert await driver.user_session_index(user) == {h2: b}
+    assert await driver.user_session_index(other) == {h1: a}
+    assert (other, h1, a) in await index_rows(admin, table)
+    assert await driver.unindex_user_sessions(user, {h2: b}) == 1
+    assert await driver.unindex_user_sessions(user, {h2: b}) == 0  # gone already
+    assert await driver.unindex_user_sessions(user, {}) == 0
+
+
+async def test_many_index_calls_for_one_user_across_pools_lose_nothing(
+    driver: PostgresDriver, dsn: str, table: str, admin: asyncpg.Connection,
+) -> None:
+    """Two drivers (two pools, as two processes would have) hammer one user's index."""
+    elsewhere = PostgresDriver(dsn, table=table, timeout=5)
+    drivers = [driver, elsewhere]
+    user = "one user"
+    try:
+        await driver.read(SID)  # the tables exist before the race (no CREATE in it)
+        fresh = {new_handle(): new_session_id() for _ in range(200)}
+        moved = {new_handle(): (new_session_id(), new_session_id()) for _ in range(50)}
+        for handle, (old, _) in moved.items():
+            await driver.index_user_session(user, handle, old, 60)
+        contested = new_handle()
+        rivals = [new_session_id() for _ in range(40)]
+        calls: list[Awaitable[object]] = []
+        for i, (handle, sid) in enumerate(fresh.items()):
+            calls.append(drivers[i % 2].index_user_session(user, handle, sid, 60))
+        for i, (handle, (old, new)) in enumerate(moved.items()):
+            # a move to a new id racing the removal of the old one: the move always stays
+            calls.append(drivers[i % 2].index_user_session(user, handle, new, 60))
+            calls.append(drivers[1 - i % 2].unindex_user_sessions(user, {handle: old}))
+        for i, sid in enumerate(rivals):
+            calls.append(drivers[i % 2].index_user_session(user, contested, sid, 60))
+        await asyncio.gather(*calls)
+        index = await elsewhere.user_session_index(user)
+        assert index[contested] in rivals
+        assert index == {**fresh, **{h: new for h, (_, new) in moved.items()},
+                         contested: index[contested]}
+        assert len(await index_rows(admin, table)) == len(index)
+    finally:
+        await elsewhere.close()
+
+
+async def test_index_entries_expire_and_a_refresh_never_shortens_them(
+    driver: PostgresDriver, admin: asyncpg.Connection, table: str,
+) -> None:
+    user, handle, other = "ann", new_handle(), new_handle()
+    sid, moved = new_session_id(), new_session_id()
+    await driver.index_user_session(user, handle, sid, 100)
+    assert 95 < await entry_seconds_left(admin, table, user, handle) <= 100
+    await driver.index_user_session(user, handle, moved, 10)  # moved, with a shorter ttl
+    assert 95 < await entry_seconds_left(admin, table, user, handle) <= 100
+    await driver.index_user_session(user, handle, moved, 300)
+    assert 295 < await entry_seconds_left(admin, table, user, handle) <= 300
+    await driver.index_user_session(user, other, sid, 60)
+    assert await driver.user_session_index(user) == {handle: moved, other: sid}
+
+    await expire_entries(admin, table, user, handle)  # past its deadline: not listed
+    assert await driver.user_session_index(user) == {other: sid}
+    await driver.index_user_session(user, handle, sid, 60)  # indexed again: a new deadline
+    assert 55 < await entry_seconds_left(admin, table, user, handle) <= 60
+    assert await driver.user_session_index(user) == {handle: sid, other: sid}
+
+
+async def test_gc_removes_expired_entries_and_entries_of_removed_records(
+    driver: PostgresDriver, admin: asyncpg.Connection, table: str,
+) -> None:
+    old, live, destroyed = new_session_id(), new_session_id(), new_session_id()
+    for sid in (old, live, destroyed):
+        await driver.write(sid, V1 + b"data", 60)
+    h1, h2, h3, h4, h5 = (new_handle() for _ in range(5))
+    await driver.index_user_session("ann", h1, old, 60)
+    await driver.index_user_session("ann", h2, live, 60)
+    await driver.index_user_session("bob", h3, old, 60)
+    await driver.index_user_session("ann", h4, live, 60)
+    await driver.index_user_session("ann", h5, destroyed, 60)
+    await expire(admin, table, old)
+    await expire_entries(admin, table, "ann", h4)
+    await driver.destroy(destroyed)
+
+    assert await driver.gc(60) == 1  # records only: entries are not sessions
+    # the entries of the record gc removed went with it, the expired entry after it; the
+    # entry of a destroyed record stays until its deadline (or the next listing of ann)
+    assert await index_rows(admin, table) == {("ann", h2, live), ("ann", h5, destroyed)}
+    assert await driver.gc(60) == 0
+    assert await driver.user_session_index("ann") == {h2: live, h5: destroyed}
+
+
+async def test_gc_removes_expired_entries_in_batches(
+    driver: PostgresDriver, admin: asyncpg.Connection, table: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(postgres_driver, "GC_BATCH", 2)
+    small = PostgresDriver(driver.dsn, table=table)  # SQL is built with the batch size
+    try:
+        keep = new_handle()
+        await small.index_user_session("ann", keep, SID, 60)
+        await admin.execute(
+            f'INSERT INTO "{table}_users" SELECT \'ann\', g::text, $1, '
+            "now() - interval '1 second' FROM generate_series(1, 7) AS g", SID)
+        assert await small.gc(60) == 0
+        assert await index_rows(admin, table) == {("ann", keep, SID)}
+    finally:
+        await small.close()
+
+
+async def test_read_many_keeps_order_and_reads_like_read(
+    driver: PostgresDriver, admin: asyncpg.Connection, table: str,
+) -> None:
+    assert isinstance(driver, SupportsReadMany)
+    a, b, expired, absent = (new_session_id() for _ in range(4))
+    await driver.write(a, V1 + b"a", 60)
+    await driver.write(b, V2 + b"\x00b", 60)
+    await driver.write(expired, V1 + b"expired", 60)
+    await expire(admin, table, expired)
+    assert await driver.read_many([]) == []
+    assert await driver.read_many([b, absent, a, b, expired, a]) == [
+        V2 + b"\x00b", None, V1 + b"a", V2 + b"\x00b", None, V1 + b"a"]
+    assert await driver.read_many((absent,)) == [None]
+    # a read, not a touch: expiry stays where the write put it
+    await admin.execute(f'UPDATE "{table}" SET expires_at = now() + interval \'30 seconds\'')
+    assert await driver.read_many([a]) == [V1 + b"a"]
+    assert await seconds_left(admin, table, a) <= 30
+    many = [new_session_id() for _ in range(1000)]
+    await admin.execute(
+        f'INSERT INTO "{table}" SELECT id, convert_to(id, \'UTF8\'), '
+        "now() + interval '60 seconds' FROM unnest($1::text[]) AS id", many[::2])
+    assert await driver.read_many(many) == [
+        sid.encode() if i % 2 == 0 else None for i, sid in enumerate(many)]
 
 
 async def test_factory_reads_options_and_does_no_io(dsn: str, table: str) -> None:
@@ -267,6 +480,15 @@ async def test_unreachable_database_is_a_driver_error() -> None:
         assert isinstance(info.value.__cause__, OSError)
         with pytest.raises(DriverError):  # tried again, not stuck on a broken pool
             await driver.write(SID, V1, 60)
+        calls: list[Callable[[], Awaitable[object]]] = [
+            lambda: driver.read_many([SID]),
+            lambda: driver.index_user_session("ann", new_handle(), SID, 60),
+            lambda: driver.user_session_index("ann"),
+            lambda: driver.unindex_user_sessions("ann", {new_handle(): SID}),
+        ]
+        for call in calls:
+            with pytest.raises(DriverError, match=r"PostgreSQL .* failed"):
+                await call()
     finally:
         await driver.close()
 

@@ -167,8 +167,10 @@ class SupportsUserIndex(Protocol):
                                  ttl: int) -> None:
         """Map *handle* to *session_id* in *user_id*'s index (replacing what it named).
 
-        The user's index is then kept at least *ttl* seconds from now; it may vanish
-        whole once every such deadline has passed.
+        The entry is then kept at least *ttl* seconds from now (a deadline never
+        shortened). A driver may keep one deadline per user instead, the latest, and drop
+        the whole index once it has passed; by the next ``gc()`` at the latest, an entry
+        past its deadline is gone.
         """
 
     async def user_session_index(self, user_id: str) -> dict[str, str]:

@@ -4,17 +4,28 @@ For tests and single-process apps. It doubles as the test driver (as httpx's
 ``MockTransport``): no server, deterministic, and its clock can be injected so
 tests control expiry without sleeping. Sessions vanish when the process exits.
 
+Capabilities: SupportsTouch, SupportsCompareAndSet, SupportsLock (within this process,
+the only user of the store), SupportsUserIndex and SupportsReadMany (see
+:mod:`aiosessmgr.drivers.base`).
+
 GC costs what it removes: besides the main dict, every id sits in one bucket per distinct
 ttl, an insertion-ordered dict in which a write or touch moves the id to the end. For one
 ttl that order is expiry order, so ``gc()`` pops expired ids off the front of each bucket
 and stops at the first live one; live sessions are never looked at.
+
+The user index costs what it removes too. A user's index has one deadline (the latest
+``now + ttl`` it was given) and sits in a bucket per ttl the same way, so ``gc()`` pops
+the indexes past their deadline off the fronts. A reverse map from session id to the
+``(user, handle)`` entries naming it removes those entries the moment their record goes
+(``destroy``, passive expiry, ``gc``), looking at nothing else; an index left empty goes
+whole. Entries naming an id that never had a record here go with their index's deadline.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from itertools import islice
 
 from ..locks import LocalLocks
@@ -27,6 +38,17 @@ GC_CHUNK = 5_000
 
 # (expires_at in clock seconds, record, ttl it was written with)
 _Entry = tuple[float, bytes, int]
+
+
+class _UserIndex:
+    """One user's index: its entries and its one deadline (and the ttl that set it)."""
+
+    __slots__ = ("deadline", "entries", "ttl")
+
+    def __init__(self, deadline: float, ttl: int) -> None:
+        self.deadline = deadline
+        self.ttl = ttl
+        self.entries: dict[str, str] = {}  # handle -> session id
 
 
 class MemoryDriver(SessionDriver):
@@ -43,9 +65,15 @@ class MemoryDriver(SessionDriver):
         self._entries: dict[str, _Entry] = {}
         # ttl -> {id: expires_at}; each stored id is in the bucket of its entry's ttl
         self._buckets: dict[int, dict[str, float]] = {}
-        #: entries gc() has looked at, in total: its cost, observable without timing
+        #: entries (records and user indexes) gc() has looked at, in total: its cost,
+        #: observable without timing
         self.gc_examined = 0
         self._locks = LocalLocks()
+        self._users: dict[str, _UserIndex] = {}
+        # ttl -> {user id: deadline}: each index is in the bucket of the ttl that set it
+        self._user_buckets: dict[int, dict[str, float]] = {}
+        # session id -> the (user id, handle) entries naming it, exactly those
+        self._named: dict[str, set[tuple[str, str]]] = {}
 
     @classmethod
     def from_config(cls, config: DriverSpec) -> MemoryDriver:
@@ -72,6 +100,8 @@ class MemoryDriver(SessionDriver):
         bucket = self._buckets.get(entry[2])
         if bucket is not None:
             bucket.pop(session_id, None)
+        if self._named:
+            self._unname_record(session_id)
 
     def _put(self, session_id: str, record: bytes, ttl: int, now: float,
              old: _Entry | None) -> None:
@@ -145,6 +175,99 @@ class MemoryDriver(SessionDriver):
         """Release a lock taken with acquire_lock."""
         await self._locks.release_lock(session_id, token)
 
+    async def read_many(self, session_ids: Sequence[str]) -> list[bytes | None]:
+        """``read()`` of each id, in order (None: absent or expired)."""
+        live = self._live
+        return [None if (entry := live(sid)) is None else entry[1] for sid in session_ids]
+
+    # -- the user index (no await inside: each call is atomic) -----------------------------
+
+    async def index_user_session(self, user_id: str, handle: str, session_id: str,
+                                 ttl: int) -> None:
+        """Map *handle* to *session_id* in *user_id*'s index; keep it *ttl* s from now."""
+        now = self._clock()
+        index = self._user(user_id, now)
+        deadline = now + ttl
+        if index is None:
+            index = self._users[user_id] = _UserIndex(deadline, ttl)
+            self._user_buckets.setdefault(ttl, {})[user_id] = deadline
+        elif deadline > index.deadline:
+            # the latest deadline wins; at the end of its ttl's bucket it is in order
+            old = self._user_buckets.get(index.ttl)
+            if old is not None:
+                old.pop(user_id, None)
+            index.deadline, index.ttl = deadline, ttl
+            self._user_buckets.setdefault(ttl, {})[user_id] = deadline
+        entries = index.entries
+        previous = entries.get(handle)
+        if previous == session_id:
+            return
+        if previous is not None:
+            self._unname(previous, user_id, handle)
+        entries[handle] = session_id
+        named = self._named.get(session_id)
+        if named is None:
+            self._named[session_id] = {(user_id, handle)}
+        else:
+            named.add((user_id, handle))
+
+    async def user_session_index(self, user_id: str) -> dict[str, str]:
+        """*user_id*'s entries ``{handle: session id}`` (a copy); ``{}`` if none or expired."""
+        index = self._user(user_id, self._clock())
+        return {} if index is None else dict(index.entries)
+
+    async def unindex_user_sessions(self, user_id: str, entries: Mapping[str, str]) -> int:
+        """Remove each handle of *entries* that still names its given id; how many went."""
+        index = self._user(user_id, self._clock())
+        if index is None:
+            return 0
+        stored = index.entries
+        removed = 0
+        for handle, session_id in entries.items():
+            if stored.get(handle) == session_id:
+                del stored[handle]
+                self._unname(session_id, user_id, handle)
+                removed += 1
+        if not stored:
+            self._drop_user(user_id, index)
+        return removed
+
+    def _user(self, user_id: str, now: float) -> _UserIndex | None:
+        """The user's index if it is live; one past its deadline is dropped here."""
+        index = self._users.get(user_id)
+        if index is not None and index.deadline <= now:
+            self._drop_user(user_id, index)
+            return None
+        return index
+
+    def _drop_user(self, user_id: str, index: _UserIndex) -> None:
+        del self._users[user_id]
+        bucket = self._user_buckets.get(index.ttl)
+        if bucket is not None:
+            bucket.pop(user_id, None)
+        for handle, session_id in index.entries.items():
+            self._unname(session_id, user_id, handle)
+
+    def _unname(self, session_id: str, user_id: str, handle: str) -> None:
+        """Forget that *handle* of *user_id* names *session_id* (the reverse map only)."""
+        named = self._named.get(session_id)
+        if named is not None:
+            named.discard((user_id, handle))
+            if not named:
+                del self._named[session_id]
+
+    def _unname_record(self, session_id: str) -> None:
+        """The record of *session_id* is gone: remove the entries naming it."""
+        named = self._named.pop(session_id, None)
+        if named is None:
+            return
+        for user_id, handle in named:
+            index = self._users.get(user_id)
+            if index is not None and index.entries.get(handle) == session_id:
+                del index.entries[handle]
+                if not index.entries:
+                    self._drop_user(user_id, index)
+
     async def gc(self, max_lifetime: int) -> int:
         """Remove expired entries, looking at no live one; return how many went.
 
@@ -153,21 +276,46 @@ class MemoryDriver(SessionDriver):
         held across a yield, so writes, reads and other gc runs may interleave), then
         yields to the loop, so a big run never stalls it. Entries expire by the ttl they
         were written with; *max_lifetime* is not needed: every entry has its own deadline.
+        User indexes past their deadline go the same way (not counted in the result);
+        the entries naming a removed record went with it.
         """
         removed = 0
-        for ttl, bucket in list(self._buckets.items()):
-            while True:
-                gone, seen, done = self._collect_front(bucket, GC_CHUNK)
-                removed += gone
-                self.gc_examined += seen
-                if done:
-                    break
+        for buckets, collect in ((self._buckets, self._collect_front),
+                                 (self._user_buckets, self._collect_users)):
+            for ttl, bucket in list(buckets.items()):
+                while True:
+                    gone, seen, done = collect(bucket, GC_CHUNK)
+                    if buckets is self._buckets:
+                        removed += gone
+                    self.gc_examined += seen
+                    if done:
+                        break
+                    await asyncio.sleep(0)
+                current = buckets.get(ttl)
+                if current is not None and not current:
+                    del buckets[ttl]
                 await asyncio.sleep(0)
-            current = self._buckets.get(ttl)
-            if current is not None and not current:
-                del self._buckets[ttl]
-            await asyncio.sleep(0)
         return removed
+
+    def _collect_users(self, bucket: dict[str, float], limit: int) -> tuple[int, int, bool]:
+        """Drop the user indexes past their deadline off the front of *bucket*, as
+        :meth:`_collect_front` does records: (dropped, looked at, done)."""
+        now = self._clock()
+        expired: list[str] = []
+        done = False
+        for user_id, deadline in islice(bucket.items(), limit):
+            if deadline > now:
+                done = True
+                break
+            expired.append(user_id)
+        dropped = 0
+        for user_id in expired:
+            bucket.pop(user_id, None)
+            index = self._users.get(user_id)
+            if index is not None and index.deadline <= now:  # re-checked, as for records
+                self._drop_user(user_id, index)
+                dropped += 1
+        return dropped, len(expired) + done, done or len(expired) < limit
 
     def _collect_front(self, bucket: dict[str, float], limit: int) -> tuple[int, int, bool]:
         """Remove expired ids from the front of *bucket*: (removed, looked at, done)."""
@@ -188,4 +336,6 @@ class MemoryDriver(SessionDriver):
             if entry is not None and entry[0] <= now:  # re-checked against the main dict
                 del entries[session_id]
                 removed += 1
+                if self._named:
+                    self._unname_record(session_id)
         return removed

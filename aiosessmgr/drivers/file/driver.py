@@ -11,17 +11,18 @@ import asyncio
 import os
 import re
 import secrets
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, Final, ParamSpec, TypeVar
 
 import aiofiles.os
 
 from ...errors import ConfigError, DriverError
-from ...ids import is_valid_session_id
+from ...ids import is_valid_handle, is_valid_session_id
 from ...locks import LocalLocks
 from ..base import DriverSpec, SessionDriver, check_options
 from .fs import LOCK_STRIPES, Directory, ReadRequest, prepare_directory, stripe_of
+from .index import UserFiles, UserIndexes
 from .locking import Busy, backoff
 
 __all__ = ["DEFAULT_LOCK_TIMEOUT", "DEFAULT_MAX_WORKERS", "FileDriver"]
@@ -103,6 +104,31 @@ class _Reads:
         self._queued.append(((session_id, ttl, touch), future))
         self._schedule()
         return await future
+
+    async def read_many(self, requests: list[ReadRequest]) -> list[bytes | None]:
+        """The answers of ``Directory.read`` for each request: one hop for all of them.
+
+        With room in the pool they go in a hop of their own; otherwise they join the
+        queue, and go in its next hop. The first exception of any read is raised.
+        """
+        if self._in_flight < self._limit and not self._queued:
+            self._in_flight += 1
+            try:
+                answers = await self._read_many(requests, executor=self._executor())
+            finally:
+                self._hop_done()
+        else:
+            loop = asyncio.get_running_loop()
+            futures = [loop.create_future() for _ in requests]
+            self._queued += zip(requests, futures, strict=True)
+            self._schedule()
+            answers = await asyncio.gather(*futures, return_exceptions=True)
+        found: list[bytes | None] = []
+        for answer in answers:
+            if isinstance(answer, BaseException):
+                raise answer
+            found.append(answer)
+        return found
 
     def _schedule(self) -> None:
         if self._queued and not self._scheduled and self._in_flight < self._limit:
@@ -235,6 +261,9 @@ class FileDriver(SessionDriver):
         self.lock_timeout = float(lock_timeout)
         self._dir = Directory(self.path, prefix, fsync, self.touch_interval)
         self._dir.check_writable()
+        users = UserFiles(self._dir, check_permissions)
+        users.check_existing()
+        self._users = UserIndexes(users, self._executor, self._locked)
         # the blocking halves, each run whole in one hop to the pool by aiofiles
         self._reads = _Reads(_in_pool(self._dir.read), _in_pool(self._dir.read_many),
                              self._executor, min(READ_HOPS, max_workers))
@@ -287,22 +316,29 @@ class FileDriver(SessionDriver):
 
     async def _under_stripe(self, session_id: str,
                             operation: Callable[..., Awaitable[_T | Busy]], *args: Any) -> _T:
-        """Run *operation* (a locked hop) until it finds the id's stripe lock free.
+        """Run *operation* (a locked hop) until it finds the id's stripe lock free."""
+        stripe = stripe_of(session_id)
+        return await self._locked(_STRIPE_KEYS[stripe], f"lock stripe {stripe}",
+                                  os.path.basename(self._dir.stripe_file(stripe)),
+                                  operation, *args)
 
-        Tasks of this process queue on an asyncio lock per stripe, so only one of them
+    async def _locked(self, key: str, label: str, lock_file: str,
+                      operation: Callable[..., Awaitable[_T | Busy]], *args: Any) -> _T:
+        """Run *operation* (a hop that tries a flock) until it finds the lock free.
+
+        Tasks of this process queue on an asyncio lock per *key*, so only one of them
         tries the flock; while another process holds it, the hop answers BUSY at once
         and this coroutine sleeps (jittered, growing) and tries again, until
-        ``lock_timeout`` seconds have passed: then DriverError.
+        ``lock_timeout`` seconds have passed: then DriverError naming *label* (queued
+        here) or *lock_file* (the lock file's name in the session directory).
         """
-        stripe = stripe_of(session_id)
-        key = _STRIPE_KEYS[stripe]
         waits = backoff(self.lock_timeout)
         token = await self._stripe_locks.acquire_lock(key, self.lock_timeout,
                                                       self.lock_timeout)
         if token is None:
             raise DriverError(
                 f"file session store {self.path!r}: timed out after {self.lock_timeout:g} s "
-                f"queued behind other tasks of this process for lock stripe {stripe}"
+                f"queued behind other tasks of this process for {label}"
             )
         try:
             while True:
@@ -313,8 +349,7 @@ class FileDriver(SessionDriver):
                     raise DriverError(
                         f"file session store {self.path!r}: timed out after "
                         f"{self.lock_timeout:g} s waiting for lock file "
-                        f"{os.path.basename(self._dir.stripe_file(stripe))!r}, held by "
-                        f"another process"
+                        f"{lock_file!r}, held by another process"
                     )
         finally:
             await self._stripe_locks.release_lock(key, token)
@@ -332,6 +367,13 @@ class FileDriver(SessionDriver):
         if not _valid_id(session_id):
             return None
         return await self._reads.read(session_id, ttl, True)
+
+    async def read_many(self, session_ids: Sequence[str]) -> list[bytes | None]:
+        """``read()`` of each id, in order, all in one hop to the pool (None: absent,
+        expired, unreadable, or not an id). DriverError if the store fails."""
+        wanted = [(sid, float(self.ttl), False) for sid in session_ids if _valid_id(sid)]
+        answers = iter(await self._reads.read_many(wanted) if wanted else ())
+        return [next(answers) if _valid_id(sid) else None for sid in session_ids]
 
     async def write(self, session_id: str, payload: bytes, ttl: int) -> None:
         """Replace the record atomically; it expires one lifetime after its mtime.
@@ -363,6 +405,40 @@ class FileDriver(SessionDriver):
         if not _valid_id(session_id):
             raise ValueError(_NOT_AN_ID)
         await self._under_stripe(session_id, self._destroy, session_id)
+
+    async def index_user_session(self, user_id: str, handle: str, session_id: str,
+                                 ttl: int) -> None:
+        """Map *handle* to *session_id* in *user_id*'s index, kept *ttl* s from now at least.
+
+        One locked hop (``users/``, see :mod:`.index`). ValueError if *user_id* is not a
+        non-empty str, or *handle* or *session_id* has not the shape of one; DriverError
+        as for :meth:`write`.
+        """
+        if not isinstance(user_id, str) or not user_id:
+            raise ValueError("user_id must be a non-empty str")
+        if not is_valid_handle(handle) or not _valid_id(session_id):
+            raise ValueError("not a session handle and id; refusing to index them")
+        await self._users.index(user_id, handle, session_id, ttl)
+
+    async def user_session_index(self, user_id: str) -> dict[str, str]:
+        """*user_id*'s index, ``{handle: session id}``; ``{}`` if none or expired.
+
+        One hop, no lock: the file is replaced whole, so a read sees it before a change
+        or after. DriverError if the store fails.
+        """
+        if not isinstance(user_id, str) or not user_id:
+            return {}
+        return await self._users.entries(user_id)
+
+    async def unindex_user_sessions(self, user_id: str, entries: Mapping[str, str]) -> int:
+        """Remove each handle of *entries* that still names the id given for it; how many.
+
+        One locked hop; an index left empty is removed. ValueError if *user_id* is not a
+        non-empty str; DriverError as for :meth:`write`.
+        """
+        if not isinstance(user_id, str) or not user_id:
+            raise ValueError("user_id must be a non-empty str")
+        return await self._users.unindex(user_id, entries)
 
     async def acquire_lock(self, session_id: str, ttl: float, wait: float) -> str | None:
         """Take the session's lock within *wait* seconds; a release token, or None.
@@ -428,7 +504,9 @@ class FileDriver(SessionDriver):
         whose stripe lock is held is tried again after the scan, with backoff, until
         ``lock_timeout`` (then DriverError). Returns the number of sessions removed.
         Session lock files that nobody holds any more (their holder died) are removed
-        too, without waiting for any lock.
+        too, without waiting for any lock. Then the user indexes: entries naming a
+        session whose file is gone and indexes past their deadline are removed, in
+        batches too (an index whose lock is held waits for the next run).
         """
         pool = self._executor()
         try:
@@ -462,6 +540,7 @@ class FileDriver(SessionDriver):
                 )
             count, deferred = await self._gc_retry(deferred, max_lifetime, executor=pool)
             removed += count
+        await self._users.gc()
         return removed
 
     async def close(self) -> None:

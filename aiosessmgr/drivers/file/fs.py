@@ -43,8 +43,9 @@ from .locking import (
 )
 from .permissions import check_path, check_private
 
-__all__ = ["GC_BATCH", "LOCK_STRIPES", "TEMP_MAX_AGE", "Deferred", "Directory", "ReadRequest",
-           "prepare_directory", "stripe_of"]
+__all__ = ["FILE_ERRNOS", "GC_BATCH", "GC_SKIP_ERRNOS", "LOCK_STRIPES", "READ_FLAGS",
+           "TEMP_FLAGS", "TEMP_MAX_AGE", "Deferred", "Directory", "ReadRequest",
+           "prepare_directory", "read_all", "replace_file", "stripe_of"]
 
 logger = logging.getLogger("aiosessmgr")
 
@@ -55,14 +56,14 @@ TEMP_MAX_AGE: Final = 300
 #: directory entries examined per thread hop during gc()
 GC_BATCH: Final = 2_000
 
-_READ_FLAGS: Final = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
-_TEMP_FLAGS: Final = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+READ_FLAGS: Final = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+TEMP_FLAGS: Final = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 # errors that concern one session file, not the store: the record is treated as unreadable
-_FILE_ERRNOS: Final = frozenset({errno.EACCES, errno.EPERM, errno.ELOOP, errno.EISDIR,
-                                 errno.ENXIO})
+FILE_ERRNOS: Final = frozenset({errno.EACCES, errno.EPERM, errno.ELOOP, errno.EISDIR,
+                                errno.ENXIO})
 # errors gc meets on one file it cannot remove (immutable, a mount point, a directory
 # named like a temp file): logged and skipped, so one bad file never stops collection
-_GC_SKIP_ERRNOS: Final = _FILE_ERRNOS | {errno.EBUSY}
+GC_SKIP_ERRNOS: Final = FILE_ERRNOS | {errno.EBUSY}
 
 #: a session gc() could not remove yet because its stripe lock was held: (path, id)
 Deferred = tuple[str, str]
@@ -80,7 +81,8 @@ def stripe_of(session_id: str) -> int:
     return zlib.crc32(session_id.encode("ascii")) % LOCK_STRIPES
 
 
-def _read_all(fd: int, size: int) -> bytes:
+def read_all(fd: int, size: int) -> bytes:
+    """Read the file open as *fd* to its end (*size*: what fstat said it holds)."""
     chunks: list[bytes] = []
     want = max(size, 0) + 1  # one byte more than fstat said, so growth is noticed
     while True:
@@ -179,7 +181,7 @@ class Directory:
         """Raise ConfigError unless a file can be created in the directory (at startup)."""
         try:
             temp = self._temp_name()
-            os.close(os.open(temp, _TEMP_FLAGS, 0o600))
+            os.close(os.open(temp, TEMP_FLAGS, 0o600))
             os.unlink(temp)
         except OSError as exc:
             raise ConfigError(
@@ -190,29 +192,7 @@ class Directory:
 
     def _replace(self, final: str, payload: bytes) -> None:
         """Write *payload* to a temp file and move it over *final* (atomic on POSIX)."""
-        temp = self._temp_name()
-        fd = os.open(temp, _TEMP_FLAGS, 0o600)
-        try:
-            try:
-                view = memoryview(payload)
-                while view:
-                    view = view[os.write(fd, view):]
-                if self.fsync:
-                    os.fsync(fd)
-            finally:
-                os.close(fd)
-            os.replace(temp, final)
-        except BaseException:
-            with suppress(OSError):
-                os.unlink(temp)
-            raise
-        if self.fsync:
-            # make the rename itself durable
-            dir_fd = os.open(self.path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-            try:
-                os.fsync(dir_fd)
-            finally:
-                os.close(dir_fd)
+        replace_file(final, self._temp_name(), payload, self.fsync)
 
     def _open_record(self, path: str, ttl: float
                      ) -> tuple[int, os.stat_result] | os.stat_result | None:
@@ -221,7 +201,7 @@ class Directory:
         Raises OSError for a file that cannot be used (the callers sort out which kind).
         """
         try:
-            fd = os.open(path, _READ_FLAGS)
+            fd = os.open(path, READ_FLAGS)
         except FileNotFoundError:
             if not os.path.isdir(self.path):
                 raise
@@ -268,13 +248,13 @@ class Directory:
                 return None
             fd, st = opened
             try:
-                data = _read_all(fd, st.st_size)
+                data = read_all(fd, st.st_size)
                 if touch and time.time() - st.st_mtime >= self.touch_interval:
                     os.utime(fd)
             finally:
                 os.close(fd)
         except OSError as exc:
-            if exc.errno not in _FILE_ERRNOS:
+            if exc.errno not in FILE_ERRNOS:
                 raise self.broken("read a session", exc) from exc
             logger.warning("unreadable session file for %s in %s: %s",
                            short_id(session_id), self.path, exc.strerror or self.redact(exc))
@@ -334,7 +314,7 @@ class Directory:
         try:
             opened = self._open_record(path, ttl)
         except OSError as exc:
-            if exc.errno not in _FILE_ERRNOS:
+            if exc.errno not in FILE_ERRNOS:
                 raise
             return b""  # matches no version, not even "absent"
         if opened is None or isinstance(opened, os.stat_result):
@@ -445,7 +425,7 @@ class Directory:
         except FileNotFoundError:
             pass  # removed meanwhile (another worker's gc, a destroy)
         except OSError as exc:
-            if exc.errno not in _GC_SKIP_ERRNOS:
+            if exc.errno not in GC_SKIP_ERRNOS:
                 raise
             skipped.append(exc)
         return 0
@@ -483,7 +463,7 @@ class Directory:
                     except FileNotFoundError:
                         continue
                     except OSError as exc:
-                        if exc.errno not in _GC_SKIP_ERRNOS:
+                        if exc.errno not in GC_SKIP_ERRNOS:
                             raise
                         skipped.append(exc)
                         continue
@@ -498,6 +478,40 @@ class Directory:
         except OSError as exc:
             raise self.broken("collect expired sessions", exc) from exc
         return removed, still
+
+
+def replace_file(final: str, temp: str, payload: bytes, fsync: bool,
+                 mtime: float | None = None) -> None:
+    """Write *payload* to the new file *temp* (0600) and move it over *final*, atomically.
+
+    *temp* must be in the directory of *final* and match no name anyone reads; *fsync*
+    makes the file and then the rename durable; *mtime* (epoch seconds) is set on the
+    file before it takes the final name. A failure removes *temp* and raises OSError.
+    """
+    fd = os.open(temp, TEMP_FLAGS, 0o600)
+    try:
+        try:
+            view = memoryview(payload)
+            while view:
+                view = view[os.write(fd, view):]
+            if mtime is not None:
+                os.utime(fd, (mtime, mtime))
+            if fsync:
+                os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(temp, final)
+    except BaseException:
+        with suppress(OSError):
+            os.unlink(temp)
+        raise
+    if fsync:
+        # make the rename itself durable
+        dir_fd = os.open(os.path.dirname(final), os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
 
 
 def prepare_directory(path: str, check_permissions: bool = True) -> str:

@@ -3,9 +3,9 @@
 Public API of redis-py only (``Pipeline``, ``execute_command``, ``Lock``); modules:
 ``client`` builds the client from options (url, connection, Sentinel, Cluster),
 ``batching`` sends one loop turn's commands as one pipeline, ``lock`` is the session
-lock on redis-py's ``Lock`` and the queue of this process's waiters, ``replies`` checks
-every reply and words failures without session ids, ``driver`` the
-:class:`RedisDriver` itself.
+lock on redis-py's ``Lock`` and the queue of this process's waiters, ``index`` the
+user index, ``replies`` checks every reply and words failures without session ids,
+``driver`` the :class:`RedisDriver` itself.
 
 Records are plain string keys, ``prefix + "{" + id + "}"``: the braces are a hash tag,
 so every key of one session (the record, its lock) lives in one Cluster hash slot.
@@ -13,6 +13,25 @@ Redis expires records itself: ``write`` is ``SET key value EX ttl``, a read is
 ``GETEX key EX ttl`` (read and extend in one round trip), and ``gc()`` has nothing to
 do. ``compare_and_set`` is a Lua script run with ``EVALSHA`` (one round trip; on
 ``NOSCRIPT`` it is sent once more with ``EVAL``, which also caches it on that node).
+``read_many`` sends its GETs as one redis-py pipeline (one per node on a Cluster),
+auto-pipelining or not.
+
+The user index (``index_user_session`` / ``user_session_index`` /
+``unindex_user_sessions``) is one hash per user, ``{handle: session id}``, under
+``prefix + "user:{" + tag + "}"``, the tag being the user id percent-encoded (every
+character but letters, digits and ``_.-~@+``; the empty id is ``%``): never empty, no
+brace, one tag per user id. The braces make it the key's hash tag, so each user's index
+is one key in one Cluster slot and no command touches two slots; with ``user:`` before
+the brace it is never a session's or a lock's key of the same prefix (a second driver
+on the same database whose prefix is this one plus ``user:`` could share keys with it:
+give drivers prefixes that do not extend each other). Each operation is one Lua script
+(add: ``HSET``, then ``PEXPIRE`` to the larger of the ``PTTL`` and the ttl; remove: delete
+a field only if it still names the given id; read: ``HGETALL``), sent as
+``compare_and_set`` is. Redis expires an index once its last deadline passed; entries
+whose record is gone meanwhile stay until the manager, listing the user's sessions,
+finds them stale and removes them (``unindex_user_sessions``), so ``gc()`` still has
+nothing to do. A key of another type under an index's name reads as an empty index, is
+never written, and is logged (the tag abbreviated: user ids are personal data).
 
 Session locks (``acquire_lock`` / ``release_lock``, behind ``session.lock()``) are
 redis-py's ``Lock`` on the key ``prefix + "{" + id + "}:lock"`` in the record's slot:
@@ -80,5 +99,8 @@ from .driver import DEFAULT_PREFIX as DEFAULT_PREFIX
 from .driver import LOCK_POLL_MAX, LOCK_POLL_MIN, RedisDriver
 from .driver import RELEASE_SCRIPT as RELEASE_SCRIPT
 from .driver import RELEASE_SHA as RELEASE_SHA
+from .index import INDEX_SHA as INDEX_SHA
+from .index import READ_SHA as READ_SHA
+from .index import UNINDEX_SHA as UNINDEX_SHA
 
 __all__ = ["LOCK_POLL_MAX", "LOCK_POLL_MIN", "RedisDriver"]

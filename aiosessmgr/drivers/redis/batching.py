@@ -19,7 +19,7 @@ from redis.exceptions import ResponseError
 
 from .client import RedisClient
 
-__all__ = ["AutoPipeline", "Command"]
+__all__ = ["AutoPipeline", "Command", "execute"]
 
 Command = tuple[str | bytes | int, ...]
 
@@ -66,11 +66,7 @@ class AutoPipeline:
         batch, self._queue = self._queue, []
         try:
             async with asyncio.timeout(self._timeout):
-                replies = await self._execute([command for command, _ in batch])
-            if len(replies) != len(batch):
-                # redis-py answers each command once; never hand a caller another's reply
-                raise RuntimeError(f"the pipeline answered {len(replies)} replies to "
-                                   f"{len(batch)} commands")
+                replies = await execute(self._client, [command for command, _ in batch])
         except asyncio.CancelledError:
             for _, future in batch:
                 future.cancel()
@@ -88,33 +84,44 @@ class AutoPipeline:
             else:
                 future.set_result(reply)
 
-    async def _execute(self, commands: list[Command]) -> list[Any]:
-        """One reply or exception per command, in order; raises if the batch failed."""
-        client = self._client
-        if len(commands) == 1:
-            # a pipeline of one would cost a quarter more of redis-py's time for the
-            # same wire traffic, callbacks and retries
-            try:
-                return [await client.execute_command(*commands[0])]
-            except ResponseError as exc:
-                return [exc]
-        pipe = client.pipeline(transaction=False)
-        for command in commands:
-            pipe.execute_command(*command)
-        replies: list[Any] = list(await pipe.execute(raise_on_error=False))
-        if isinstance(client, RedisCluster):
-            lost = [i for i, reply in enumerate(replies)
-                    if isinstance(reply, RedisConnectionError)]
-            if lost:
-                again = await asyncio.gather(
-                    *(client.execute_command(*commands[i]) for i in lost),
-                    return_exceptions=True,
-                )
-                for i, reply in zip(lost, again, strict=True):
-                    replies[i] = reply
-        return replies
-
     async def drain(self) -> None:
         """Wait until every batch already sent has been answered."""
         while self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
+
+
+async def execute(client: RedisClient, commands: list[Command]) -> list[Any]:
+    """One reply or exception per command, in order; raises if the batch failed.
+
+    Several commands go as one ``pipeline(transaction=False)`` (one round trip; on a
+    Cluster one per node, redis-py grouping them), one as ``execute_command``; error
+    replies are returned in their command's place. On a Cluster, a command whose node
+    connection failed is sent once more on its own. RuntimeError if redis-py answers
+    another number of replies than commands. The caller bounds the time.
+    """
+    if len(commands) == 1:
+        # a pipeline of one would cost a quarter more of redis-py's time for the
+        # same wire traffic, callbacks and retries
+        try:
+            return [await client.execute_command(*commands[0])]
+        except ResponseError as exc:
+            return [exc]
+    pipe = client.pipeline(transaction=False)
+    for command in commands:
+        pipe.execute_command(*command)
+    replies: list[Any] = list(await pipe.execute(raise_on_error=False))
+    if isinstance(client, RedisCluster):
+        lost = [i for i, reply in enumerate(replies)
+                if isinstance(reply, RedisConnectionError)]
+        if lost:
+            again = await asyncio.gather(
+                *(client.execute_command(*commands[i]) for i in lost),
+                return_exceptions=True,
+            )
+            for i, reply in zip(lost, again, strict=True):
+                replies[i] = reply
+    if len(replies) != len(commands):
+        # redis-py answers each command once; never hand a caller another's reply
+        raise RuntimeError(f"the pipeline answered {len(replies)} replies to "
+                           f"{len(commands)} commands")
+    return replies

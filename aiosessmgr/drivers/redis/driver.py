@@ -10,7 +10,7 @@ import asyncio
 import hashlib
 import logging
 import secrets
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Mapping, Sequence
 from contextlib import suppress
 from typing import Any, Final, NamedTuple, TypeVar, cast
 
@@ -21,7 +21,7 @@ from redis.exceptions import LockNotOwnedError, NoScriptError, ResponseError
 from ...errors import ConfigError, DriverError
 from ..base import VERSION_SIZE, DriverSpec, SessionDriver, check_options
 from . import replies
-from .batching import AutoPipeline, Command
+from .batching import AutoPipeline, Command, execute
 from .client import (
     DEFAULT_CONNECT_TIMEOUT,
     DEFAULT_SOCKET_TIMEOUT,
@@ -31,6 +31,7 @@ from .client import (
     check_client,
     protocol_of,
 )
+from .index import UserIndex
 from .lock import (
     LOCK_POLL_MAX,
     LOCK_POLL_MIN,
@@ -118,6 +119,7 @@ class RedisDriver(SessionDriver):
         self._owns_client = owns_client
         self._sentinel = sentinel
         self._pipeline = AutoPipeline(client, self.timeout) if pipelining else None
+        self._users = UserIndex(prefix, self._send, self._failure, self.timeout)
         self._closed = False
         # redis-py's RedisCluster discovers the topology on first use; commands racing
         # that discovery can hit connections it is replacing, so the first use waits for it
@@ -161,6 +163,11 @@ class RedisDriver(SessionDriver):
         """The Redis key of a session's lock: in the same Cluster slot as its record."""
         return f"{self.prefix}{{{session_id}}}:lock"
 
+    def user_key(self, user_id: str) -> str:
+        """The Redis key of a user's index: ``prefix + "user:{" + escaped id + "}"``, one
+        Cluster slot per user, never a session's or a lock's key (see ``index``)."""
+        return self._users.key(user_id)
+
     async def _usable(self) -> None:
         """Raise if closed; on a Cluster, discover the topology once before first use."""
         if self._closed:
@@ -184,7 +191,7 @@ class RedisDriver(SessionDriver):
             return await self.client.execute_command(*command)
 
     async def _failure(self, operation: str, exc: BaseException,
-                       session_id: str) -> DriverError:
+                       session_id: replies.Ids) -> DriverError:
         """The DriverError for *exc*; first, if *exc* shows a connection out of step, every
         pooled connection is dropped (see :meth:`_drop_connections`)."""
         if out_of_step(exc):
@@ -279,6 +286,35 @@ class RedisDriver(SessionDriver):
         if foreign:
             self._foreign(session_id)
         return record
+
+    async def read_many(self, session_ids: Sequence[str]) -> list[bytes | None]:
+        """GET each record, in the order given, as :meth:`read` would (one round trip).
+
+        One redis-py pipeline (``transaction=False``) whether or not commands of a turn
+        are auto-pipelined; on a Cluster redis-py sends it as one pipeline per node. The
+        whole call is bounded by the driver's timeout. DriverError as for :meth:`read`.
+        """
+        ids = tuple(session_ids)
+        if not ids:
+            return []
+        try:
+            await self._usable()
+            async with asyncio.timeout(self.timeout):
+                answers = await execute(self.client, [("GET", self.key(sid)) for sid in ids])
+            records: list[bytes | None] = []
+            for sid, answer in zip(ids, answers, strict=True):
+                if isinstance(answer, ResponseError) and is_wrongtype(answer):
+                    self._foreign(sid)
+                    answer = None
+                elif isinstance(answer, BaseException):
+                    raise answer
+                records.append(replies.record("GET", answer))
+            return records
+        except DriverError:
+            raise
+        except Exception as exc:
+            error = exc
+        raise await self._failure("GET", error, ids)
 
     async def write(self, session_id: str, payload: bytes, ttl: int) -> None:
         """SET the record with EX *ttl* seconds (atomic replace); DriverError unless OK."""
@@ -470,8 +506,32 @@ class RedisDriver(SessionDriver):
         """DEL the record; DriverError if Redis fails or answers anything but 0 or 1."""
         await self._call(("DEL", self.key(session_id)), session_id, replies.flag)
 
+    async def index_user_session(self, user_id: str, handle: str, session_id: str,
+                                 ttl: int) -> None:
+        """HSET *handle* to *session_id* in the user's index, which is then kept at least
+        *ttl* seconds from now (never shortened): one atomic script (see ``index``). A key
+        of another type there is logged and left alone. DriverError if Redis fails, does
+        not answer within the timeout, or answers anything but 0 or 1.
+        """
+        await self._users.add(user_id, handle, session_id, ttl)
+
+    async def user_session_index(self, user_id: str) -> dict[str, str]:
+        """The user's index, ``{handle: session id}`` (its HGETALL, in a script); ``{}`` if
+        none, or (logged) if the key holds another type. DriverError if Redis fails, does
+        not answer within the timeout, or answers anything but pairs of strings.
+        """
+        return await self._users.entries(user_id)
+
+    async def unindex_user_sessions(self, user_id: str, entries: Mapping[str, str]) -> int:
+        """Delete each handle of *entries* that still names its id (one atomic script);
+        how many were. A key of another type is logged and left alone (0). DriverError if
+        Redis fails, does not answer within the timeout, or answers another count."""
+        return await self._users.remove(user_id, entries)
+
     async def gc(self, max_lifetime: int) -> int:
-        """Return 0: Redis expires every record itself (each write sets EX ttl)."""
+        """Return 0: Redis expires every record itself (each write sets EX ttl), and
+        every user index with its last deadline; the manager prunes an index's entries
+        whose record is gone when it lists that user's sessions."""
         return 0
 
     async def close(self) -> None:

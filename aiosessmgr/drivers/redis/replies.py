@@ -7,7 +7,8 @@ behaving as Redis, and becomes :class:`UnexpectedReply`, which the driver turns 
 ``DriverError`` (the middleware answers 503). A reply is never converted blindly:
 ``bytes(200000000)`` would allocate 200 MB because the reply said so.
 
-Failures are reported by :func:`failure`, which never lets a whole session id through:
+Failures are reported by :func:`failure`, which never lets a whole session id (nor
+the escaped user id in a user index key's hash tag) through:
 the ``DriverError`` message, and every exception chained to it (``__cause__`` and
 ``__context__``, as traceback formatting prints them), show the id as ``abc123…``.
 redis-py's own messages can carry a key, and keys contain the id: Cluster errors quote
@@ -27,8 +28,8 @@ from redis.exceptions import InvalidResponse
 
 from ...errors import DriverError
 
-__all__ = ["RedactedError", "UnexpectedReply", "describe", "failure", "flag", "ok",
-           "out_of_step", "record", "redact", "scrub", "set_nx"]
+__all__ = ["Ids", "RedactedError", "UnexpectedReply", "count", "describe", "failure", "flag",
+           "ok", "out_of_step", "pairs", "record", "redact", "scrub", "set_nx"]
 
 #: characters of a session id kept when it is abbreviated (then "…")
 SHOWN: Final = 6
@@ -37,6 +38,16 @@ _DETAIL: Final = 300
 # a hash tag not abbreviated yet: braces around more than SHOWN characters of a key
 _TAG: Final = re.compile(r"\{([^{}\s'\"…]{" + str(SHOWN + 1) + r",})\}")
 _TAG_BYTES: Final = re.compile(_TAG.pattern.encode())
+
+#: what a failure must not show whole: one session id, or several (the ids a user index
+#: command carries as arguments, a batch of reads)
+Ids = str | tuple[str, ...]
+
+
+def _ids(session_id: Ids) -> tuple[str, ...]:
+    """The ids of *session_id* long enough to abbreviate."""
+    ids = (session_id,) if isinstance(session_id, str) else session_id
+    return tuple(sid for sid in ids if len(sid) > SHOWN)
 
 
 class UnexpectedReply(Exception):
@@ -117,6 +128,28 @@ def set_nx(command: str, reply: Any) -> bool:
     raise UnexpectedReply(f"{command} answered {describe(reply)}, not OK or nil")
 
 
+def count(command: str, reply: Any, most: int) -> int:
+    """An integer reply from 0 to *most* (how many entries a script removed); any other
+    reply is UnexpectedReply."""
+    if type(reply) is int and 0 <= reply <= most:
+        return reply
+    what = f"the integer {reply}" if type(reply) is int else describe(reply)
+    raise UnexpectedReply(f"{command} answered {what}, not a count from 0 to {most}")
+
+
+def pairs(command: str, reply: Any) -> list[tuple[bytes, bytes]]:
+    """A flat array of field, value, field, value... strings (a script's ``HGETALL``) as
+    pairs; an array of odd length or holding anything but strings is UnexpectedReply."""
+    if type(reply) is not list or len(reply) % 2:
+        raise UnexpectedReply(f"{command} answered {describe(reply)}, not an array of "
+                              "field and value pairs")
+    for item in reply:
+        if type(item) is not bytes:
+            raise UnexpectedReply(f"{command} answered an array holding {describe(item)}, "
+                                  "not only strings")
+    return list(zip(reply[::2], reply[1::2], strict=True))
+
+
 def flag(command: str, reply: Any) -> bool:
     """A reply of 0 or 1 (our scripts' answer, ``DEL`` of one key) as a bool; any other
     reply is UnexpectedReply."""
@@ -126,28 +159,30 @@ def flag(command: str, reply: Any) -> bool:
     raise UnexpectedReply(f"{command} answered {what}, not 0 or 1")
 
 
-def redact(value: Any, session_id: str) -> Any:
-    """*value* with session ids abbreviated: every whole *session_id*, and the content of
-    every hash tag (``{...}`` of more than SHOWN characters: each key of ours has its id
-    in one, and a failure of a whole pipeline names the keys of other sessions too).
+def redact(value: Any, session_id: Ids) -> Any:
+    """*value* with session ids abbreviated: every whole *session_id* (or each of a tuple
+    of them), and the content of every hash tag (``{...}`` of more than SHOWN characters:
+    each key of ours has its id, or its user's escaped id, in one, and a failure of a whole
+    pipeline names the keys of other sessions too).
 
     Works on str, bytes, and lists or tuples of them; other values are returned as is.
     """
     if isinstance(value, str):
-        if len(session_id) > SHOWN:
-            value = value.replace(session_id, session_id[:SHOWN] + "…")
+        for sid in _ids(session_id):
+            value = value.replace(sid, sid[:SHOWN] + "…")
         return _TAG.sub(lambda tag: "{" + tag[1][:SHOWN] + "…}", value)
     if isinstance(value, bytes):
-        if len(session_id) > SHOWN:
-            value = value.replace(session_id.encode(), (session_id[:SHOWN] + "…").encode())
+        for sid in _ids(session_id):
+            value = value.replace(sid.encode(), (sid[:SHOWN] + "…").encode())
         return _TAG_BYTES.sub(lambda tag: b"{" + tag[1][:SHOWN] + "…}".encode(), value)
     if isinstance(value, (list, tuple)):
         return type(value)(redact(item, session_id) for item in value)
     return value
 
 
-def _shows_an_id(text: str, session_id: str) -> bool:
-    return (len(session_id) > SHOWN and session_id in text) or _TAG.search(text) is not None
+def _shows_an_id(text: str, session_id: Ids) -> bool:
+    return (any(sid in text for sid in _ids(session_id))
+            or _TAG.search(text) is not None)
 
 
 def _own_text(exc: BaseException) -> str:
@@ -158,7 +193,7 @@ def _own_text(exc: BaseException) -> str:
     return " ".join(parts)
 
 
-def _names(exc: BaseException | None, session_id: str, seen: set[int]) -> bool:
+def _names(exc: BaseException | None, session_id: Ids, seen: set[int]) -> bool:
     """True if *exc* or anything chained to it shows the whole *session_id*."""
     if exc is None or id(exc) in seen:
         return False
@@ -168,7 +203,7 @@ def _names(exc: BaseException | None, session_id: str, seen: set[int]) -> bool:
             or _names(exc.__context__, session_id, seen))
 
 
-def scrub(exc: BaseException, session_id: str) -> BaseException:
+def scrub(exc: BaseException, session_id: Ids) -> BaseException:
     """*exc* itself if nothing in its chain shows a whole session id (see :func:`redact`);
     else a copy of the chain, same types and tracebacks, with ids abbreviated everywhere."""
     if not _names(exc, session_id, set()):
@@ -176,7 +211,7 @@ def scrub(exc: BaseException, session_id: str) -> BaseException:
     return _scrubbed(exc, session_id, {})
 
 
-def _scrubbed(exc: BaseException, session_id: str, done: dict[int, BaseException]
+def _scrubbed(exc: BaseException, session_id: Ids, done: dict[int, BaseException]
               ) -> BaseException:
     if id(exc) in done:
         return done[id(exc)]
@@ -200,9 +235,10 @@ def _scrubbed(exc: BaseException, session_id: str, done: dict[int, BaseException
     return clean.with_traceback(exc.__traceback__)
 
 
-def failure(operation: str, exc: BaseException, session_id: str,
+def failure(operation: str, exc: BaseException, session_id: Ids,
             timeout: float) -> DriverError:
-    """The DriverError for *exc*, a failure of *operation* on *session_id*'s keys.
+    """The DriverError for *exc*, a failure of *operation* on *session_id*'s keys (or on
+    the keys, or with the arguments, of a tuple of ids).
 
     Its message and its chained cause show the id abbreviated (see the module). Raise
     it outside any ``except`` block, or the original would be chained as its context.

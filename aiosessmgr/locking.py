@@ -8,6 +8,7 @@ lock itself is the driver's (``SupportsLock``) or, without one, process-local
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Self
@@ -22,17 +23,40 @@ __all__ = ["SessionLocking"]
 
 
 class SessionLocking:
-    """``lock()``: hold the session's lock while refreshing, changing and saving it."""
+    """``lock()``: hold the session's lock while refreshing, changing and saving it;
+    ``refresh()``: re-read the record and replay this request's changes on it."""
 
     if not TYPE_CHECKING:  # SessionStore's slots hold the state (mypy: declared below)
         __slots__ = ()
     else:
         _rt: DriverRuntime
         _id: str
+        _answered_at: float
+
+        @property
+        def stored(self) -> bool:
+            raise NotImplementedError
+
+        @property
+        def ended(self) -> bool:
+            raise NotImplementedError
 
         def _require_started(self) -> None: ...
-        async def refresh(self) -> None: ...
+        def _end(self, sid: str) -> None: ...
+        def _rebase(self, raw: bytes | None) -> bytes | None: ...
         async def save(self) -> None: ...
+
+    async def refresh(self) -> None:
+        """Re-read the stored record and replay this request's changes on top of it."""
+        self._require_started()
+        if not self.stored or self.ended:  # only a session whose record this request has
+            return
+        raw = await self._rt.driver.read(self._id)
+        self._answered_at = time.monotonic()
+        if raw is None:
+            self._end(self._id)
+        else:
+            self._rebase(raw)
 
     @asynccontextmanager
     async def lock(self, lock_seconds: float = 10.0, wait_seconds: float = 10.0,

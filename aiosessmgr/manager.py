@@ -203,9 +203,13 @@ class SessionManager:
         "Log out other devices" (``keep=session.handle``); ``keep=None`` ends all of them
         (after a password change, OWASP's session management advice). Returns how many
         ended; DESTROYED fires for each. Requests in flight on them save nothing. Errors
-        as for :meth:`user_sessions`.
+        as for :meth:`user_sessions`, and ValueError if *keep* is not a handle's shape.
         """
-        return await users.end(self.runtime(name), users.user_key(user_id), keep=keep)
+        rt, key = self.runtime(name), users.user_key(user_id)
+        if keep is not None and not is_valid_handle(keep):
+            # a typo must not log the caller out too: only a real handle, or None for all
+            raise ValueError("keep must be a session's handle (session.handle) or None")
+        return await users.end(rt, key, keep=keep)
 
     async def end_user_session(self, user_id: str | int, handle: str,
                                name: str | None = None) -> bool:

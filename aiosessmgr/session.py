@@ -79,7 +79,7 @@ class SessionStore(SessionData, SessionLocking, users.UserBinding):
     # one session per request: slots make it cheaper to build and smaller (a subclass
     # without __slots__ of its own gets a __dict__ as usual)
     __slots__ = ("_answered_at", "_carry", "_cookie_id", "_d", "_id", "_index", "_moved",
-                 "_new", "_rt", "_state", "_version", "_written", "request")
+                 "_moving", "_new", "_rt", "_state", "_version", "_written", "request")
 
     def __init__(self, context: DriverRuntime, session_id: str | None = None) -> None:
         """Bind to a driver's runtime; *session_id* is the id from the cookie, if any."""
@@ -99,6 +99,8 @@ class SessionStore(SessionData, SessionLocking, users.UserBinding):
         self._carry: tuple[str, bytes | None, bool] | None = None
         # the next write (re)points this session's entry in its user's index
         self._index = False
+        # set while a save() moves the session (regenerate): other saves wait for it
+        self._moving: asyncio.Future[None] | None = None
         #: the aiohttp request (set by the middleware): login() reads device info from it
         self.request: Any = None
 
@@ -278,17 +280,28 @@ class SessionStore(SessionData, SessionLocking, users.UserBinding):
         seconds (the middleware answers 503 with ``Retry-After``), and
         :class:`DriverError` if the store fails.
         """
+        while self._moving is not None:  # a save moving this session: this one goes after
+            await asyncio.shield(self._moving)
         if self._state is State.UNSTARTED or self.ended:
             return
-        carry = self._carry
-        if carry is not None and not await self._carry_over(*carry):
-            return  # the record it was moved from ended meanwhile: never revive it
-        # if this fails, the old record stays and the move stays pending (a retried save
-        # re-checks the old record): a failed login loses nothing and revives nothing
-        await self._write()
-        self._carry = None
-        if carry is not None and self._state is not State.ENDED:
-            await self._finish_move(carry[0], carry[2], self._state is State.STORED)
+        carry, login = self._carry, self._index and self._moved and "u" in self._d.meta
+        if carry is not None:
+            self._moving = asyncio.get_running_loop().create_future()
+        try:
+            if carry is not None and not await self._carry_over(*carry):
+                return  # the record it was moved from ended meanwhile: never revive it
+            # if this fails, the old record stays and the move stays pending (a retried save
+            # re-checks the old record): a failed login loses nothing and revives nothing
+            await self._write()
+            self._carry = None
+            if carry is not None and self._state is not State.ENDED:
+                await self._finish_move(carry[0], carry[2], self._state is State.STORED)
+        finally:
+            if carry is not None and self._moving is not None:
+                self._moving.set_result(None)
+                self._moving = None
+        if login and self._state is State.STORED:  # a login (or move) written: the cap
+            await users.enforce_cap(self._rt, self._d.meta["u"], self._d.meta["h"])
 
     async def _write(self) -> None:
         d, rt = self._d, self._rt
@@ -306,17 +319,18 @@ class SessionStore(SessionData, SessionLocking, users.UserBinding):
             self._version, self._answered_at, self._encode, self._rebase, self._adopt, self))
         if index and soft:  # a refresh: sent with the write (one round trip on Redis)
             written = (await asyncio.gather(save, users.index(rt, d.meta, self._id, True)))[0]
-            index = False
         else:
             written = await save
         if written is None:
             self._end(self._id)  # the record ended under this request: never write it back
+            if index and soft:  # nor leave the entry just refreshed behind
+                await users.unindex(rt, d.meta["u"], {d.meta["h"]: self._id})
             return
         self._answered_at = time.monotonic()
         self._written = True
         self._version = written
         self._state = State.STORED
-        if index:  # a new id: its record first, then its entry (module users)
+        if index and not soft:  # a new id: its record first, then its entry (module users)
             await users.index(rt, d.meta, self._id)
         self._index = False
         self._d.whole = False
@@ -339,22 +353,16 @@ class SessionStore(SessionData, SessionLocking, users.UserBinding):
         self._state = State.DETACHED if self._state is State.STORED else State.ENDED
         self._d.clear()
 
+    def _begin_anew(self) -> None:
+        """An ended session becomes a new, empty one under a new id (a login after its end)."""
+        self._d, self._carry, self._version = Delta(meta={"c": self._rt.clock()}), None, None
+        self._d.whole = True
+        self._id, self._state, self._new, self._moved = new_session_id(), State.NEW, True, True
+
     def _end(self, sid: str, why: str = _IN_USE) -> None:
         logger.info("session %s… ended %s", sid[:6], why)
         self._state = State.ENDED
         self._d.clear()
-
-    async def refresh(self) -> None:
-        """Re-read the stored record and replay this request's changes on top of it."""
-        self._require_started()
-        if self._state is not State.STORED:
-            return
-        raw = await self._rt.driver.read(self._id)
-        self._answered_at = time.monotonic()
-        if raw is None:
-            self._end(self._id)
-        else:
-            self._rebase(raw)
 
     # -- moving: regenerate and invalidate ---------------------------------------------------
 

@@ -739,11 +739,10 @@ class DriverContract:
         await move(self.seconds(0.75))
         assert await index.user_session_index(user) == {handle: sid}
         await index.index_user_session(user, handle, sid, self.ttl)  # a refresh
-        await move(self.seconds(0.75))
-        assert await index.user_session_index(user) == {handle: sid}
+        # a shorter ttl given later never shortens what was promised before
         await index.index_user_session(user, new_handle(), sid, self.ttl // 4)
-        await move(self.seconds(0.2))  # a shorter ttl never shortens the index's life
-        assert handle in await index.user_session_index(user)
+        await move(self.seconds(0.75))
+        assert (await index.user_session_index(user)).get(handle) == sid
         await move(self.seconds(1.5))
         await driver.gc(self.ttl)
         assert await index.user_session_index(user) == {}  # every deadline passed
@@ -760,8 +759,9 @@ class DriverContract:
         assert await driver.read_many(order) == [record(2), None, record(0), record(2), None,
                                                  record(1)]
         many = [new_session_id() for _ in range(300)]
-        await asyncio.gather(*(driver.write(sid, record(n), self.ttl)
-                               for n, sid in enumerate(many)))
+        for start in range(0, len(many), 50):
+            await asyncio.gather(*(driver.write(sid, record(n), self.ttl)
+                                   for n, sid in enumerate(many) if start <= n < start + 50))
         assert await driver.read_many(many) == [record(n) for n in range(len(many))]
         if advance is not None:
             await advance(self.seconds(0.5))
@@ -777,6 +777,7 @@ class DriverContract:
         session.request = _request(agent)
         session.put("cart", [1])
         await session.login(user)
+        await session.save()  # what the middleware does at the end of the request
         return session
 
     async def test_login_lists_the_session_with_its_device(self, driver: SessionDriver) -> None:
@@ -951,12 +952,17 @@ class DriverContract:
         async with self.lent_manager(driver) as (manager, _):
             ann, bob = f"ann-{new_handle()}", f"bob-{new_handle()}"
             session = await self._login(manager, ann)
+            first = session.handle
             await session.login(ann)  # again as ann: the same handle, a new id
+            await session.save()
             [entry] = (await index.user_session_index(ann)).items()
-            assert entry == (session.handle, session.id)
-            await session.login(bob)
-            assert await index.user_session_index(ann) == {}
+            assert entry == (first, session.id)
+            await session.login(bob)  # as someone else: a new handle
+            await session.save()
+            assert session.handle != first
             assert [i.handle for i in await manager.user_sessions(bob)] == [session.handle]
+            assert await manager.user_sessions(ann) == []
+            assert await index.user_session_index(ann) == {}  # the listing repaired it
 
     async def test_max_sessions_ends_the_least_recently_active(
             self, driver: SessionDriver) -> None:
@@ -990,6 +996,7 @@ class DriverContract:
             async def login(session: SessionStore) -> None:
                 session.put("x", 1)
                 await session.login(user)
+                await session.save()
 
             regenerated = [await elsewhere.load(s.id) for s in early[:2]]
 

@@ -47,8 +47,8 @@ MAX_USER_AGENT: Final = 512
 BINDING: Final = ("u", "h", "l", "v", "a", "i")
 #: ids read or destroyed per round when listing or ending a user's sessions
 _CHUNK: Final = 1000
-#: rounds of ``end``: sessions that moved to a new id while they were being ended
-_ROUNDS: Final = 4
+#: looks of ``end`` at the index: sessions that moved to a new id while being ended
+_ROUNDS: Final = 8
 
 
 @dataclass(frozen=True, slots=True)
@@ -175,14 +175,12 @@ def _live(rt: DriverRuntime, user: str, handle: str, session_id: str,
                        user_agent=meta.get("a"), ip=meta.get("i"))
 
 
-async def listing(rt: DriverRuntime, user: str) -> list[tuple[UserSession, str]]:
-    """The live sessions of *user* with their ids, most recently active first.
-
-    Entries whose record is gone, unreadable or no longer names this user and handle are
-    removed from the index (only if they still name the id read).
-    """
-    idx = index_of(rt)
-    entries = await idx.user_session_index(user)
+async def _survey(rt: DriverRuntime, user: str, entries: Mapping[str, str] | None = None
+                  ) -> tuple[list[tuple[UserSession, str]], dict[str, str]]:
+    """(live sessions of *user* with their ids, stale entries): every entry of the index
+    (or of *entries*, read from it) checked against the record it names."""
+    if entries is None:
+        entries = await index_of(rt).user_session_index(user)
     handles = list(entries)
     raws = await _read_many(rt, [entries[h] for h in handles]) if handles else []
     live: list[tuple[UserSession, str]] = []
@@ -193,9 +191,25 @@ async def listing(rt: DriverRuntime, user: str) -> list[tuple[UserSession, str]]
             stale[handle] = entries[handle]
         else:
             live.append((info, entries[handle]))
+    return live, stale
+
+
+def _recency(item: tuple[UserSession, str]) -> tuple[float, float, str]:
+    # most recently active first; ties (one clock tick) by login, then by handle, so
+    # every process orders a user's sessions the same way
+    return item[0].last_seen, item[0].created_at, item[0].handle
+
+
+async def listing(rt: DriverRuntime, user: str) -> list[tuple[UserSession, str]]:
+    """The live sessions of *user* with their ids, most recently active first.
+
+    Entries whose record is gone, unreadable or no longer names this user and handle are
+    removed from the index (only if they still name the id read).
+    """
+    live, stale = await _survey(rt, user)
     if stale:
-        await idx.unindex_user_sessions(user, stale)
-    live.sort(key=lambda item: item[0].last_seen, reverse=True)
+        await index_of(rt).unindex_user_sessions(user, stale)
+    live.sort(key=_recency, reverse=True)
     return live
 
 
@@ -204,45 +218,61 @@ async def end(rt: DriverRuntime, user: str, keep: str | None = None,
     """End *user*'s sessions (those of *handles*; None: all) but *keep*; return how many.
 
     Each is destroyed (DESTROYED fires for it), then its entry is removed if it still
-    names the id destroyed. A session that moved to a new id meanwhile (a regenerate or
-    login in flight) is found under its new id at the next look and ended there too.
-    Requests in flight on an ended session cannot write it back (compare-and-set).
+    names the id destroyed. The handles are those in the index when the call begins; a
+    session that moved to a new id meanwhile (a regenerate or login in flight) is found
+    under that id at the next look and ended there too, until no entry of those handles
+    names an id not yet seen (at most ``_ROUNDS`` looks). Requests in flight on an ended
+    session cannot write it back (compare-and-set).
     """
     idx = index_of(rt)
     ended: set[str] = set()
-    destroyed: set[str] = set()
-    for round_ in range(_ROUNDS):
-        targets = {
-            info.handle: sid for info, sid in await listing(rt, user)
-            if info.handle != keep and sid not in destroyed
-            and (handles is None or info.handle in handles)
-            and (round_ == 0 or info.handle in ended)
-        }
-        if not targets:
+    looked: set[tuple[str, str]] = set()  # (handle, id) pairs already ended or found stale
+    known: set[str] | None = None
+    for _ in range(_ROUNDS):
+        entries = await idx.user_session_index(user)
+        if known is None:
+            known = {h for h in entries if h != keep and (handles is None or h in handles)}
+            live, stale = await _survey(rt, user, entries)
+            targets = {info.handle: sid for info, sid in live if info.handle in known}
+        else:
+            # a handle met before, under an id not seen yet: a session moving while it is
+            # being ended. Destroyed at once, unread: its next move checks that this
+            # record still exists, so only a destroy before that check ends it
+            stale = {}
+            targets = {h: sid for h, sid in entries.items()
+                       if h in known and (h, sid) not in looked}
+        looked.update(stale.items())
+        if not targets and not stale:
             break
         items = list(targets.items())
         for start in range(0, len(items), _CHUNK):
             await asyncio.gather(*(rt.destroy(sid) for _, sid in items[start:start + _CHUNK]))
         for _, sid in items:
             rt.events.emit(SessionEventInfo(SessionEvents.DESTROYED, sid))
-        await idx.unindex_user_sessions(user, targets)
+        await idx.unindex_user_sessions(user, {**stale, **targets})
         ended.update(targets)
-        destroyed.update(targets.values())
+        looked.update(items)
     return len(ended)
 
 
 async def enforce_cap(rt: DriverRuntime, user: str, own: str) -> int:
-    """``users.max_sessions``: end *user*'s least recently active sessions but *own* (a
-    handle) beyond the cap; return how many were ended."""
+    """``users.max_sessions`` at a login of the session *own* (a handle): end *user*'s
+    least recently active sessions beyond the cap; return how many were ended.
+
+    Only sessions less recent than *own* are ended, never *own* itself: of logins racing
+    each other, the later ones end the earlier ones, so the cap holds without every one
+    of them ending all the others. (A login that did not see a racing one leaves the cap
+    exceeded until the next login.)
+    """
     cap = rt.users.max_sessions
     if cap is None or not isinstance(rt.driver, SupportsUserIndex):
         return 0
     live = await listing(rt, user)
-    excess = len(live) - cap
-    if excess <= 0:
+    mine = next((n for n, (info, _) in enumerate(live) if info.handle == own), None)
+    if len(live) <= cap or mine is None:
         return 0
-    oldest = [info.handle for info, _ in reversed(live) if info.handle != own][:excess]
-    return await end(rt, user, keep=own, handles=set(oldest))
+    older = {info.handle for info, _ in live[max(cap, mine + 1):]}
+    return await end(rt, user, keep=own, handles=older)
 
 
 class UserBinding:
@@ -267,6 +297,7 @@ class UserBinding:
             raise NotImplementedError
 
         def _require_started(self) -> None: ...
+        def _begin_anew(self) -> None: ...
         async def regenerate(self, destroy: bool = True) -> None: ...
         async def invalidate(self, *, flush: bool = True) -> None: ...
         async def save(self) -> None: ...
@@ -292,31 +323,31 @@ class UserBinding:
         return handle
 
     async def login(self, user_id: str | int) -> None:
-        """Log in as *user_id*: ``regenerate()``, bind the session to the user, save it and
-        add it to the user's index with device info from the request (``users`` config).
+        """Log in as *user_id*: ``regenerate()``, bind the session to the user, and at
+        ``save()`` add it to the user's index with device info from the request.
 
-        Saves at once, unlike ``regenerate()`` alone. The handle stays, unless the session
-        was logged in as another user (whose entry goes). Beyond
-        ``users.max_sessions`` the user's least recently active other sessions end.
-        TypeError/ValueError for a bad *user_id* (see ``user_key``), DriverError.
+        As with ``regenerate()``, the move happens at ``save()`` (the middleware saves at
+        the end of the request; call it yourself outside one), so a request that fails
+        after ``login()`` leaves the session as it was. That save also applies
+        ``users.max_sessions``. The handle stays, unless the session was logged in as
+        another user; the absolute lifetime restarts. A session ended meanwhile (by
+        ``end_user_sessions``, another request's logout) starts afresh, empty.
+        TypeError/ValueError for a bad *user_id* (see ``user_key``).
         """
         self._require_started()
-        rt, uid, meta = self._rt, user_key(user_id), self._d.meta
-        was = (meta.get("u"), meta.get("h"), self._carry[0] if self._carry else self._id)
+        uid = user_key(user_id)
+        if self.ended:
+            self._begin_anew()
+        was = (self._d.meta.get("u"), self._d.meta.get("h"))
         await self.regenerate()
         handle = was[1] if was[0] in (None, uid) and isinstance(was[1], str) else new_handle()
         for name in BINDING[4:]:
             self._d.unset_meta(name)  # device info of an earlier login
-        now = rt.clock()
-        for name, value in {"u": uid, "h": handle, "l": now, "v": now,
-                            **device(rt.users, self.request)}.items():
+        now = self._rt.clock()
+        for name, value in {"c": now, "u": uid, "h": handle, "l": now, "v": now,
+                            **device(self._rt.users, self.request)}.items():
             self._d.set_meta(name, value)
         self._index = True
-        await self.save()
-        if isinstance(was[0], str) and was[0] != uid and isinstance(was[1], str):
-            await unindex(rt, was[0], {was[1]: was[2]})
-        if not self.ended:
-            await enforce_cap(rt, uid, handle)
 
     async def logout(self) -> None:
         """Log out: the same as ``invalidate()`` (new id, data cleared, the old record

@@ -155,6 +155,7 @@ async def test_a_driver_without_the_index_says_what_to_implement() -> None:
     try:
         session = await manager.driver()
         await session.login("ann")  # the binding works without an index
+        await session.save()
         assert session.user_id == "ann" and is_valid_handle(session.handle)
         assert (await manager.load(session.id)).user_id == "ann"
         for call in (manager.user_sessions("ann"), manager.end_user_sessions("ann"),
@@ -173,7 +174,9 @@ async def test_max_sessions_without_the_index_logs_in_anyway() -> None:
     try:
         first, second = await manager.driver(), await manager.driver()
         await first.login("ann")
+        await first.save()
         await second.login("ann")  # no index: the cap cannot be known, the login stands
+        await second.save()
         assert (await manager.load(first.id)).user_id == "ann"
     finally:
         await manager.close()
@@ -189,6 +192,7 @@ async def test_the_handle_is_stable_random_and_new_after_logout(
     assert is_valid_handle(early) and early not in session.id and session.id not in early
     assert session.handle == early
     await session.login("ann")
+    await session.save()
     assert session.handle == early  # the login keeps it: the same device
     await session.regenerate()
     await session.save()
@@ -230,6 +234,7 @@ async def test_a_logged_in_read_refreshes_last_seen_once_per_touch_interval(
     manager, driver = counted
     session = await manager.driver()
     await session.login("ann")
+    await session.save()
     driver.calls.clear()
     for _ in range(5):
         clock.advance(10)
@@ -292,8 +297,10 @@ async def test_a_second_login_replaces_the_device_info() -> None:
         session = await manager.driver()
         session.request = _FakeRequest("Old/1", "192.0.2.1")
         await session.login("ann")
+        await session.save()
         session.request = _FakeRequest(None, None)
         await session.login("ann")
+        await session.save()
         [info] = await manager.user_sessions("ann")
         assert (info.user_agent, info.ip) == (None, None)
     finally:
@@ -342,6 +349,7 @@ async def test_login_regenerates_and_ending_fires_destroyed(
     await session.save()
     old = session.id
     await session.login("ann")
+    await session.save()
     await manager.events.drain()
     assert (SessionEvents.REGENERATED, session.id) in seen
     assert (SessionEvents.DESTROYED, old) in seen  # the pre-login record

@@ -1,8 +1,8 @@
 """Run every benchmark: ``python -m benchmarks [--quick] [--plot] [--only NAME,...]``.
 
 Each part also runs alone (``python -m benchmarks.http``, ``.hotpath``, ``.drivers``,
-``.serializers``, ``.gc``, ``.memory``, ``.fileio``). Tables go to stdout, progress to
-stderr, results to ``benchmarks/results/*.json``; ``--plot`` also draws
+``.serializers``, ``.gc``, ``.memory``, ``.fileio``, ``.users``). Tables go to stdout,
+progress to stderr, results to ``benchmarks/results/*.json``; ``--plot`` also draws
 ``benchmarks/results/*.png`` (matplotlib, from the ``bench`` extra).
 """
 
@@ -14,7 +14,7 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from . import drivers, fileio, gc, hotpath, http, memory, serializers
+from . import drivers, fileio, gc, hotpath, http, memory, serializers, users
 from ._common import RESULTS, progress
 
 #: name -> (runner, arguments for a normal run, arguments for --quick)
@@ -26,6 +26,7 @@ PARTS: dict[str, tuple[Callable[[Sequence[str] | None], Any], list[str], list[st
     "gc": (gc.main, [], ["--quick"]),
     "memory": (memory.main, [], ["--sessions", "10000"]),
     "fileio": (fileio.main, [], ["--reads", "500"]),
+    "users": (users.main, [], ["--quick"]),
 }
 
 

@@ -110,3 +110,36 @@ def test_hotpath_smoke(capsys: pytest.CaptureFixture[str]) -> None:
     assert set(saved["cases"]) == set(hotpath.CASES)
     assert all(case["us_min"] > 0 for case in saved["cases"].values())
     assert len(saved["profile"]) == hotpath.TOP
+
+
+def test_users_quick_on_memory(capsys: pytest.CaptureFixture[str]) -> None:
+    from benchmarks import users
+
+    assert users.main(["--quick", "--drivers", "memory", "--sizes", "10,100"]) == 0
+    out = capsys.readouterr().out
+    assert out.count("Setup: ") == 1 and "drivers=memory," in out and "quick=True" in out
+    for heading in ("## Sessions of a user", "### login:", "### user_sessions:",
+                    "### read-only requests:"):
+        assert heading in out
+    for case in users.LOGIN_CASES:
+        assert f"| memory | {case} |" in out
+    assert "| memory | 1,000 |" not in out and "| memory | 100 |" in out
+    assert "quick run: no verdicts" in out
+    assert " met" not in out and "MISSED" not in out and "skipped" not in out
+    saved = json.loads((RESULTS / "users.json").read_text())
+    assert saved["setup"]["quick"] is True and saved["skipped"] == {}
+    assert saved["targets"] == [] and saved["verdicts"] == "quick run: no verdicts"
+    assert [row["case"] for row in saved["login"]] == list(users.LOGIN_CASES)
+    assert [row["sessions"] for row in saved["user_sessions"]] == [10, 100]
+    for row in saved["login"] + saved["user_sessions"]:
+        assert row["n"] == 5 and 0 < row["median_ms"] <= row["p90_ms"]
+        assert row["redis"] is None  # counted on Redis only
+    requests = saved["requests"]
+    assert [(r["case"], r["touch_interval_s"]) for r in requests] == [
+        ("anonymous", 60.0), ("logged-in", 60.0), ("anonymous", 0.0), ("logged-in", 0.0)]
+    for row in requests:
+        assert row["requests_per_s"] > 0 and row["cpu_us_min"] > 0
+        assert row["redis_commands_per_request"] is None
+        if not row["logged_in"]:
+            assert row["vs_anonymous"] == 1.0  # the baseline of its own manager
+    assert requests[3]["last_seen_after_login_s"] > 0  # touch_interval=0 rewrote it

@@ -201,8 +201,10 @@ class SessionManager:
         """End every session of *user_id* except the one whose handle is *keep*.
 
         "Log out other devices" (``keep=session.handle``); ``keep=None`` ends all of them
-        (after a password change, OWASP's session management advice). Returns how many
-        ended; DESTROYED fires for each. Requests in flight on them save nothing. Errors
+        (after a password change, OWASP's session management advice); the request's own
+        session among them then saves nothing more, and ``session.logout()`` also gives it
+        a fresh cookie. Returns how many ended (two calls at once may both count one);
+        DESTROYED fires for each. Requests in flight on them save nothing. Errors
         as for :meth:`user_sessions`, and ValueError if *keep* is not a handle's shape.
         """
         rt, key = self.runtime(name), users.user_key(user_id)

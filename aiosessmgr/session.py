@@ -378,7 +378,8 @@ class SessionStore(SessionData, SessionLocking, users.UserBinding):
         session as it was. If the old record ended meanwhile (a logout in another tab, an
         admin's ``manager.destroy()``), before or while the new record was written,
         nothing stays under the new id, the session ends and the middleware deletes the
-        cookie: an ended session is never revived.
+        cookie: an ended session is never revived. A logged-in session's old record is
+        destroyed whatever *destroy* says: a copy would escape ``end_user_sessions``.
         """
         self._require_started()
         await self._rt.commits.settled(self)  # a save of this session in progress ends first

@@ -378,11 +378,14 @@ class SessionStore(SessionData, SessionLocking, users.UserBinding):
         session as it was. If the old record ended meanwhile (a logout in another tab, an
         admin's ``manager.destroy()``), before or while the new record was written,
         nothing stays under the new id, the session ends and the middleware deletes the
-        cookie: an ended session is never revived. A logged-in session's old record is
+        cookie: an ended session is never revived (on one whose save found its record
+        gone, ``regenerate()`` starts a new, empty session). A logged-in session's old record is
         destroyed whatever *destroy* says: a copy would escape ``end_user_sessions``.
         """
         self._require_started()
         await self._rt.commits.settled(self)  # a save of this session in progress ends first
+        if self._state is State.ENDED:
+            self._begin_anew()  # its record ended under this request: its data stays gone
         old_id = self._id
         if "u" in self._d.meta:  # a copy of a logged-in session would escape its index
             destroy = self._index = True

@@ -890,6 +890,23 @@ class DriverContract:
                 assert await driver.read(session.id) is None
             assert await manager.user_sessions(user) == []
 
+    async def test_a_regenerate_after_the_end_revives_nothing(
+            self, driver: SessionDriver) -> None:
+        self.require_index(driver)
+        async with self.lent_manager(driver) as (manager, _):
+            user = f"u-{new_handle()}"
+            session = await self._login(manager, user)
+            flight = await manager.load(session.id)
+            assert await manager.end_user_sessions(user) == 1
+            flight.put("late", 1)
+            await flight.save()
+            assert flight.ended
+            await flight.regenerate()  # a new session, empty: the ended one stays ended
+            await flight.save()
+            again = await manager.load(flight.id)
+            assert again.user_id is None and again.all() == {}
+            assert await manager.user_sessions(user) == []
+
     async def test_a_session_moving_while_it_is_ended_is_ended_under_its_new_id(
             self, driver: SessionDriver) -> None:
         index = self.require_index(driver)

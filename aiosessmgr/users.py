@@ -213,8 +213,11 @@ async def listing(rt: DriverRuntime, user: str) -> list[tuple[UserSession, str]]
     return live
 
 
+_Survey = tuple[Mapping[str, str], list[tuple[UserSession, str]], dict[str, str]]
+
+
 async def end(rt: DriverRuntime, user: str, keep: str | None = None,
-              handles: Collection[str] | None = None) -> int:
+              handles: Collection[str] | None = None, first: _Survey | None = None) -> int:
     """End *user*'s sessions (those of *handles*; None: all) but *keep*; return how many.
 
     Each is destroyed (DESTROYED fires for it), then its entry is removed if it still
@@ -222,17 +225,22 @@ async def end(rt: DriverRuntime, user: str, keep: str | None = None,
     session that moved to a new id meanwhile (a regenerate or login in flight) is found
     under that id at the next look and ended there too, until no entry of those handles
     names an id not yet seen (at most ``_ROUNDS`` looks). Requests in flight on an ended
-    session cannot write it back (compare-and-set).
+    session cannot write it back (compare-and-set). *first*: the index entries, and what
+    ``_survey`` made of them, just read by the caller (the first look).
     """
     idx = index_of(rt)
     ended: set[str] = set()
     looked: set[tuple[str, str]] = set()  # (handle, id) pairs already ended or found stale
     known: set[str] | None = None
     for _ in range(_ROUNDS):
-        entries = await idx.user_session_index(user)
+        if first is not None:
+            (entries, live, stale), first = first, None
+        else:
+            entries = await idx.user_session_index(user)
+            if known is None:
+                live, stale = await _survey(rt, user, entries)
         if known is None:
             known = {h for h in entries if h != keep and (handles is None or h in handles)}
-            live, stale = await _survey(rt, user, entries)
             targets = {info.handle: sid for info, sid in live if info.handle in known}
         else:
             # a handle met before, under an id not seen yet: a session moving while it is
@@ -267,12 +275,16 @@ async def enforce_cap(rt: DriverRuntime, user: str, own: str) -> int:
     cap = rt.users.max_sessions
     if cap is None or not isinstance(rt.driver, SupportsUserIndex):
         return 0
-    live = await listing(rt, user)
+    entries = await index_of(rt).user_session_index(user)
+    live, stale = await _survey(rt, user, entries)
+    live.sort(key=_recency, reverse=True)
     mine = next((n for n, (info, _) in enumerate(live) if info.handle == own), None)
     if len(live) <= cap or mine is None:
+        if stale:
+            await index_of(rt).unindex_user_sessions(user, stale)
         return 0
     older = {info.handle for info, _ in live[max(cap, mine + 1):]}
-    return await end(rt, user, keep=own, handles=older)
+    return await end(rt, user, keep=own, handles=older, first=(entries, live, stale))
 
 
 class UserBinding:

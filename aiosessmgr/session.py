@@ -76,8 +76,7 @@ class SessionStore(SessionData, SessionLocking, users.UserBinding):
     correctly with concurrent requests.
     """
 
-    # one session per request: slots make it cheaper to build and smaller (a subclass
-    # without __slots__ of its own gets a __dict__ as usual)
+    # one session per request: slots make it cheaper (a subclass may still have a __dict__)
     __slots__ = ("_answered_at", "_carry", "_cookie_id", "_d", "_id", "_index", "_moved",
                  "_moving", "_new", "_rt", "_state", "_version", "_written", "request")
 
@@ -251,8 +250,8 @@ class SessionStore(SessionData, SessionLocking, users.UserBinding):
                 key = exc.key
                 if key is None or key in d.changes or key not in d.data:
                     raise  # this request's own value: the handler's error to see
-                # a stored value this request did not touch, which loads but cannot be saved
-                # again (written by something else): dropped, not failing every request
+                # a stored value not touched here that cannot be saved again (written by
+                # something else): dropped, rather than failing every request
                 logger.warning("session %s…: dropping stored key %r, which cannot be "
                                "saved again: %s", self._id[:6], key, exc)
                 d.delete(key)
@@ -285,20 +284,20 @@ class SessionStore(SessionData, SessionLocking, users.UserBinding):
         if self._state is State.UNSTARTED or self.ended:
             return
         carry, login = self._carry, self._index and self._moved and "u" in self._d.meta
-        if carry is not None:
-            self._moving = asyncio.get_running_loop().create_future()
+        moving = self._moving = None if carry is None else asyncio.Future()
         try:
             if carry is not None and not await self._carry_over(*carry):
                 return  # the record it was moved from ended meanwhile: never revive it
             # if this fails, the old record stays and the move stays pending (a retried save
-            # re-checks the old record): a failed login loses nothing and revives nothing
+            # re-checks it): a failed login loses nothing and revives nothing
+            carry = self._carry  # None if a login found it ended and started afresh
             await self._write()
             self._carry = None
             if carry is not None and self._state is not State.ENDED:
                 await self._finish_move(carry[0], carry[2], self._state is State.STORED)
         finally:
-            if carry is not None and self._moving is not None:
-                self._moving.set_result(None)
+            if moving is not None:
+                moving.set_result(None)
                 self._moving = None
         if login and self._state is State.STORED:  # a login (or move) written: the cap
             await users.enforce_cap(self._rt, self._d.meta["u"], self._d.meta["h"])
@@ -308,7 +307,7 @@ class SessionStore(SessionData, SessionLocking, users.UserBinding):
         d.age_flash()
         if not d.pending:
             return
-        if not (d.data or "k" in d.meta or self.stored):
+        if not (d.data or "k" in d.meta or "u" in d.meta or self.stored):
             d.clear()  # nothing worth a record: an empty session is never stored
             return
         d.set_meta("t", rt.clock())
@@ -367,20 +366,19 @@ class SessionStore(SessionData, SessionLocking, users.UserBinding):
     # -- moving: regenerate and invalidate ---------------------------------------------------
 
     async def regenerate(self, destroy: bool = True) -> None:
-        """Move the data to a new id (call it at login); by default destroy the old record.
+        """Move the data to a new id (``login`` calls it); by default destroy the old record.
 
         The CSRF token rotates too (OWASP: renew the session id at any privilege change).
         The move happens at ``save()`` (the middleware saves at the end of the request):
         the old record is re-read and this request's changes are replayed on it (so what
         concurrent requests saved meanwhile is kept), the result is written under the new
-        id, and then the old record is destroyed (kept with ``destroy=False``). A request
-        that fails after ``regenerate()`` (an exception, a 5xx, a failed save) leaves the
-        session as it was. If the old record ended meanwhile (a logout in another tab, an
-        admin's ``manager.destroy()``), before or while the new record was written,
-        nothing stays under the new id, the session ends and the middleware deletes the
-        cookie: an ended session is never revived (on one whose save found its record
-        gone, ``regenerate()`` starts a new, empty session). A logged-in session's old record is
-        destroyed whatever *destroy* says: a copy would escape ``end_user_sessions``.
+        id, then the old record is destroyed (kept with ``destroy=False``, unless logged in:
+        a copy would escape ``end_user_sessions``). A request that fails after it (an
+        exception, a 5xx, a failed save) leaves the session as it was. If the old record
+        ended meanwhile (a logout in another tab, ``manager.destroy()``), before or while
+        the new record was written, nothing stays under the new id, the session ends and
+        the middleware deletes the cookie: an ended session is never revived (one whose
+        save found its record gone starts a new, empty session).
         """
         self._require_started()
         await self._rt.commits.settled(self)  # a save of this session in progress ends first
@@ -448,12 +446,15 @@ class SessionStore(SessionData, SessionLocking, users.UserBinding):
 
         Re-reads that record, replays this request's changes on it (what other requests
         saved meanwhile is kept) and prepares the whole of it for the new id. False, ending
-        this session, if that record is gone: a logout in another tab, an admin's destroy.
+        this session, if that record is gone (a logout in another tab, an admin's destroy),
+        unless this request logged in: then it starts afresh, logged in (``_relogin``).
         """
         raw = await self._rt.driver.read(old_id)
         self._answered_at = time.monotonic()
         if raw is None:
             self._carry = None
+            if self._relogin():  # a login in this request: afresh, the old data stays gone
+                return True
             self._end(old_id, _MOVED_AWAY)
             return False
         if raw[:_VERSION_SIZE] != loaded:

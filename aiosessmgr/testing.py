@@ -186,9 +186,9 @@ class _Index(_Lent):
     """A lent driver that has the user index too."""
 
     async def index_user_session(self, user_id: str, handle: str, session_id: str,
-                                 ttl: int) -> None:
+                                 ttl: int, replace: bool = True) -> None:
         assert isinstance(self.driver, SupportsUserIndex)
-        await self.driver.index_user_session(user_id, handle, session_id, ttl)
+        await self.driver.index_user_session(user_id, handle, session_id, ttl, replace)
 
     async def user_session_index(self, user_id: str) -> dict[str, str]:
         assert isinstance(self.driver, SupportsUserIndex)
@@ -715,6 +715,17 @@ class DriverContract:
         assert await index.user_session_index(user) == {two: b}
         assert await index.unindex_user_sessions(user, {}) == 0
 
+    async def test_a_refresh_never_replaces_another_id(self, driver: SessionDriver) -> None:
+        index = self.require_index(driver)
+        user, handle, fresh = f"u-{new_handle()}", new_handle(), new_handle()
+        old, new = new_session_id(), new_session_id()
+        await index.index_user_session(user, handle, new, self.ttl)  # the session moved
+        await index.index_user_session(user, handle, old, self.ttl, replace=False)  # late
+        await index.index_user_session(user, fresh, old, self.ttl, replace=False)  # absent
+        assert await index.user_session_index(user) == {handle: new, fresh: old}
+        await index.index_user_session(user, handle, new, self.ttl, replace=False)
+        assert await index.user_session_index(user) == {handle: new, fresh: old}
+
     async def test_user_index_calls_of_one_user_are_atomic(self, driver: SessionDriver) -> None:
         index = self.require_index(driver)
         user = f"u-{new_handle()}"
@@ -890,6 +901,23 @@ class DriverContract:
                 assert await driver.read(session.id) is None
             assert await manager.user_sessions(user) == []
 
+    async def test_a_login_after_the_end_starts_afresh_logged_in(
+            self, driver: SessionDriver) -> None:
+        index = self.require_index(driver)
+        async with self.lent_manager(driver) as (manager, _):
+            user = f"u-{new_handle()}"
+            session = await self._login(manager, user)
+            old_handle, stale = session.handle, await self._login(manager, user)
+            await manager.destroy(stale.id)  # a stale entry: the next login prunes it
+            # a password change: end every session, then log this device in again
+            assert await manager.end_user_sessions(user) == 1
+            await session.login(user)
+            await session.save()
+            assert session.stored and session.user_id == user
+            assert session.handle != old_handle and session.all() == {}
+            assert (await manager.load(session.id)).user_id == user
+            assert await index.user_session_index(user) == {session.handle: session.id}
+
     async def test_a_regenerate_after_the_end_revives_nothing(
             self, driver: SessionDriver) -> None:
         self.require_index(driver)
@@ -929,6 +957,29 @@ class DriverContract:
             assert await driver.read(moving.id) is None  # ... and was ended there too
             assert await index.user_session_index(user) == {}
             assert await ender.user_sessions(user) == []
+
+    async def test_a_late_refresh_does_not_unindex_a_session_that_moved(
+            self, driver: SessionDriver) -> None:
+        index = self.require_index(driver)
+        now = [3_000_000.0]
+        async with self.lent_manager(driver, {"touch_interval": 60},
+                                     clock=lambda: now[0]) as (manager, _), \
+                self.lent_manager(driver, {"touch_interval": 60},
+                                  clock=lambda: now[0]) as (elsewhere, _):
+            user = f"u-{new_handle()}"
+            session = await self._login(manager, user)
+            now[0] += 120
+            slow = await manager.load(session.id)  # a read-only request, refresh due
+            assert slow.modified
+            moving = await elsewhere.load(session.id)  # meanwhile another logs in again
+            await moving.login(user)
+            await moving.save()
+            await slow.save()  # its record is gone: it ends, and leaves the index alone
+            assert slow.ended
+            assert await index.user_session_index(user) == {moving.handle: moving.id}
+            assert [i.handle for i in await manager.user_sessions(user)] == [moving.handle]
+            assert await manager.end_user_sessions(user) == 1
+            assert await driver.read(moving.id) is None
 
     async def test_a_destroyed_or_expired_session_is_not_listed(
             self, driver: SessionDriver, advance: Advance | None) -> None:

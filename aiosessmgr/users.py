@@ -122,15 +122,18 @@ async def index(rt: DriverRuntime, meta: Mapping[str, Any], session_id: str,
                 soft: bool = False) -> None:
     """Point the bound session's handle (in *meta*) at *session_id* in its user's index.
 
-    *soft*: a refresh of an entry that exists; a store failure is logged, not raised
-    (the next refresh repairs it). Without a user binding or an index: nothing.
+    *soft*: a refresh of an entry that exists: written only if the handle still names
+    this id (a late refresh must not undo a move: ``replace=False``), and a store failure
+    is logged, not raised (the next refresh repairs it). Without a binding or an index:
+    nothing.
     """
     user, handle = meta.get("u"), meta.get("h")
     if not (isinstance(user, str) and isinstance(handle, str)
             and isinstance(rt.driver, SupportsUserIndex)):
         return
     try:
-        await rt.driver.index_user_session(user, handle, session_id, _entry_ttl(rt))
+        await rt.driver.index_user_session(user, handle, session_id, _entry_ttl(rt),
+                                           replace=not soft)
     except DriverError as exc:
         if not soft:
             raise
@@ -217,7 +220,8 @@ _Survey = tuple[Mapping[str, str], list[tuple[UserSession, str]], dict[str, str]
 
 
 async def end(rt: DriverRuntime, user: str, keep: str | None = None,
-              handles: Collection[str] | None = None, first: _Survey | None = None) -> int:
+              handles: Collection[str] | None = None, first: _Survey | None = None,
+              rounds: int = _ROUNDS) -> int:
     """End *user*'s sessions (those of *handles*; None: all) but *keep*; return how many.
 
     Each is destroyed (DESTROYED fires for it), then its entry is removed if it still
@@ -226,13 +230,14 @@ async def end(rt: DriverRuntime, user: str, keep: str | None = None,
     under that id at the next look and ended there too, until no entry of those handles
     names an id not yet seen (at most ``_ROUNDS`` looks). Requests in flight on an ended
     session cannot write it back (compare-and-set). *first*: the index entries, and what
-    ``_survey`` made of them, just read by the caller (the first look).
+    ``_survey`` made of them, just read by the caller (the first look); *rounds*: 1 ends
+    what that look found and follows no move.
     """
     idx = index_of(rt)
     ended: set[str] = set()
     looked: set[tuple[str, str]] = set()  # (handle, id) pairs already ended or found stale
     known: set[str] | None = None
-    for _ in range(_ROUNDS):
+    for _ in range(rounds):
         if first is not None:
             (entries, live, stale), first = first, None
         else:
@@ -265,7 +270,9 @@ async def end(rt: DriverRuntime, user: str, keep: str | None = None,
 
 async def enforce_cap(rt: DriverRuntime, user: str, own: str) -> int:
     """``users.max_sessions`` at a login of the session *own* (a handle): end *user*'s
-    least recently active sessions beyond the cap; return how many were ended.
+    least recently active sessions beyond the cap; return how many were ended. Without a
+    cap the user's sessions are listed all the same, so every login prunes the entries of
+    ended ones and an index never grows beyond the sessions alive (plus those since).
 
     Only sessions less recent than *own* are ended, never *own* itself: of logins racing
     each other, the later ones end the earlier ones, so the cap holds without every one
@@ -273,7 +280,10 @@ async def enforce_cap(rt: DriverRuntime, user: str, own: str) -> int:
     exceeded until the next login.)
     """
     cap = rt.users.max_sessions
-    if cap is None or not isinstance(rt.driver, SupportsUserIndex):
+    if not isinstance(rt.driver, SupportsUserIndex):
+        return 0
+    if cap is None:  # one look anyway: entries of the user's ended sessions go
+        await listing(rt, user)
         return 0
     entries = await index_of(rt).user_session_index(user)
     live, stale = await _survey(rt, user, entries)
@@ -284,7 +294,10 @@ async def enforce_cap(rt: DriverRuntime, user: str, own: str) -> int:
             await index_of(rt).unindex_user_sessions(user, stale)
         return 0
     older = {info.handle for info, _ in live[max(cap, mine + 1):]}
-    return await end(rt, user, keep=own, handles=older, first=(entries, live, stale))
+    # those records, not their handles: one that is moving (a login again, on another
+    # device) is a newer login than its old record says, and not this one's to end
+    return await end(rt, user, keep=own, handles=older, first=(entries, live, stale),
+                     rounds=1)
 
 
 class UserBinding:
@@ -343,7 +356,8 @@ class UserBinding:
         after ``login()`` leaves the session as it was. That save also applies
         ``users.max_sessions``. The handle stays, unless the session was logged in as
         another user; the absolute lifetime restarts. A session ended meanwhile (by
-        ``end_user_sessions``, another request's logout) starts afresh, empty.
+        ``end_user_sessions``, another request's logout), before the login or before its
+        save, starts afresh: empty, under a new handle.
         TypeError/ValueError for a bad *user_id* (see ``user_key``).
         """
         self._require_started()
@@ -360,6 +374,19 @@ class UserBinding:
                             **device(self._rt.users, self.request)}.items():
             self._d.set_meta(name, value)
         self._index = True
+
+    def _relogin(self) -> bool:
+        """A login of this request whose old record ended before its save: begin a new,
+        empty session bound to the user under a new handle (True); False if no login."""
+        meta = self._d.meta
+        if "l" not in self._d.meta_changed or not isinstance(meta.get("u"), str):
+            return False
+        binding = {name: meta[name] for name in BINDING if name in meta}
+        self._begin_anew()
+        for name, value in {**binding, "h": new_handle()}.items():
+            self._d.set_meta(name, value)
+        self._index = True
+        return True
 
     async def logout(self) -> None:
         """Log out: the same as ``invalidate()`` (new id, data cleared, the old record

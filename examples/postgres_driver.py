@@ -153,7 +153,8 @@ class PostgresDriver(SessionDriver):
             f"INSERT INTO {u} AS i (user_id, handle, session_id, expires_at) "
             f"VALUES ($1, $2, $3, now() + $4::interval) "
             f"ON CONFLICT (user_id, handle) DO UPDATE SET session_id = EXCLUDED.session_id, "
-            f"expires_at = greatest(i.expires_at, EXCLUDED.expires_at)"
+            f"expires_at = greatest(i.expires_at, EXCLUDED.expires_at) "
+            f"WHERE $5 OR i.session_id = EXCLUDED.session_id"  # replace=False: only a refresh
         )
         self._sql_user_index = (
             f"SELECT handle, session_id FROM {u} WHERE user_id = $1 AND expires_at > now()"
@@ -282,11 +283,12 @@ class PostgresDriver(SessionDriver):
     # -- the user index --------------------------------------------------------------------
 
     async def index_user_session(self, user_id: str, handle: str, session_id: str,
-                                 ttl: int) -> None:
+                                 ttl: int, replace: bool = True) -> None:
         """Point *handle* at *session_id* in *user_id*'s index (one upsert); the entry
-        then lives at least *ttl* seconds (a shorter ttl never shortens it)."""
+        then lives at least *ttl* seconds (a shorter ttl never shortens it).
+        ``replace=False``: the row is left alone if it names another id."""
         await self._run("user index write", lambda pool: pool.execute(
-            self._sql_index, user_id, handle, session_id, timedelta(seconds=ttl)))
+            self._sql_index, user_id, handle, session_id, timedelta(seconds=ttl), replace))
 
     async def user_session_index(self, user_id: str) -> dict[str, str]:
         """The live entries of *user_id*'s index, ``{handle: session id}``."""

@@ -55,9 +55,9 @@ class Counted(MemoryDriver):
         return await super().compare_and_set(session_id, payload, ttl, expected)
 
     async def index_user_session(self, user_id: str, handle: str, session_id: str,
-                                 ttl: int) -> None:
+                                 ttl: int, replace: bool = True) -> None:
         self.calls["index_user_session"] += 1
-        await super().index_user_session(user_id, handle, session_id, ttl)
+        await super().index_user_session(user_id, handle, session_id, ttl, replace)
 
 
 class NoIndex(SessionDriver):

@@ -164,8 +164,12 @@ class SupportsUserIndex(Protocol):
     """
 
     async def index_user_session(self, user_id: str, handle: str, session_id: str,
-                                 ttl: int) -> None:
+                                 ttl: int, replace: bool = True) -> None:
         """Map *handle* to *session_id* in *user_id*'s index (replacing what it named).
+
+        ``replace=False`` (a refresh of a session that has not moved): if the handle names
+        another id by now (the session moved meanwhile), nothing is written, so a late
+        refresh never points a moved session's handle back at its old id.
 
         The entry is then kept at least *ttl* seconds from now (a deadline never
         shortened). A driver may keep one deadline per user instead, the latest, and drop

@@ -183,10 +183,15 @@ class MemoryDriver(SessionDriver):
     # -- the user index (no await inside: each call is atomic) -----------------------------
 
     async def index_user_session(self, user_id: str, handle: str, session_id: str,
-                                 ttl: int) -> None:
-        """Map *handle* to *session_id* in *user_id*'s index; keep it *ttl* s from now."""
+                                 ttl: int, replace: bool = True) -> None:
+        """Map *handle* to *session_id* in *user_id*'s index; keep it *ttl* s from now.
+
+        ``replace=False``: nothing if the handle names another id already."""
         now = self._clock()
         index = self._user(user_id, now)
+        if not replace and index is not None \
+                and index.entries.get(handle, session_id) != session_id:
+            return
         deadline = now + ttl
         if index is None:
             index = self._users[user_id] = _UserIndex(deadline, ttl)

@@ -270,7 +270,7 @@ def test_the_readme_example_runs_under_pytest(tmp_path: Path) -> None:
     done = run_pytest(test_file)
     assert done.returncode == 0, done.stdout + done.stderr
     summary = done.stdout.strip().splitlines()[-1]
-    assert re.fullmatch(r"\d+ passed, 25 skipped in .*", summary), done.stdout
+    assert re.fullmatch(r"\d+ passed, \d+ skipped in .*", summary), done.stdout
     reasons = re.findall(r"^SKIPPED \[\d+\] .*?: (.*)$", done.stdout, flags=re.M)
     assert reasons == [
         "ExpiringDictDriver has no read_touch (SupportsTouch)",

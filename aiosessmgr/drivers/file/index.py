@@ -282,19 +282,22 @@ class UserFiles:
             os.unlink(path)
 
     def index(self, user_id: str, digest: str, handle: str, session_id: str,
-              ttl: float) -> Busy | None:
-        """Under the stripe lock: map *handle* to *session_id*, keep the index *ttl* s."""
+              ttl: float, replace: bool = True) -> Busy | None:
+        """Under the stripe lock: map *handle* to *session_id*, keep the index *ttl* s
+        (*replace* False: nothing if the handle names another id)."""
         return self._locked(digest, "index a session of a user", self._index, user_id,
-                            digest, handle, session_id, ttl)
+                            digest, handle, session_id, ttl, replace)
 
     def _index(self, user_id: str, digest: str, handle: str, session_id: str,
-               ttl: float) -> None:
+               ttl: float, replace: bool = True) -> None:
         path = self.file(digest)
         now = time.time()
         deadline = now + ttl
         entries: dict[str, str] = {}
         index = self._load(path, digest, user_id)
         if index is not None and index.deadline > now:
+            if not replace and index.entries.get(handle, session_id) != session_id:
+                return  # the session moved meanwhile: a late refresh leaves it alone
             if index.entries.get(handle) == session_id:
                 if index.deadline >= deadline:
                     return  # nothing would change
@@ -432,11 +435,12 @@ class UserIndexes:
                                         name, hop, *args)
         return result
 
-    async def index(self, user_id: str, handle: str, session_id: str, ttl: float) -> None:
+    async def index(self, user_id: str, handle: str, session_id: str, ttl: float,
+                    replace: bool = True) -> None:
         """See :meth:`FileDriver.index_user_session`."""
         digest = user_digest(user_id)
         await self._run_locked(digest, self._index, user_id, digest, handle, session_id,
-                               ttl)
+                               ttl, replace)
 
     async def entries(self, user_id: str) -> dict[str, str]:
         """See :meth:`FileDriver.user_session_index`."""

@@ -47,10 +47,16 @@ __all__ = ["INDEX_SCRIPT", "INDEX_SHA", "READ_SCRIPT", "READ_SHA", "UNINDEX_SCRI
 logger = logging.getLogger("aiosessmgr")
 
 # KEYS[1] the user's index; ARGV: handle, session id, milliseconds to keep the index at
-# least. HSET first: on a key of another type it fails (WRONGTYPE) before anything is
-# written. A PTTL of -1 (no expiry: a key just created) is below any ttl, so an index
-# always expires. Answers 1 if the handle is new, 0 if it named an id already.
+# least, "1" to replace what the handle names or "0" to write only if it names nothing
+# or this id (a refresh). HGET/HSET first: on a key of another type they fail (WRONGTYPE)
+# before anything is written. A PTTL of -1 (no expiry: a key just created) is below any
+# ttl, so an index always expires. Answers 1 if the handle is new, 0 if it named an id
+# already (or, not replacing, another id: then nothing is written).
 INDEX_SCRIPT: Final = """
+if ARGV[4] == '0' then
+  local current = redis.call('HGET', KEYS[1], ARGV[1])
+  if current and current ~= ARGV[2] then return 0 end
+end
 local added = redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
 local keep = tonumber(ARGV[3])
 if redis.call('PTTL', KEYS[1]) < keep then redis.call('PEXPIRE', KEYS[1], keep) end
@@ -124,12 +130,15 @@ class UserIndex:
         """The Redis key of *user_id*'s index: prefix, ``user:``, the tag in braces."""
         return f"{self.prefix}user:{{{user_tag(user_id)}}}"
 
-    async def add(self, user_id: str, handle: str, session_id: str, ttl: int) -> None:
+    async def add(self, user_id: str, handle: str, session_id: str, ttl: int,
+                  replace: bool = True) -> None:
         """Map *handle* to *session_id*; keep the index at least *ttl* seconds (at least
-        1) from now, never shorter than it was."""
+        1) from now, never shorter than it was. ``replace=False``: nothing if the handle
+        names another id."""
         keep = max(int(ttl), 1) * 1000
         await self._script("user index", INDEX_SCRIPT, INDEX_SHA, user_id,
-                           (handle, session_id, keep), (session_id,), _count(1), 0)
+                           (handle, session_id, keep, "1" if replace else "0"), (session_id,),
+                           _count(1), 0)
 
     async def entries(self, user_id: str) -> dict[str, str]:
         """``{handle: session id}`` of *user_id*'s index; ``{}`` if there is none."""

@@ -13,8 +13,9 @@ Redis expires records itself: ``write`` is ``SET key value EX ttl``, a read is
 ``GETEX key EX ttl`` (read and extend in one round trip), and ``gc()`` has nothing to
 do. ``compare_and_set`` is a Lua script run with ``EVALSHA`` (one round trip; on
 ``NOSCRIPT`` it is sent once more with ``EVAL``, which also caches it on that node).
-``read_many`` sends its GETs as one redis-py pipeline (one per node on a Cluster),
-auto-pipelining or not.
+``read_many`` is one round trip, auto-pipelining or not: ``MGET`` of up to
+``MGET_CHUNK`` keys per command on a single node, a pipeline of GETs on a Cluster (one
+per node).
 
 The user index (``index_user_session`` / ``user_session_index`` /
 ``unindex_user_sessions``) is one hash per user, ``{handle: session id}``, under

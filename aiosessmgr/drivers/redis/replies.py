@@ -29,7 +29,7 @@ from redis.exceptions import InvalidResponse
 from ...errors import DriverError
 
 __all__ = ["Ids", "RedactedError", "UnexpectedReply", "count", "describe", "failure", "flag",
-           "ok", "out_of_step", "pairs", "record", "redact", "scrub", "set_nx"]
+           "ok", "out_of_step", "pairs", "record", "redact", "scrub", "set_nx", "values"]
 
 #: characters of a session id kept when it is abbreviated (then "…")
 SHOWN: Final = 6
@@ -111,6 +111,17 @@ def record(command: str, reply: Any) -> bytes | None:
     if reply is None or type(reply) is bytes:
         return reply
     raise UnexpectedReply(f"{command} answered {describe(reply)}, not a string or nil")
+
+
+def values(command: str, reply: Any, expected: int) -> list[Any]:
+    """An ``MGET`` reply: its list of *expected* values (each checked by the caller). An
+    error reply is raised; anything else is UnexpectedReply."""
+    if isinstance(reply, BaseException):
+        raise reply
+    if type(reply) is not list or len(reply) != expected:
+        raise UnexpectedReply(f"{command} answered {describe(reply)}, not a list of "
+                              f"{expected} values")
+    return reply
 
 
 def ok(command: str, reply: Any) -> None:

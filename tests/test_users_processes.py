@@ -208,6 +208,8 @@ async def stop_all(procs: list[asyncio.subprocess.Process]) -> None:
 
 
 IN_FLIGHT = ["save", "regenerate", "login", "save-login"]
+#: plans whose login, finding the record ended, starts a fresh (empty) logged-in session
+FRESH = ("login", "save-login")
 
 
 @pytest.mark.parametrize("plans", [
@@ -245,12 +247,12 @@ async def test_ending_a_users_sessions_with_requests_in_flight_resurrects_none(
     finished = [s for report in reports for s in report["sessions"]]
     assert len(finished) == 2 * SESSIONS
     # logins after the end start fresh sessions: allowed, and the only ones bound to the user
-    fresh = {s["handle"]: s["id"] for s in finished if s["plan"] == "save-login"}
+    fresh = {s["handle"]: s["id"] for s in finished if s["plan"] in FRESH}
     records = await stored_records(manager, config)
     # regenerate() after a save found the record ended starts a new, empty session
     anew = {s["id"] for s in finished if s["plan"] == "save-regenerate"}
     gone = set(ended_ids) | {s["id"] for s in finished
-                             if s["plan"] not in ("save-login", "save-regenerate")}
+                             if s["plan"] not in (*FRESH, "save-regenerate")}
     revived = len(gone & records.keys())  # counts, not ids: ids are credentials
     assert revived == 0, "ended sessions were written back"
     assert all(records[sid][0] == {} and "u" not in records[sid][1]
@@ -262,14 +264,14 @@ async def test_ending_a_users_sessions_with_requests_in_flight_resurrects_none(
     assert await assert_index_agrees(manager, config, user) == fresh
 
     for s in finished:  # what the workers saw
-        if s["plan"] == "save-login":
+        if s["plan"] in FRESH:
             assert s["state"] == "stored" and s["written"] and s["user"] == user, s["state"]
         elif s["plan"] == "save-regenerate":
             assert s["user"] is None, "regenerate() kept the ended session's user"
         else:  # every write of an ended session was refused
             assert not s["written"] and s["state"] == "ended", \
                 f"{s['plan']}: written {s['written']}, {s['state']}"
-    assert len(fresh) == 2 * sum(plans[n % len(plans)] == "save-login"
+    assert len(fresh) == 2 * sum(plans[n % len(plans)] in FRESH
                                  for n in range(SESSIONS))
     assert not fresh.keys() & ended_handles
     assert await manager.end_user_sessions(user) == len(fresh)

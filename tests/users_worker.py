@@ -30,7 +30,7 @@ from aiosessmgr import SessionManager, SessionStore, State
 PLANS: Final = {
     "save": "save",
     "regenerate": "regenerate(), save",
-    "login": "login(user), save",
+    "login": "login(user), save: the end came first, so a fresh session",
     "save-login": "save, then login(user), save: a login after the end (a fresh session)",
     "save-regenerate": "save, then regenerate(), save",
 }

@@ -141,7 +141,7 @@ async def login(request: web.Request) -> web.Response:
     if not name or len(name) > MAX_USER_NAME or not name.isprintable():
         return page("Log in", f"<p>Enter a user name (at most {MAX_USER_NAME} printable "
                               'characters).</p><p><a href="/login">Back</a></p>', status=400)
-    await (await get_session(request)).login(name)  # saves and indexes it now
+    await (await get_session(request)).login(name)  # written and indexed when the middleware saves
     raise web.HTTPSeeOther("/devices")
 
 

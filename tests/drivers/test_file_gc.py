@@ -111,3 +111,23 @@ def populate_small(store: Path, count: int, mtime: float) -> None:
 
 def count_sessions(store: Path) -> int:
     return sum(n.startswith("sess_") for n in os.listdir(store))
+
+
+async def test_a_gc_run_cancelled_while_the_directory_opens_leaks_no_scan(
+        tmp_path: Path) -> None:
+    # manager.close() cancels a running GC: the scandir may be opened by the pool thread
+    # after the await is gone, and must still be closed (ResourceWarning is an error here)
+    import gc as collector
+
+    driver = FileDriver(tmp_path / "sessions", ttl=60)
+    try:
+        await driver.index_user_session("ann", "h" * 22, "i" * 43, 60)  # users/ exists
+        for delay in (0, 0, 0.0001, 0.0005, 0.001, 0.002):
+            task = asyncio.ensure_future(driver.gc(60))
+            await asyncio.sleep(delay)
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+        collector.collect()
+    finally:
+        await driver.close()
+    collector.collect()

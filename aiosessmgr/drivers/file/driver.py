@@ -21,7 +21,7 @@ from ...errors import ConfigError, DriverError
 from ...ids import is_valid_handle, is_valid_session_id
 from ...locks import LocalLocks
 from ..base import DriverSpec, SessionDriver, check_options
-from .fs import LOCK_STRIPES, Directory, ReadRequest, prepare_directory, stripe_of
+from .fs import LOCK_STRIPES, Directory, ReadRequest, open_scan, prepare_directory, stripe_of
 from .index import UserFiles, UserIndexes
 from .locking import Busy, backoff
 
@@ -510,7 +510,7 @@ class FileDriver(SessionDriver):
         """
         pool = self._executor()
         try:
-            scan = await aiofiles.os.scandir(self.path, executor=pool)
+            scan = await open_scan(self.path, pool)
         except OSError as exc:
             raise self._dir.broken("list the session directory", exc) from exc
         removed = 0

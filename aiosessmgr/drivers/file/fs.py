@@ -16,6 +16,7 @@ checks are in :mod:`.permissions`).
 
 from __future__ import annotations
 
+import asyncio
 import errno
 import fcntl
 import logging
@@ -26,8 +27,11 @@ import stat
 import time
 import zlib
 from collections.abc import Iterator
+from concurrent.futures import Executor
 from contextlib import suppress
 from typing import Final
+
+import aiofiles.os
 
 from ...errors import ConfigError, DriverError
 from ..base import VERSION_SIZE
@@ -43,7 +47,7 @@ from .locking import (
 )
 from .permissions import check_path, check_private
 
-__all__ = ["FILE_ERRNOS", "GC_BATCH", "GC_SKIP_ERRNOS", "LOCK_STRIPES", "READ_FLAGS",
+__all__ = ["FILE_ERRNOS", "open_scan", "GC_BATCH", "GC_SKIP_ERRNOS", "LOCK_STRIPES", "READ_FLAGS",
            "TEMP_FLAGS", "TEMP_MAX_AGE", "Deferred", "Directory", "ReadRequest",
            "prepare_directory", "read_all", "replace_file", "stripe_of"]
 
@@ -565,3 +569,16 @@ def _make_private(path: str) -> None:
         finally:
             os.close(fd)
 
+
+async def open_scan(path: str, executor: Executor) -> os._ScandirIterator[str]:
+    """``os.scandir(path)`` in a hop on *executor* (aiofiles), closed again if the caller
+    is cancelled meanwhile: the thread may open it after the await has gone (a GC run
+    cancelled by ``manager.close()``), and an open scan holds a file descriptor."""
+    opening = asyncio.ensure_future(aiofiles.os.scandir(path, executor=executor))
+    try:
+        return await asyncio.shield(opening)
+    except asyncio.CancelledError:
+        await asyncio.wait({opening})
+        if not opening.cancelled() and opening.exception() is None:
+            opening.result().close()
+        raise

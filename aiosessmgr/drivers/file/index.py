@@ -57,6 +57,7 @@ from .fs import (
     READ_FLAGS,
     TEMP_MAX_AGE,
     Directory,
+    open_scan,
     read_all,
     replace_file,
 )
@@ -461,7 +462,7 @@ class UserIndexes:
         batches of one hop each (see :meth:`UserFiles.gc_batch`)."""
         pool = self._executor()
         try:
-            scan = await aiofiles.os.scandir(self.files.path, executor=pool)
+            scan = await open_scan(self.files.path, pool)
         except FileNotFoundError:
             return  # no index was ever written here
         except OSError as exc:

@@ -65,6 +65,10 @@ class RedisServer:
 
     def __init__(self, *extra: str, port: int | None = None, conf: str | None = None) -> None:
         self.binary = require_binary()
+        # a port chosen here may be taken before the server binds it (a client's ephemeral
+        # port, say): start() then tries another one, found the same way
+        self._pick = (free_cluster_port if "--cluster-enabled" in extra else free_port) \
+            if port is None or "--cluster-enabled" in extra else None
         self.port = port or free_port()
         self.extra = extra
         self.dir = Path(tempfile.mkdtemp(prefix="aiosessmgr-redis-"))
@@ -81,7 +85,22 @@ class RedisServer:
         return f"redis://127.0.0.1:{self.port}/0"
 
     def start(self, timeout: float = 10.0) -> RedisServer:
-        """Start the server and wait until it answers PING (fail loudly otherwise)."""
+        """Start the server and wait until it answers PING (fail loudly otherwise).
+
+        At its first start, a server that exits at once on a port this class chose gets two
+        more tries, each on a new free port (the port was taken meanwhile); a restart keeps
+        its port, which clients know."""
+        first, self._pick = self._pick, None
+        for attempt in range(3):
+            try:
+                return self._start(timeout)
+            except RuntimeError as exc:
+                if first is None or attempt == 2 or "exited at start" not in str(exc):
+                    raise
+                self.port = first()
+        raise AssertionError("unreachable")
+
+    def _start(self, timeout: float) -> RedisServer:
         args = [self.binary, *([str(self.conf)] if self.conf else []),
                 "--port", str(self.port), "--bind", "127.0.0.1",
                 "--save", "", "--appendonly", "no", "--dir", str(self.dir),

@@ -7,12 +7,14 @@ hostile cookie can never reach a path or a key.
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import re
 import secrets
 from typing import Final
 
-__all__ = ["HANDLE_LENGTH", "SESSION_ID_LENGTH", "is_valid_handle", "is_valid_session_id",
-           "new_handle", "new_session_id"]
+__all__ = ["HANDLE_LENGTH", "SESSION_ID_LENGTH", "handle_of", "is_valid_handle",
+           "is_valid_session_id", "new_handle", "new_session_id"]
 
 #: characters in an id: 32 random bytes as unpadded URL-safe base64
 SESSION_ID_LENGTH: Final = 43
@@ -34,12 +36,25 @@ def is_valid_session_id(value: object) -> bool:
 
 
 def new_handle() -> str:
-    """A fresh public handle of a session (128 bits from ``secrets``, URL-safe).
+    """A random handle (128 bits from ``secrets``, URL-safe), for tests and tools.
 
-    Random, not derived from the id: showing it (a "your devices" page, a form field)
-    reveals nothing about the id, and it stays the same when the id is regenerated.
+    Sessions get theirs from :func:`handle_of`, so that concurrent requests agree on it.
     """
     return secrets.token_urlsafe(16)
+
+
+def handle_of(session_id: str, *context: str) -> str:
+    """The public handle of the session whose record is *session_id* (made at a login).
+
+    The first 128 bits of a SHA-256 of the id and *context* (the user, a purpose), as
+    URL-safe base64: the id cannot be derived from it (a preimage of SHA-256), yet every
+    request moving the same record computes the same handle, so two requests logging
+    in one session at once contend for one index entry instead of making two. The
+    handle then stays with the session when its id changes.
+    """
+    text = "\0".join(("aiosessmgr.handle", session_id, *context))
+    digest = hashlib.sha256(text.encode("utf-8", "surrogatepass")).digest()[:16]
+    return base64.urlsafe_b64encode(digest).rstrip(b"=").decode("ascii")
 
 
 def is_valid_handle(value: object) -> bool:

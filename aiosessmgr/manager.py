@@ -203,7 +203,8 @@ class SessionManager:
         "Log out other devices" (``keep=session.handle``); ``keep=None`` ends all of them
         (after a password change, OWASP's session management advice); the request's own
         session among them then saves nothing more, and ``session.logout()`` also gives it
-        a fresh cookie. Returns how many ended (two calls at once may both count one);
+        a fresh cookie. What ends is what is stored: a ``login()`` of this request not yet
+        saved comes after the end and stands (a fresh session). Returns how many ended (two calls at once may both count one);
         DESTROYED fires for each. Requests in flight on them save nothing. Errors
         as for :meth:`user_sessions`, and ValueError if *keep* is not a handle's shape.
         """

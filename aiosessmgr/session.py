@@ -41,6 +41,7 @@ __all__ = ["Session", "SessionStore", "State", "Tombstones", "is_valid_session_i
 _VERSION_SIZE: Final = record.VERSION_SIZE
 _MOVED_AWAY: Final = "while a request moved it to a new id; the new id is not stored"
 _IN_USE: Final = "while a request used it; its changes were not written back"
+_OVERTAKEN: Final = "as a second request moved it: the first one's move stands"
 
 
 class State(enum.Enum):
@@ -188,10 +189,8 @@ class SessionStore(SessionData, SessionLocking, users.UserBinding):
         self._state = State.NEW
         if self._cookie_id is not None:
             sid = self._cookie_id
-            if rt.can_touch:
-                raw = await rt.driver.read_touch(sid, rt.ttl)  # type: ignore[attr-defined]
-            else:
-                raw = await rt.driver.read(sid)
+            raw = await (rt.driver.read_touch(sid, rt.ttl)  # type: ignore[attr-defined]
+                         if rt.can_touch else rt.driver.read(sid))
             self._answered_at = time.monotonic()
             if raw is None:
                 if rt.events.has_listeners(SessionEvents.EXPIRED):
@@ -326,11 +325,13 @@ class SessionStore(SessionData, SessionLocking, users.UserBinding):
                 await users.unindex(rt, d.meta["u"], {d.meta["h"]: self._id})
             return
         self._answered_at = time.monotonic()
+        if index and not soft and not await users.index(  # a new id: its record, then entry
+                rt, d.meta, self._id, moved_from=self._carry[0] if self._carry else None):
+            await rt.destroy(self._id)  # another request moved it first: its record stands
+            return self._end(self._id, _OVERTAKEN)
         self._written = True
         self._version = written
         self._state = State.STORED
-        if index and not soft:  # a new id: its record first, then its entry (module users)
-            await users.index(rt, d.meta, self._id)
         self._index = False
         self._d.whole = False
         self._d.clear()
@@ -375,10 +376,9 @@ class SessionStore(SessionData, SessionLocking, users.UserBinding):
         id, then the old record is destroyed (kept with ``destroy=False``, unless logged in:
         a copy would escape ``end_user_sessions``). A request that fails after it (an
         exception, a 5xx, a failed save) leaves the session as it was. If the old record
-        ended meanwhile (a logout in another tab, ``manager.destroy()``), before or while
-        the new record was written, nothing stays under the new id, the session ends and
-        the middleware deletes the cookie: an ended session is never revived (one whose
-        save found its record gone starts a new, empty session).
+        ended meanwhile (a logout in another tab, another request's move), before or while
+        the new record was written, nothing stays under the new id and the session ends,
+        never revived; the cookie is left to the request that ended or moved it.
         """
         self._require_started()
         await self._rt.commits.settled(self)  # a save of this session in progress ends first
@@ -453,7 +453,7 @@ class SessionStore(SessionData, SessionLocking, users.UserBinding):
         self._answered_at = time.monotonic()
         if raw is None:
             self._carry = None
-            if self._relogin():  # a login in this request: afresh, the old data stays gone
+            if await self._relogin(old_id):  # a login here: afresh, the old data stays gone
                 return True
             self._end(old_id, _MOVED_AWAY)
             return False

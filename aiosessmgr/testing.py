@@ -186,9 +186,10 @@ class _Index(_Lent):
     """A lent driver that has the user index too."""
 
     async def index_user_session(self, user_id: str, handle: str, session_id: str,
-                                 ttl: int, replace: bool = True) -> None:
+                                 ttl: int, expected: str | None = None) -> bool:
         assert isinstance(self.driver, SupportsUserIndex)
-        await self.driver.index_user_session(user_id, handle, session_id, ttl, replace)
+        return await self.driver.index_user_session(user_id, handle, session_id, ttl,
+                                                    expected)
 
     async def user_session_index(self, user_id: str) -> dict[str, str]:
         assert isinstance(self.driver, SupportsUserIndex)
@@ -676,14 +677,14 @@ class DriverContract:
         assert await index.unindex_user_sessions(f"nobody-{new_handle()}",
                                                  {new_handle(): new_session_id()}) == 0
 
-    async def test_user_index_maps_handles_and_replaces(self, driver: SessionDriver) -> None:
+    async def test_user_index_maps_handles_and_moves(self, driver: SessionDriver) -> None:
         index = self.require_index(driver)
         user, one, two = f"u-{new_handle()}", new_handle(), new_handle()
         a, b, c = new_session_id(), new_session_id(), new_session_id()
         await index.index_user_session(user, one, a, self.ttl)
         await index.index_user_session(user, two, b, self.ttl)
         assert await index.user_session_index(user) == {one: a, two: b}
-        await index.index_user_session(user, one, c, self.ttl)  # the session moved to c
+        assert await index.index_user_session(user, one, c, self.ttl, a)  # moved from a to c
         assert await index.user_session_index(user) == {one: c, two: b}
 
     async def test_user_index_keeps_users_apart(self, driver: SessionDriver) -> None:
@@ -715,16 +716,37 @@ class DriverContract:
         assert await index.user_session_index(user) == {two: b}
         assert await index.unindex_user_sessions(user, {}) == 0
 
-    async def test_a_refresh_never_replaces_another_id(self, driver: SessionDriver) -> None:
+    async def test_indexing_is_a_compare_and_set(self, driver: SessionDriver) -> None:
+        # a handle is written if it names nothing, the id itself (a refresh) or the id
+        # given as moved from; an entry naming any other id stays and the answer is False
         index = self.require_index(driver)
         user, handle, fresh = f"u-{new_handle()}", new_handle(), new_handle()
-        old, new = new_session_id(), new_session_id()
-        await index.index_user_session(user, handle, new, self.ttl)  # the session moved
-        await index.index_user_session(user, handle, old, self.ttl, replace=False)  # late
-        await index.index_user_session(user, fresh, old, self.ttl, replace=False)  # absent
+        old, new, other = new_session_id(), new_session_id(), new_session_id()
+        assert await index.index_user_session(user, handle, old, self.ttl) is True
+        assert await index.index_user_session(user, handle, old, self.ttl) is True  # refresh
+        assert await index.index_user_session(user, handle, new, self.ttl, old) is True
+        # a late refresh of the old id, or a second move from it, finds the new id there
+        assert await index.index_user_session(user, handle, old, self.ttl) is False
+        assert await index.index_user_session(user, handle, other, self.ttl, old) is False
+        assert await index.index_user_session(user, handle, other, self.ttl) is False
+        assert await index.index_user_session(user, fresh, old, self.ttl, other) is True
         assert await index.user_session_index(user) == {handle: new, fresh: old}
-        await index.index_user_session(user, handle, new, self.ttl, replace=False)
-        assert await index.user_session_index(user) == {handle: new, fresh: old}
+
+    async def test_of_moves_racing_from_one_id_exactly_one_is_indexed(
+            self, driver: SessionDriver) -> None:
+        # two requests moving one session (a double-submitted login): one entry, one winner
+        index = self.require_index(driver)
+        user, handle, old = f"u-{new_handle()}", new_handle(), new_session_id()
+        await index.index_user_session(user, handle, old, self.ttl)
+        moved = [new_session_id() for _ in range(12)]
+        won = await asyncio.gather(
+            *(index.index_user_session(user, handle, sid, self.ttl, old) for sid in moved))
+        assert won.count(True) == 1, won
+        assert await index.user_session_index(user) == {handle: moved[won.index(True)]}
+        fresh = f"u-{new_handle()}"  # and from no entry at all (a first login)
+        won = await asyncio.gather(
+            *(index.index_user_session(fresh, handle, sid, self.ttl) for sid in moved))
+        assert won.count(True) == 1, won
 
     async def test_user_index_calls_of_one_user_are_atomic(self, driver: SessionDriver) -> None:
         index = self.require_index(driver)
@@ -737,7 +759,8 @@ class DriverContract:
         results = await asyncio.gather(
             *(index.index_user_session(user, h, sid, self.ttl) for h, sid in new.items()),
             *(index.unindex_user_sessions(user, {h: sid}) for h, sid in dropped.items()))
-        assert sum(r for r in results if isinstance(r, int)) == len(dropped)
+        assert all(r is True for r in results[:len(new)])
+        assert sum(results[len(new):]) == len(dropped)
         kept = {h: sid for h, sid in old.items() if h not in dropped}
         assert await index.user_session_index(user) == {**kept, **new}
 

@@ -19,15 +19,17 @@ from __future__ import annotations
 
 import asyncio
 import math
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final
+
+from aiohttp import web
 
 from . import record
 from .drivers.base import SupportsReadMany, SupportsUserIndex
 from .errors import DriverError, SessionError
 from .events import SessionEventInfo, SessionEvents
-from .ids import new_handle
+from .ids import handle_of
 from .log import logger
 
 if TYPE_CHECKING:
@@ -35,9 +37,9 @@ if TYPE_CHECKING:
     from .delta import Delta
     from .runtime import DriverRuntime
 
-__all__ = ["BINDING", "MAX_USER_AGENT", "MAX_USER_ID", "UserBinding", "UserSession", "device",
-           "end",
-           "enforce_cap", "index", "index_of", "listing", "unindex", "user_key"]
+__all__ = ["BEFORE_LOGIN", "BINDING", "MAX_USER_AGENT", "MAX_USER_ID", "UserBinding",
+           "UserSession", "device", "end", "enforce_cap", "index", "index_of", "listing",
+           "unindex", "user_key"]
 
 #: characters: the longest user id accepted (a str, or an int written in decimal)
 MAX_USER_ID: Final = 256
@@ -45,6 +47,10 @@ MAX_USER_ID: Final = 256
 MAX_USER_AGENT: Final = 512
 #: the metadata keys of a user binding (user, handle, login, index refreshed, device)
 BINDING: Final = ("u", "h", "l", "v", "a", "i")
+#: work a request defers that must be done before its login (``compat``'s synchronous
+#: ``invalidate()``): awaited, in order, at the start of ``login()``
+BEFORE_LOGIN: Final = web.RequestKey("aiosessmgr_before_login",
+                                     list[Callable[[], Awaitable[None]]])
 #: ids read or destroyed per round when listing or ending a user's sessions
 _CHUNK: Final = 1000
 #: looks of ``end`` at the index: sessions that moved to a new id while being ended
@@ -119,26 +125,28 @@ def _entry_ttl(rt: DriverRuntime) -> int:
 
 
 async def index(rt: DriverRuntime, meta: Mapping[str, Any], session_id: str,
-                soft: bool = False) -> None:
+                soft: bool = False, moved_from: str | None = None) -> bool:
     """Point the bound session's handle (in *meta*) at *session_id* in its user's index.
 
-    *soft*: a refresh of an entry that exists: written only if the handle still names
-    this id (a late refresh must not undo a move: ``replace=False``), and a store failure
-    is logged, not raised (the next refresh repairs it). Without a binding or an index:
-    nothing.
+    A compare-and-set (see ``SupportsUserIndex``): False if the handle names another id
+    than *session_id* and *moved_from* (the id this request moved the session from): a
+    concurrent request moved it first. *soft*: a refresh of an entry that exists, which
+    a move meanwhile leaves alone; a store failure is logged, not raised (the next
+    refresh repairs it). Without a binding or an index: True, nothing done.
     """
     user, handle = meta.get("u"), meta.get("h")
     if not (isinstance(user, str) and isinstance(handle, str)
             and isinstance(rt.driver, SupportsUserIndex)):
-        return
+        return True
     try:
-        await rt.driver.index_user_session(user, handle, session_id, _entry_ttl(rt),
-                                           replace=not soft)
+        return await rt.driver.index_user_session(user, handle, session_id, _entry_ttl(rt),
+                                                  None if soft else moved_from)
     except DriverError as exc:
         if not soft:
             raise
         logger.warning("could not refresh the user index entry of session %s…: %s",
                        session_id[:6], exc)
+        return True
 
 
 async def unindex(rt: DriverRuntime, user: str, entries: Mapping[str, str]) -> None:
@@ -336,16 +344,22 @@ class UserBinding:
     @property
     def handle(self) -> str:
         """The session's public handle: stable for its lifetime (a new one after
-        ``invalidate``), never the id, and random, so the id cannot be derived from it.
+        ``invalidate``), never the id, and the id cannot be derived from it.
 
-        Made at ``login``, or on first use (then a stored session is written once more).
+        Made at ``login``, or on first use (then a stored session is written once more),
+        from the id of the record (``ids.handle_of``): requests of one record agree on it.
         """
         self._require_started()
         handle = self._d.meta.get("h")
         if not isinstance(handle, str):
-            handle = new_handle()
+            handle = handle_of(self._source)
             self._d.set_meta("h", handle)
         return handle
+
+    @property
+    def _source(self) -> str:
+        # the id of the record this request loaded (a move at save() comes from it)
+        return self._carry[0] if self._carry is not None else self._id
 
     async def login(self, user_id: str | int) -> None:
         """Log in as *user_id*: ``regenerate()``, bind the session to the user, and at
@@ -355,18 +369,28 @@ class UserBinding:
         the end of the request; call it yourself outside one), so a request that fails
         after ``login()`` leaves the session as it was. That save also applies
         ``users.max_sessions``. The handle stays, unless the session was logged in as
-        another user; the absolute lifetime restarts. A session ended meanwhile (by
+        another user: then its data is flushed too, as Django's ``login()`` does (a
+        login as the same user keeps the data). The absolute lifetime restarts. A session ended meanwhile (by
         ``end_user_sessions``, another request's logout), before the login or before its
-        save, starts afresh: empty, under a new handle.
+        save, starts afresh: empty, under a new handle. Work deferred to before a login
+        (``BEFORE_LOGIN``: ``compat``'s ``invalidate()``) is done first. Of two requests
+        logging in one session at once (a double-submitted form), the first to save wins;
+        the other saves nothing and leaves the cookie to it.
         TypeError/ValueError for a bad *user_id* (see ``user_key``).
         """
         self._require_started()
         uid = user_key(user_id)
+        if isinstance(self.request, web.Request):
+            for settle in self.request.get(BEFORE_LOGIN, ()):
+                await settle()  # an invalidate() deferred by compat comes first
         if self.ended:
             self._begin_anew()
-        was = (self._d.meta.get("u"), self._d.meta.get("h"))
+        was, source = (self._d.meta.get("u"), self._d.meta.get("h")), self._source
+        if was[0] is not None and was[0] != uid:
+            self.flush()  # another user's data is not this one's (as Django's login())
         await self.regenerate()
-        handle = was[1] if was[0] in (None, uid) and isinstance(was[1], str) else new_handle()
+        handle = was[1] if was[0] in (None, uid) and isinstance(was[1], str) \
+            else handle_of(source, uid)
         for name in BINDING[4:]:
             self._d.unset_meta(name)  # device info of an earlier login
         now = self._rt.clock()
@@ -375,15 +399,25 @@ class UserBinding:
             self._d.set_meta(name, value)
         self._index = True
 
-    def _relogin(self) -> bool:
-        """A login of this request whose old record ended before its save: begin a new,
-        empty session bound to the user under a new handle (True); False if no login."""
-        meta = self._d.meta
-        if "l" not in self._d.meta_changed or not isinstance(meta.get("u"), str):
+    async def _relogin(self, moved_from: str) -> bool:
+        """A login of this request whose old record *moved_from* ended before its save:
+        begin a new, empty session bound to the user under a new handle (True).
+
+        False if there is no login, or if another request moved the session first (its
+        handle names a new id: a double-submitted login, which that request completes).
+        """
+        meta, rt = self._d.meta, self._rt
+        user, handle = meta.get("u"), meta.get("h")
+        if "l" not in self._d.meta_changed or not isinstance(user, str):
+            return False
+        if isinstance(handle, str) and isinstance(rt.driver, SupportsUserIndex) and \
+                (await rt.driver.user_session_index(user)).get(handle, moved_from) \
+                != moved_from:
             return False
         binding = {name: meta[name] for name in BINDING if name in meta}
         self._begin_anew()
-        for name, value in {**binding, "h": new_handle()}.items():
+        # derived, so requests starting afresh from one record at once contend for one entry
+        for name, value in {**binding, "h": handle_of(moved_from, user, "afresh")}.items():
             self._d.set_meta(name, value)
         self._index = True
         return True

@@ -155,11 +155,11 @@ class _Front:
         *rolling*: a max_age cookie is due to be re-sent (see ``finalize``).
         """
         if session.ended:
-            if session.moved and slot.cookie is not None:
-                # this request moved the session (regenerate) and found its record ended
-                # by another (a logout elsewhere, an admin's destroy): no session remains
-                return self.cookies.delete_header()
-            return None  # another request moved or ended it: that one decides the cookie
+            # another request moved or ended it: that one decides the cookie. Also when
+            # this request's own move found it so: deleting the cookie here could undo a
+            # concurrent move's new one (a double-submitted login); the cookie this
+            # browser keeps then names no record, so its next request starts afresh
+            return None
         if session.stored:
             if session.id != slot.cookie:
                 return self.cookies.set_header(session.id)

@@ -148,13 +148,16 @@ class PostgresDriver(SessionDriver):
         self._sql_read_many = (
             f"SELECT id, payload FROM {t} WHERE id = ANY($1::text[]) AND expires_at > now()"
         )
-        # every entry has its own deadline, which a refresh never moves closer
+        # every entry has its own deadline, which a refresh never moves closer; a
+        # compare-and-set: a live row naming another id than this one or the one moved
+        # from ($5, NULL if none) stays (the status then says 0 rows)
         self._sql_index = (
             f"INSERT INTO {u} AS i (user_id, handle, session_id, expires_at) "
             f"VALUES ($1, $2, $3, now() + $4::interval) "
             f"ON CONFLICT (user_id, handle) DO UPDATE SET session_id = EXCLUDED.session_id, "
             f"expires_at = greatest(i.expires_at, EXCLUDED.expires_at) "
-            f"WHERE $5 OR i.session_id = EXCLUDED.session_id"  # replace=False: only a refresh
+            f"WHERE i.session_id = EXCLUDED.session_id OR i.session_id = $5::text "
+            f"OR i.expires_at <= now()"
         )
         self._sql_user_index = (
             f"SELECT handle, session_id FROM {u} WHERE user_id = $1 AND expires_at > now()"
@@ -283,12 +286,13 @@ class PostgresDriver(SessionDriver):
     # -- the user index --------------------------------------------------------------------
 
     async def index_user_session(self, user_id: str, handle: str, session_id: str,
-                                 ttl: int, replace: bool = True) -> None:
-        """Point *handle* at *session_id* in *user_id*'s index (one upsert); the entry
-        then lives at least *ttl* seconds (a shorter ttl never shortens it).
-        ``replace=False``: the row is left alone if it names another id."""
-        await self._run("user index write", lambda pool: pool.execute(
-            self._sql_index, user_id, handle, session_id, timedelta(seconds=ttl), replace))
+                                 ttl: int, expected: str | None = None) -> bool:
+        """Point *handle* at *session_id* in *user_id*'s index (one upsert) if it names
+        nothing, that id or *expected*; False if it names another id (the row stays).
+        A written entry lives at least *ttl* seconds (a shorter ttl never shortens it)."""
+        status = await self._run("user index write", lambda pool: pool.execute(
+            self._sql_index, user_id, handle, session_id, timedelta(seconds=ttl), expected))
+        return bool(status != "INSERT 0 0")
 
     async def user_session_index(self, user_id: str) -> dict[str, str]:
         """The live entries of *user_id*'s index, ``{handle: session id}``."""

@@ -307,13 +307,14 @@ async def test_many_index_calls_for_one_user_across_pools_lose_nothing(
             calls.append(drivers[i % 2].index_user_session(user, handle, sid, 60))
         for i, (handle, (old, new)) in enumerate(moved.items()):
             # a move to a new id racing the removal of the old one: the move always stays
-            calls.append(drivers[i % 2].index_user_session(user, handle, new, 60))
+            calls.append(drivers[i % 2].index_user_session(user, handle, new, 60, old))
             calls.append(drivers[1 - i % 2].unindex_user_sessions(user, {handle: old}))
         for i, sid in enumerate(rivals):
             calls.append(drivers[i % 2].index_user_session(user, contested, sid, 60))
-        await asyncio.gather(*calls)
+        won = await asyncio.gather(*calls)
+        assert won[-len(rivals):].count(True) == 1  # a compare-and-set: one rival wins
         index = await elsewhere.user_session_index(user)
-        assert index[contested] in rivals
+        assert index[contested] == rivals[won[-len(rivals):].index(True)]
         assert index == {**fresh, **{h: new for h, (_, new) in moved.items()},
                          contested: index[contested]}
         assert len(await index_rows(admin, table)) == len(index)
@@ -328,7 +329,7 @@ async def test_index_entries_expire_and_a_refresh_never_shortens_them(
     sid, moved = new_session_id(), new_session_id()
     await driver.index_user_session(user, handle, sid, 100)
     assert 95 < await entry_seconds_left(admin, table, user, handle) <= 100
-    await driver.index_user_session(user, handle, moved, 10)  # moved, with a shorter ttl
+    assert await driver.index_user_session(user, handle, moved, 10, sid)  # a shorter ttl
     assert 95 < await entry_seconds_left(admin, table, user, handle) <= 100
     await driver.index_user_session(user, handle, moved, 300)
     assert 295 < await entry_seconds_left(admin, table, user, handle) <= 300

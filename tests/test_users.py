@@ -55,9 +55,9 @@ class Counted(MemoryDriver):
         return await super().compare_and_set(session_id, payload, ttl, expected)
 
     async def index_user_session(self, user_id: str, handle: str, session_id: str,
-                                 ttl: int, replace: bool = True) -> None:
+                                 ttl: int, expected: str | None = None) -> bool:
         self.calls["index_user_session"] += 1
-        await super().index_user_session(user_id, handle, session_id, ttl, replace)
+        return await super().index_user_session(user_id, handle, session_id, ttl, expected)
 
 
 class NoIndex(SessionDriver):
@@ -303,6 +303,28 @@ async def test_a_second_login_replaces_the_device_info() -> None:
         await session.save()
         [info] = await manager.user_sessions("ann")
         assert (info.user_agent, info.ip) == (None, None)
+    finally:
+        await manager.close()
+
+
+async def test_a_login_as_another_user_flushes_the_data() -> None:
+    # Django's login() does the same: what one user put in the session is not the next's
+    manager = SessionManager({})
+    try:
+        session = await manager.driver()
+        await session.login("ann")
+        session.put("cart", ["ann's"])
+        session.flash("status", "hi ann")
+        await session.save()
+        old_handle = session.handle
+        await session.login("ann")  # the same user again: the data stays
+        assert session.get("cart") == ["ann's"]
+        await session.login("bob")
+        assert session.all() == {} and session.handle != old_handle
+        await session.save()
+        assert (await manager.load(session.id)).all() == {}
+        assert await manager.user_sessions("ann") == []
+        assert [info.handle for info in await manager.user_sessions("bob")] == [session.handle]
     finally:
         await manager.close()
 

@@ -164,14 +164,18 @@ class SupportsUserIndex(Protocol):
     """
 
     async def index_user_session(self, user_id: str, handle: str, session_id: str,
-                                 ttl: int, replace: bool = True) -> None:
-        """Map *handle* to *session_id* in *user_id*'s index (replacing what it named).
+                                 ttl: int, expected: str | None = None) -> bool:
+        """Point *handle* at *session_id* in *user_id*'s index: a compare-and-set.
 
-        ``replace=False`` (a refresh of a session that has not moved): if the handle names
-        another id by now (the session moved meanwhile), nothing is written, so a late
-        refresh never points a moved session's handle back at its old id.
+        Written only if the handle names nothing (or an expired entry), *session_id*
+        already (a refresh), or *expected* (the id the session moves from, at a login or
+        regenerate); an entry naming any other id stays as it is and the answer is False.
+        Of two requests moving one session to new ids, so only the first is indexed, and
+        a late refresh never points a moved session's handle back at its old id. True
+        otherwise (a key of another type where the index should be, logged and left alone,
+        counts as True: no other id holds the handle).
 
-        The entry is then kept at least *ttl* seconds from now (a deadline never
+        A written entry is then kept at least *ttl* seconds from now (a deadline never
         shortened). A driver may keep one deadline per user instead, the latest, and drop
         the whole index once it has passed; by the next ``gc()`` at the latest, an entry
         past its deadline is gone.

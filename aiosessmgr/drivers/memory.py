@@ -183,15 +183,15 @@ class MemoryDriver(SessionDriver):
     # -- the user index (no await inside: each call is atomic) -----------------------------
 
     async def index_user_session(self, user_id: str, handle: str, session_id: str,
-                                 ttl: int, replace: bool = True) -> None:
-        """Map *handle* to *session_id* in *user_id*'s index; keep it *ttl* s from now.
-
-        ``replace=False``: nothing if the handle names another id already."""
+                                 ttl: int, expected: str | None = None) -> bool:
+        """Point *handle* at *session_id* in *user_id*'s index, kept *ttl* s from now, if
+        it names nothing, *session_id* or *expected*; False (nothing written) if it names
+        another id (see ``SupportsUserIndex``)."""
         now = self._clock()
         index = self._user(user_id, now)
-        if not replace and index is not None \
-                and index.entries.get(handle, session_id) != session_id:
-            return
+        if index is not None and index.entries.get(handle, session_id) not in (session_id,
+                                                                               expected):
+            return False
         deadline = now + ttl
         if index is None:
             index = self._users[user_id] = _UserIndex(deadline, ttl)
@@ -206,7 +206,7 @@ class MemoryDriver(SessionDriver):
         entries = index.entries
         previous = entries.get(handle)
         if previous == session_id:
-            return
+            return True
         if previous is not None:
             self._unname(previous, user_id, handle)
         entries[handle] = session_id
@@ -215,6 +215,7 @@ class MemoryDriver(SessionDriver):
             self._named[session_id] = {(user_id, handle)}
         else:
             named.add((user_id, handle))
+        return True
 
     async def user_session_index(self, user_id: str) -> dict[str, str]:
         """*user_id*'s entries ``{handle: session id}`` (a copy); ``{}`` if none or expired."""

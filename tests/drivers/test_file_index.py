@@ -210,12 +210,13 @@ async def test_concurrent_calls_of_one_user_lose_nothing(store: Path) -> None:
         results = await asyncio.wait_for(asyncio.gather(
             *(drv.index_user_session("erin", h, sid, TTL) for h, sid in new.items()),
             *(drv.unindex_user_sessions("erin", {h: sid}) for h, sid in dropped.items()),
-            *(drv.index_user_session("erin", h, sid, TTL) for h, sid in moved.items()),
+            *(drv.index_user_session("erin", h, sid, TTL, old[h]) for h, sid in moved.items()),
             # conditional: these name the ids the moved handles had, which may be gone
             *(drv.unindex_user_sessions("erin", {h: old[h]}) for h in moved),
             *(drv.user_session_index("erin") for _ in range(20)),
         ), HANG)
-        removals = [r for r in results if isinstance(r, int)]
+        assert all(r is True for r in results[:len(new)])
+        removals = [r for r in results if isinstance(r, int) and not isinstance(r, bool)]
         assert removals[:len(dropped)] == [1] * len(dropped)
         # a moved handle ends at its new id whichever of its two calls came first
         expected = {h: s for h, s in old.items() if h not in dropped} | new | moved

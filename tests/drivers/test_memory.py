@@ -123,7 +123,7 @@ async def test_an_entry_that_moved_on_stays_when_its_old_record_goes(clock: Fake
     await driver.write("old", V1, TTL)
     await driver.index_user_session("u", handle(1), "old", TTL)
     await driver.write("new", V1, TTL)
-    await driver.index_user_session("u", handle(1), "new", TTL)  # regenerated
+    assert await driver.index_user_session("u", handle(1), "new", TTL, "old")  # regenerated
     await driver.destroy("old")
     assert await driver.user_session_index("u") == {handle(1): "new"}
     # and once unindexed, destroying the record it named touches nothing
@@ -225,11 +225,14 @@ async def test_the_index_agrees_with_a_model_under_random_operations(clock: Fake
             if sid in records and records[sid] <= clock():
                 forget_record(sid)
             assert (found is not None) == (sid in records)
-        elif op == 3:
-            await driver.index_user_session(user, h, sid, ttl)
+        elif op == 3:  # a compare-and-set: from no id, this one, or the one moved from
+            moved_from = rng.choice([None, *sids])
+            written = await driver.index_user_session(user, h, sid, ttl, moved_from)
             entries = live_index(user)
-            deadline = max(indexes[user][0] if entries else 0.0, clock() + ttl)
-            indexes[user] = (deadline, {**entries, h: sid})
+            assert written is (entries.get(h, sid) in (sid, moved_from))
+            if written:
+                deadline = max(indexes[user][0] if entries else 0.0, clock() + ttl)
+                indexes[user] = (deadline, {**entries, h: sid})
         elif op == 4:
             entries = live_index(user)
             expected = sum(entries.get(h2) == sid for h2 in {h, handle(0)})

@@ -105,7 +105,8 @@ async def test_round_trip(driver: RedisDriver, inspector: Redis) -> None:
     await driver.index_user_session(user, h1, s1, TTL)
     await driver.index_user_session(user, h2, s2, TTL)
     assert await driver.user_session_index(user) == {h1: s1, h2: s2}
-    await driver.index_user_session(user, h1, s3, TTL)  # the session moved to a new id
+    assert await driver.index_user_session(user, h1, s3, TTL, s1)  # moved to a new id
+    assert not await driver.index_user_session(user, h1, s2, TTL, s1)  # a second move
     assert await driver.user_session_index(user) == {h1: s3, h2: s2}
     assert await driver.user_session_index("bob@example.com") == {}
     assert await inspector.hgetall(driver.user_key(user)) == {h1.encode(): s3.encode(),
@@ -483,6 +484,7 @@ async def test_a_wrong_reply_is_a_driver_error(proxy: RespProxy, prefix: str, na
             # no connection left out of step: the next calls get their own replies
             assert await driver.read(sid) == b"v0------"
             assert await driver.user_session_index(USER) == {HANDLE: sid}
+            await driver.unindex_user_sessions(USER, {HANDLE: sid})  # the next sid's turn
         finally:
             proxy.clear()
             await driver.close()

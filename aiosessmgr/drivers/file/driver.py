@@ -407,18 +407,19 @@ class FileDriver(SessionDriver):
         await self._under_stripe(session_id, self._destroy, session_id)
 
     async def index_user_session(self, user_id: str, handle: str, session_id: str,
-                                 ttl: int, replace: bool = True) -> None:
-        """Map *handle* to *session_id* in *user_id*'s index, kept *ttl* s from now at least.
+                                 ttl: int, expected: str | None = None) -> bool:
+        """Point *handle* at *session_id* in *user_id*'s index, kept *ttl* s from now at
+        least, if it names nothing, that id or *expected*; else False (nothing written).
 
         One locked hop (``users/``, see :mod:`.index`). ValueError if *user_id* is not a
         non-empty str, or *handle* or *session_id* has not the shape of one; DriverError
-        as for :meth:`write`. ``replace=False``: nothing if the handle names another id.
+        as for :meth:`write`.
         """
         if not isinstance(user_id, str) or not user_id:
             raise ValueError("user_id must be a non-empty str")
         if not is_valid_handle(handle) or not _valid_id(session_id):
             raise ValueError("not a session handle and id; refusing to index them")
-        await self._users.index(user_id, handle, session_id, ttl, replace)
+        return await self._users.index(user_id, handle, session_id, ttl, expected)
 
     async def user_session_index(self, user_id: str) -> dict[str, str]:
         """*user_id*'s index, ``{handle: session id}``; ``{}`` if none or expired.

@@ -283,34 +283,35 @@ class UserFiles:
             os.unlink(path)
 
     def index(self, user_id: str, digest: str, handle: str, session_id: str,
-              ttl: float, replace: bool = True) -> Busy | None:
-        """Under the stripe lock: map *handle* to *session_id*, keep the index *ttl* s
-        (*replace* False: nothing if the handle names another id)."""
+              ttl: float, expected: str | None = None) -> bool | Busy:
+        """Under the stripe lock: point *handle* at *session_id* if it names nothing,
+        that id or *expected*, and keep the index *ttl* s; False if it names another."""
         return self._locked(digest, "index a session of a user", self._index, user_id,
-                            digest, handle, session_id, ttl, replace)
+                            digest, handle, session_id, ttl, expected)
 
     def _index(self, user_id: str, digest: str, handle: str, session_id: str,
-               ttl: float, replace: bool = True) -> None:
+               ttl: float, expected: str | None) -> bool:
         path = self.file(digest)
         now = time.time()
         deadline = now + ttl
         entries: dict[str, str] = {}
         index = self._load(path, digest, user_id)
         if index is not None and index.deadline > now:
-            if not replace and index.entries.get(handle, session_id) != session_id:
-                return  # the session moved meanwhile: a late refresh leaves it alone
+            if index.entries.get(handle, session_id) not in (session_id, expected):
+                return False  # another request moved the session first: its entry stays
             if index.entries.get(handle) == session_id:
                 if index.deadline >= deadline:
-                    return  # nothing would change
+                    return True  # nothing would change
                 if index.deadline - index.st.st_mtime >= ttl:
                     # a refresh (the usual call): only the deadline moves, and moving the
                     # mtime to now moves it far enough, at the cost of a utime instead of
                     # a temp file and a rename (under the lock: it is the file just read)
                     os.utime(path, (now, now), follow_symlinks=False)
-                    return
+                    return True
             entries, deadline = index.entries, max(deadline, index.deadline)
         entries[handle] = session_id
         self._store(path, user_id, entries, deadline, now)
+        return True
 
     def unindex(self, user_id: str, digest: str, entries: dict[str, str]) -> int | Busy:
         """Under the stripe lock: remove the *entries* that still name their id; how many.
@@ -424,7 +425,7 @@ class UserIndexes:
         self._executor = executor
         self._locked = locked
         self._read: Callable[..., Awaitable[dict[str, str]]] = aiofiles.os.wrap(files.read)
-        self._index: Callable[..., Awaitable[Busy | None]] = aiofiles.os.wrap(files.index)
+        self._index: Callable[..., Awaitable[bool | Busy]] = aiofiles.os.wrap(files.index)
         self._unindex: Callable[..., Awaitable[int | Busy]] = aiofiles.os.wrap(files.unindex)
         self._gc_batch: Callable[..., Awaitable[bool]] = aiofiles.os.wrap(files.gc_batch)
 
@@ -437,11 +438,11 @@ class UserIndexes:
         return result
 
     async def index(self, user_id: str, handle: str, session_id: str, ttl: float,
-                    replace: bool = True) -> None:
+                    expected: str | None = None) -> bool:
         """See :meth:`FileDriver.index_user_session`."""
         digest = user_digest(user_id)
-        await self._run_locked(digest, self._index, user_id, digest, handle, session_id,
-                               ttl, replace)
+        return await self._run_locked(digest, self._index, user_id, digest, handle,
+                                      session_id, ttl, expected)
 
     async def entries(self, user_id: str) -> dict[str, str]:
         """See :meth:`FileDriver.user_session_index`."""

@@ -523,14 +523,14 @@ class RedisDriver(SessionDriver):
         await self._call(("DEL", self.key(session_id)), session_id, replies.flag)
 
     async def index_user_session(self, user_id: str, handle: str, session_id: str,
-                                 ttl: int, replace: bool = True) -> None:
-        """HSET *handle* to *session_id* in the user's index, which is then kept at least
-        *ttl* seconds from now (never shortened): one atomic script (see ``index``). A key
-        of another type there is logged and left alone. DriverError if Redis fails, does
-        not answer within the timeout, or answers anything but 0 or 1. ``replace=False``:
-        nothing if the handle names another id already.
+                                 ttl: int, expected: str | None = None) -> bool:
+        """HSET *handle* to *session_id* in the user's index if it names nothing, that id
+        or *expected* (else False, nothing written); the index is then kept at least *ttl*
+        seconds from now (never shortened): one atomic script (see ``index``). A key of
+        another type there is logged and left alone (True). DriverError if Redis fails,
+        does not answer within the timeout, or answers anything but 0 or 1.
         """
-        await self._users.add(user_id, handle, session_id, ttl, replace)
+        return await self._users.add(user_id, handle, session_id, ttl, expected)
 
     async def user_session_index(self, user_id: str) -> dict[str, str]:
         """The user's index, ``{handle: session id}`` (its HGETALL, in a script); ``{}`` if

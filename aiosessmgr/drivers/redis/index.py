@@ -8,9 +8,10 @@ index of a user is one key in one slot, and every command on it (one each) touch
 slot alone. It never equals a key of a session of the same prefix: those have ``{``
 right after the prefix (``prefix{id}``, ``prefix{id}:lock``), this one ``u``.
 
-Every command is one atomic step in Redis: adding is a Lua script (``HSET``, then
-``PEXPIRE`` to the larger of the key's ``PTTL`` and the ttl, so an index is never cut
-shorter than a session it names still needs), removing is a Lua script that deletes a
+Every command is one atomic step in Redis: adding is a Lua script (a compare-and-set:
+``HSET`` unless the handle names another id, then ``PEXPIRE`` to the larger of the key's
+``PTTL`` and the ttl, so an index is never cut shorter than a session it names still
+needs), removing is a Lua script that deletes a
 field only if it still holds the given id, and reading is a Lua script that answers
 ``HGETALL``: a script's reply reaches the driver as Redis sent it, where redis-py's own
 ``HGETALL`` callback pairs up whatever came (an integer 0, a nil, an array of odd
@@ -47,20 +48,18 @@ __all__ = ["INDEX_SCRIPT", "INDEX_SHA", "READ_SCRIPT", "READ_SHA", "UNINDEX_SCRI
 logger = logging.getLogger("aiosessmgr")
 
 # KEYS[1] the user's index; ARGV: handle, session id, milliseconds to keep the index at
-# least, "1" to replace what the handle names or "0" to write only if it names nothing
-# or this id (a refresh). HGET/HSET first: on a key of another type they fail (WRONGTYPE)
-# before anything is written. A PTTL of -1 (no expiry: a key just created) is below any
-# ttl, so an index always expires. Answers 1 if the handle is new, 0 if it named an id
-# already (or, not replacing, another id: then nothing is written).
+# least, the id the session moves from ("" if none). A compare-and-set: written only if
+# the handle names nothing, this id (a refresh) or the id moved from; answers 1 if
+# written, 0 if the handle names another id (then nothing is written). HGET first: on a
+# key of another type it fails (WRONGTYPE) before anything is written. A PTTL of -1 (no
+# expiry: a key just created) is below any ttl, so an index always expires.
 INDEX_SCRIPT: Final = """
-if ARGV[4] == '0' then
-  local current = redis.call('HGET', KEYS[1], ARGV[1])
-  if current and current ~= ARGV[2] then return 0 end
-end
-local added = redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+local current = redis.call('HGET', KEYS[1], ARGV[1])
+if current and current ~= ARGV[2] and current ~= ARGV[4] then return 0 end
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
 local keep = tonumber(ARGV[3])
 if redis.call('PTTL', KEYS[1]) < keep then redis.call('PEXPIRE', KEYS[1], keep) end
-return added
+return 1
 """
 INDEX_SHA: Final = hashlib.sha1(INDEX_SCRIPT.encode()).hexdigest()
 
@@ -131,14 +130,17 @@ class UserIndex:
         return f"{self.prefix}user:{{{user_tag(user_id)}}}"
 
     async def add(self, user_id: str, handle: str, session_id: str, ttl: int,
-                  replace: bool = True) -> None:
-        """Map *handle* to *session_id*; keep the index at least *ttl* seconds (at least
-        1) from now, never shorter than it was. ``replace=False``: nothing if the handle
-        names another id."""
+                  expected: str | None = None) -> bool:
+        """Point *handle* at *session_id* if it names nothing, that id or *expected*, and
+        keep the index at least *ttl* seconds (at least 1) from now, never shorter than it
+        was; False if the handle names another id (nothing written). A key of another
+        type: logged, True (no other id holds the handle)."""
         keep = max(int(ttl), 1) * 1000
-        await self._script("user index", INDEX_SCRIPT, INDEX_SHA, user_id,
-                           (handle, session_id, keep, "1" if replace else "0"), (session_id,),
-                           _count(1), 0)
+        written = await self._script("user index", INDEX_SCRIPT, INDEX_SHA, user_id,
+                                     (handle, session_id, keep, expected or ""),
+                                     (session_id,) if expected is None else
+                                     (session_id, expected), _count(1), 1)
+        return written == 1
 
     async def entries(self, user_id: str) -> dict[str, str]:
         """``{handle: session id}`` of *user_id*'s index; ``{}`` if there is none."""

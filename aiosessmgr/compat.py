@@ -30,8 +30,9 @@ Decisions:
   ``HTTPException``, when a streamed response is prepared, or at the next
   ``get_session`` of the request, whichever comes first, so it always happens
   before the cookie is decided (through ``aiosessmgr.web.add_finalizer``, so middleware
-  order does not matter and ``aiosessmgr.setup`` works too). Keys set after
-  ``invalidate()`` are kept, under the new id, as aiohttp-session keeps them.
+  order does not matter and ``aiosessmgr.setup`` works too), and before a
+  ``store.login()``, which then stands. Keys set after ``invalidate()`` are kept, under
+  the new id, as aiohttp-session keeps them.
 - ``new`` is the store's ``new``; ``created`` is ``int(store.created_at)``, the
   creation time in epoch seconds (aiohttp-session moves ``created`` to the time of
   each write; aiosessmgr keeps the real creation time and enforces its own
@@ -57,6 +58,7 @@ from typing import Any, NoReturn, cast
 from aiohttp import web
 from aiohttp.typedefs import Middleware
 
+from . import users
 from . import web as _web
 from .errors import SessionError
 from .manager import SessionManager
@@ -211,8 +213,17 @@ def _adapt(request: web.Request, state: _State, mgr: SessionManager,
     adapter = state.adapters[mgr] = CompatSession(store, mgr)
     # each invalidate() is carried out before the middleware decides the cookie (or, after
     # a stream was prepared, before the request ends)
-    adapter._arm = lambda: _web.add_finalizer(request, adapter.settle, mgr)
+    adapter._arm = lambda: _arm(request, adapter, mgr)
     return adapter
+
+
+def _arm(request: web.Request, adapter: CompatSession, mgr: SessionManager) -> None:
+    _web.add_finalizer(request, adapter.settle, mgr)
+    # and before a login of the store (invalidate() then store.login(): logged in after)
+    before = request.get(users.BEFORE_LOGIN)
+    if before is None:
+        before = request[users.BEFORE_LOGIN] = []
+    before.append(adapter.settle)
 
 
 async def get_session(request: web.Request,

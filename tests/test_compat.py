@@ -291,6 +291,38 @@ async def test_get_session_after_invalidate_carries_it_out(
     assert COOKIE in response.cookies and response.cookies[COOKIE].value == ""  # deleted
 
 
+async def test_a_login_after_invalidate_stands(manager: SessionManager,
+                                               aiohttp_client: ClientFactory) -> None:
+    # invalidate() (deferred) then the store's login(): the invalidation is carried out
+    # first, so the session ends up logged in as the new user, under a new id
+    async def login(request: web.Request) -> web.Response:
+        session = await compat.get_session(request)
+        await session.store.login(request.query["user"])
+        session["who"] = request.query["user"]
+        return web.Response(text="ok")
+
+    async def switch(request: web.Request) -> web.Response:
+        session = await compat.get_session(request)
+        old = session.store.id
+        session.invalidate()
+        await session.store.login("bob")
+        assert not session.invalidation_pending and await is_dead(manager, old)
+        return web.Response(text="ok")
+
+    async def whoami(request: web.Request) -> web.Response:
+        session = await compat.get_session(request)
+        return web.Response(text=f"{session.store.user_id} {session.get('who')}")
+
+    client = await client_for(aiohttp_client, manager, login=login, switch=switch,
+                              whoami=whoami)
+    await client.get("/login", params={"user": "ann"})
+    assert await (await client.get("/whoami")).text() == "ann ann"
+    await client.get("/switch")
+    assert await (await client.get("/whoami")).text() == "bob None"  # ann's data gone
+    assert len(await manager.user_sessions("bob")) == 1
+    assert await manager.user_sessions("ann") == []
+
+
 async def test_new_session_after_invalidate(manager: SessionManager,
                                             aiohttp_client: ClientFactory) -> None:
     async def login(request: web.Request) -> web.Response:

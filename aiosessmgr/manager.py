@@ -204,9 +204,10 @@ class SessionManager:
         (after a password change, OWASP's session management advice); the request's own
         session among them then saves nothing more, and ``session.logout()`` also gives it
         a fresh cookie. What ends is what is stored: a ``login()`` of this request not yet
-        saved comes after the end and stands (a fresh session). Returns how many ended (two calls at once may both count one);
-        DESTROYED fires for each. Requests in flight on them save nothing. Errors
-        as for :meth:`user_sessions`, and ValueError if *keep* is not a handle's shape.
+        saved comes after the end and stands (a fresh session). Returns how many ended
+        (two calls at once may both count one); DESTROYED fires for each. Requests in
+        flight on them save nothing. Errors as for :meth:`user_sessions`, and ValueError
+        if *keep* is not a handle's shape.
         """
         rt, key = self.runtime(name), users.user_key(user_id)
         if keep is not None and not is_valid_handle(keep):

@@ -370,12 +370,12 @@ class UserBinding:
         after ``login()`` leaves the session as it was. That save also applies
         ``users.max_sessions``. The handle stays, unless the session was logged in as
         another user: then its data is flushed too, as Django's ``login()`` does (a
-        login as the same user keeps the data). The absolute lifetime restarts. A session ended meanwhile (by
-        ``end_user_sessions``, another request's logout), before the login or before its
-        save, starts afresh: empty, under a new handle. Work deferred to before a login
-        (``BEFORE_LOGIN``: ``compat``'s ``invalidate()``) is done first. Of two requests
-        logging in one session at once (a double-submitted form), the first to save wins;
-        the other saves nothing and leaves the cookie to it.
+        login as the same user keeps the data). The absolute lifetime restarts. A
+        session ended meanwhile (by ``end_user_sessions``, another request's logout),
+        before the login or before its save, starts afresh: empty, under a new handle.
+        Work deferred to before a login (``BEFORE_LOGIN``: ``compat``'s ``invalidate()``)
+        is done first. Of two requests logging in one session at once (a double-submitted
+        form), the first to save wins; the other saves nothing and leaves the cookie to it.
         TypeError/ValueError for a bad *user_id* (see ``user_key``).
         """
         self._require_started()
@@ -387,7 +387,7 @@ class UserBinding:
             self._begin_anew()
         was, source = (self._d.meta.get("u"), self._d.meta.get("h")), self._source
         if was[0] is not None and was[0] != uid:
-            self.flush()  # another user's data is not this one's (as Django's login())
+            self._d.flush()  # another user's data is not this one's (as Django's login())
         await self.regenerate()
         handle = was[1] if was[0] in (None, uid) and isinstance(was[1], str) \
             else handle_of(source, uid)

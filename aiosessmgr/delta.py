@@ -268,21 +268,33 @@ class Delta:
 
     # -- replay ----------------------------------------------------------------------------
 
+    def replay(self, base: dict[str, Any]) -> dict[str, Any]:
+        """*base* (changed in place and returned) with this request's data changes on it."""
+        for key, change in self.changes.items():
+            if isinstance(change, list):
+                value = base.get(key)
+                for op, arg in change:
+                    value = apply(op, value, arg)
+                base[key] = value
+            elif change == SET:
+                base[key] = self.data[key]
+            else:
+                base.pop(key, None)
+        return base
+
+    def own(self) -> dict[str, tuple[Any, bool]]:
+        """This request's own data, replayed on nothing: key -> (value, flashed here);
+        values set for this request only (``now``) are left out."""
+        fd = self.fd
+        flashed, now = (set(fd.new), fd.now) if fd is not None else (set(), set())
+        return {key: (value, key in flashed)
+                for key, value in self.replay({}).items() if key not in now}
+
     def rebase(self, fresh: dict[str, Any], fresh_meta: dict[str, Any]) -> None:
         """Replay these changes on the record another request just wrote (module doc)."""
         if self.whole:
             return  # a new id written whole: our state is the record
-        merged: dict[str, Any] = {} if self.flushed else fresh
-        for key, change in self.changes.items():
-            if isinstance(change, list):
-                value = merged.get(key)
-                for op, arg in change:
-                    value = apply(op, value, arg)
-                merged[key] = value
-            elif change == SET:
-                merged[key] = self.data[key]
-            else:
-                merged.pop(key, None)
+        merged = self.replay({} if self.flushed else fresh)
         for name in self.meta_changed:
             if name in self.meta:
                 fresh_meta[name] = self.meta[name]

@@ -322,6 +322,8 @@ class UserBinding:
         _rt: DriverRuntime
         _id: str
         _carry: tuple[str, bytes | None, bool] | None
+        _cookie_id: str | None
+        _new: bool
         _index: bool
         request: Any
 
@@ -385,7 +387,10 @@ class UserBinding:
                 await settle()  # an invalidate() deferred by compat comes first
         if self.ended:
             self._begin_anew()
-        was, source = (self._d.meta.get("u"), self._d.meta.get("h")), self._source
+        # the record this request loaded, even after an invalidate() here: requests logging
+        # in from one record (a double-submitted logout-then-login) make one handle
+        loaded = self._cookie_id if self._cookie_id is not None and not self._new else None
+        was, source = (self._d.meta.get("u"), self._d.meta.get("h")), loaded or self._source
         if was[0] is not None and was[0] != uid:
             self._d.flush()  # another user's data is not this one's (as Django's login())
         await self.regenerate()
@@ -401,7 +406,8 @@ class UserBinding:
 
     async def _relogin(self, moved_from: str) -> bool:
         """A login of this request whose old record *moved_from* ended before its save:
-        begin a new, empty session bound to the user under a new handle (True).
+        begin a new session bound to the user under a new handle (True), holding only
+        what this request wrote (the ended session's data stays gone).
 
         False if there is no login, or if another request moved the session first (its
         handle names a new id: a double-submitted login, which that request completes).
@@ -415,7 +421,10 @@ class UserBinding:
                 != moved_from:
             return False
         binding = {name: meta[name] for name in BINDING if name in meta}
+        own = self._d.own()  # what this request itself wrote stays; the old data does not
         self._begin_anew()
+        for key, (value, flashed) in own.items():
+            (self._d.flash if flashed else self._d.set)(key, value)
         # derived, so requests starting afresh from one record at once contend for one entry
         for name, value in {**binding, "h": handle_of(moved_from, user, "afresh")}.items():
             self._d.set_meta(name, value)

@@ -16,8 +16,9 @@ Who decides the cookie: a request sets it when its session was stored under an i
 browser did not send (a new session, or one this request moved), re-sends it for a
 rolling ``max_age``, and deletes it only when this request moved or ended the session
 (``regenerate``, ``invalidate``, ``new_session``) and nothing was stored under the new
-id. A request whose record vanished under it (another request moved or ended it)
-says nothing about the cookie, so a slow request never undoes a login or logout.
+id. A request whose record vanished under it (another request moved or ended it, found
+at load, at save or while moving it) says nothing about the cookie, so a slow request
+never undoes a login or logout.
 """
 
 from __future__ import annotations

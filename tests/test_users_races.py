@@ -23,7 +23,7 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient
 
-from aiosessmgr import SessionManager, get_session, setup
+from aiosessmgr import SessionManager, compat, get_session, setup
 
 from .stores import store_entry
 from .test_users_processes import assert_index_agrees, bound, stored_records
@@ -107,6 +107,26 @@ def app_for(manager: SessionManager, hold: asyncio.Event | None = None) -> web.A
         await session.regenerate()
         return web.Response(text="ok")
 
+    async def relogin(request: web.Request) -> web.Response:
+        # log out, then in (the session of the previous user must not carry over)
+        session = await get_session(request)
+        await request.app[BOTH].barrier.wait()
+        await session.logout()
+        await session.login(request.query["user"])
+        return web.Response(text="ok")
+
+    async def compat_relogin(request: web.Request) -> web.Response:
+        # the same through aiohttp-session's API: a synchronous invalidate(), then login
+        session = await compat.get_session(request)
+        await request.app[BOTH].barrier.wait()
+        session.invalidate()
+        await session.store.login(request.query["user"])
+        return web.Response(text="ok")
+
+    async def logins(request: web.Request) -> web.Response:
+        session = await get_session(request)
+        return web.Response(text=str(session.get("logins")))
+
     async def visit(request: web.Request) -> web.Response:
         session = await get_session(request)
         session.increment("visits")
@@ -123,6 +143,9 @@ def app_for(manager: SessionManager, hold: asyncio.Event | None = None) -> web.A
     app.router.add_post("/login", login)
     app.router.add_post("/regenerate", regenerate)
     app.router.add_post("/visit", visit)
+    app.router.add_post("/relogin", relogin)
+    app.router.add_post("/compat-relogin", compat_relogin)
+    app.router.add_get("/logins", logins)
     app.router.add_get("/whoami", whoami)
     setup(app, manager)
     return app
@@ -185,6 +208,21 @@ async def test_overlapping_regenerates_of_a_logged_in_session_leave_one(
     await check_store(manager, config, browser)
 
 
+@pytest.mark.parametrize("path", ["/relogin", "/compat-relogin"])
+async def test_a_double_submitted_logout_then_login_leaves_one_session(
+        aiohttp_client: Factory, manager: SessionManager, config: dict[str, Any],
+        path: str) -> None:
+    # the logout moves each request to its own new id at once; the login's handle comes
+    # from the record both loaded, so the two logins still contend for one entry
+    browser = await browser_for(aiohttp_client, app_for(manager))
+    await browser.send("POST", "/login", user=USER)
+    for _ in range(ROUNDS // 2):
+        await browser.overlapping("POST", path, user=USER)
+        assert await browser.send("GET", "/whoami") == (200, USER)
+        assert len(await manager.user_sessions(USER)) == 1
+    await check_store(manager, config, browser)
+
+
 async def test_an_anonymous_session_logged_in_twice_at_once_is_one_session(
         aiohttp_client: Factory, manager: SessionManager, config: dict[str, Any]) -> None:
     # the handle of a first login comes from the record's id: both requests make the same
@@ -218,6 +256,8 @@ async def test_logins_that_find_their_session_ended_start_afresh_once(
         hold.set()
         await both
         assert await browser.send("GET", "/whoami") == (200, USER)
+        # afresh: the ended session's count is gone, this request's own increment stays
+        assert await browser.send("GET", "/logins") == (200, "1")
         listed = await manager.user_sessions(USER)
         assert len(listed) == 1, listed
     await check_store(manager, config, browser)

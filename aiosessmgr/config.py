@@ -32,6 +32,7 @@ __all__ = [
     "CookieConfig",
     "DriverConfig",
     "EncryptionConfig",
+    "KEY_HELP",
     "Secret",
     "SessionConfig",
     "Serializer",
@@ -40,7 +41,7 @@ __all__ = [
 ]
 
 #: Driver types that ship with aiosessmgr; others are registered with ``manager.extend``.
-BUILTIN_DRIVERS = ("file", "memory", "redis")
+BUILTIN_DRIVERS = ("cookie", "file", "memory", "redis")
 
 #: The default ``max_record_size``, 1 MiB: hundreds of times what sessions usually hold
 #: (a few KB), so no ordinary app meets it, while a record read on every request stays
@@ -53,7 +54,8 @@ SameSite = Literal["lax", "strict", "none"]
 _COOKIE_ATTRIBUTE = re.compile(r"[\x21-\x3a\x3c-\x7e]+")
 _COOKIE_DOMAIN = re.compile(r"\.?[A-Za-z0-9](?:[A-Za-z0-9.-]*[A-Za-z0-9])?")
 _SAME_SITE = ("lax", "strict", "none")
-_KEY_HELP = (
+#: how to make an encryption key, for error messages
+KEY_HELP = (
     'generate one with: python -c "import secrets, base64; '
     'print(base64.b64encode(secrets.token_bytes(32)).decode())"'
 )
@@ -93,10 +95,10 @@ def parse_key(where: str, key: Any) -> Secret:
             except (binascii.Error, ValueError):
                 raw = b""
     else:
-        raise ConfigError(f"{where} must be 32 bytes or a base64/hex string; {_KEY_HELP}")
+        raise ConfigError(f"{where} must be 32 bytes or a base64/hex string; {KEY_HELP}")
     if len(raw) != 32:
         raise ConfigError(
-            f"{where} must be 32 bytes for aes-256-gcm (got {len(raw)}); {_KEY_HELP}"
+            f"{where} must be 32 bytes for aes-256-gcm (got {len(raw)}); {KEY_HELP}"
         )
     return Secret(raw)
 
@@ -193,7 +195,7 @@ class EncryptionConfig:
                 f"encryption.algorithm must be 'aes-256-gcm', got {self.algorithm!r}"
             )
         if self.enabled and self.key is None:
-            raise ConfigError(f"encryption.key is required when encryption is enabled; {_KEY_HELP}")
+            raise ConfigError(f"encryption.key is required when encryption is enabled; {KEY_HELP}")
         if self.key is not None and not isinstance(self.key, Secret):
             object.__setattr__(self, "key", parse_key("encryption.key", self.key))
         object.__setattr__(

@@ -38,7 +38,7 @@ try:  # the parser behind aiohttp's request.cookies (aiohttp >= 3.12.13); no pub
 except ImportError:  # pragma: no cover - if aiohttp moves it: SimpleCookie, as it once used
     _aiohttp_parse = None
 
-__all__ = ["CookieWriter", "cookie_values"]
+__all__ = ["CookieWriter", "cookie_names", "cookie_values"]
 
 #: how an expired cookie is dated (with Max-Age=0) in a deletion
 _EPOCH: Final = "Thu, 01 Jan 1970 00:00:00 GMT"
@@ -88,6 +88,23 @@ def cookie_values(header: str, name: str) -> list[str]:
                 values.append("")  # a bare name: aiohttp reads it as an empty value
         return values
     return [value for key, value in _parse(header) if key == name]
+
+
+def cookie_names(header: str, prefix: str) -> list[str]:
+    """The distinct cookie names in the ``Cookie`` header that start with *prefix*, in
+    header order (as aiohttp's parser reads the names); the cookie driver's chunks."""
+    if prefix not in header:
+        return []
+    names: list[str] = []
+    if _BROWSER_SHAPED.fullmatch(header) is not None:
+        pairs = (pair[1:] if pair[:1] == " " else pair for pair in header.split(";"))
+        found = (pair.partition("=")[0] for pair in pairs)
+    else:
+        found = (key for key, _ in _parse(header))
+    for name in found:
+        if name.startswith(prefix) and name not in names:
+            names.append(name)
+    return names
 
 
 def _partitioned_in_morsel() -> bool:

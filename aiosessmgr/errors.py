@@ -46,16 +46,18 @@ class SerializationError(AiosessmgrError, TypeError):
 
 
 class SessionTooLarge(SerializationError):
-    """A session record is larger than ``max_record_size``: ``size`` and ``limit`` in bytes.
+    """A session record is larger than ``max_record_size`` (or, on the ``cookie`` driver, its
+    cookies are longer than ``max_size``): ``size`` and ``limit`` in bytes.
 
     Raised by ``save()`` before anything is written, so the stored record is untouched.
     """
 
-    def __init__(self, size: int, limit: int) -> None:
+    def __init__(self, size: int, limit: int, setting: str = "max_record_size",
+                 what: str = "the session record") -> None:
         super().__init__(
-            f"the session record is {size:,} bytes, over max_record_size ({limit:,} bytes): "
+            f"{what} is {size:,} bytes, over {setting} ({limit:,} bytes): "
             "store less in the session (large data belongs in a database, keyed by a "
-            "value the session holds), or raise max_record_size"
+            f"value the session holds), or raise {setting}"
         )
         self.size = size
         self.limit = limit

@@ -10,7 +10,7 @@ from typing import Any
 
 from . import users
 from .codec import Codec
-from .config import BUILTIN_DRIVERS, DriverConfig, SessionConfig
+from .config import BUILTIN_DRIVERS, KEY_HELP, DriverConfig, SessionConfig
 from .drivers.base import SessionDriver
 from .errors import ConfigError
 from .events import EventRegistry, Listener, SessionEventInfo, SessionEvents
@@ -27,8 +27,18 @@ __all__ = ["DriverFactory", "SessionManager"]
 DriverFactory = Callable[[DriverConfig], SessionDriver]
 
 
+def _cookie_placeholder(config: DriverConfig) -> SessionDriver:
+    raise ConfigError("the cookie driver is built by its SessionManager")  # pragma: no cover
+
+
+#: the cookie driver needs the manager's cookie name, key and clock (_cookie_driver)
+_COOKIE: DriverFactory = _cookie_placeholder
+
+
 def _builtin_factory(kind: str) -> DriverFactory:
     # imported on demand so that an app on the memory driver never imports redis
+    if kind == "cookie":
+        return _COOKIE
     if kind == "memory":
         from .drivers.memory import MemoryDriver
 
@@ -146,18 +156,41 @@ class SessionManager:
                     f"manager.extend({cfg.driver!r}, factory)"
                 )
             factory = _builtin_factory(cfg.driver)
-        driver = factory(cfg)
+        codec = self.codec
+        if factory is _COOKIE:
+            driver: SessionDriver = self._cookie_driver(cfg)
+            # the driver seals the whole record (cookie name as associated data): the
+            # record itself is not encrypted a second time
+            codec = Codec(self.codec.serializer)
+        else:
+            driver = factory(cfg)
         if not isinstance(driver, SessionDriver):
             raise ConfigError(
                 f"the factory for {cfg.driver!r} returned {type(driver).__name__}, "
                 "not a SessionDriver"
             )
         absolute = self.config.absolute_lifetime
-        return DriverRuntime(name=name, driver=driver, codec=self.codec, events=self.events,
+        return DriverRuntime(name=name, driver=driver, codec=codec, events=self.events,
                             ttl=cfg.ttl, clock=self.clock,
                             absolute_ttl=None if absolute is None else absolute * 60,
                             max_record_size=self.config.max_record_size,
                             users=self.config.users)
+
+    def _cookie_driver(self, cfg: DriverConfig) -> SessionDriver:
+        from .codec import AesGcmCipher
+        from .cookies import cookie_names, cookie_values
+        from .drivers.cookie import CookieDriver
+
+        encryption = self.config.encryption
+        if encryption.key is None:
+            raise ConfigError(
+                "the cookie driver keeps each session in the browser, always encrypted: it "
+                "needs the encryption section's key, e.g. \"encryption\": {\"key\": KEY}; "
+                + KEY_HELP)
+        return CookieDriver.from_config(
+            cfg, cookie_name=self.config.cookie.name,
+            cipher=AesGcmCipher(encryption.key, encryption.previous_keys),
+            values=cookie_values, names=cookie_names, clock=self.clock)
 
     # -- sessions --------------------------------------------------------------------------
 

@@ -34,6 +34,8 @@ from typing import Final
 from aiohttp import hdrs, web
 from aiohttp.typedefs import Handler, Middleware
 
+from .adoption import Adopter, Adoption, offer, set_adopter  # set_adopter: re-exported
+from .clientside import ClientSide
 from .cookies import CookieWriter, cookie_values
 from .errors import DriverError, SessionError, SessionLockTimeout, SessionSaveTimeout
 from .ids import is_valid_session_id
@@ -42,8 +44,9 @@ from .log import logger
 from .manager import SessionManager
 from .session import SessionStore
 
-__all__ = ["MAX_COOKIE_CANDIDATES", "add_finalizer", "default_manager", "get_session",
-           "new_session", "session_lock", "session_middleware", "setup"]
+__all__ = ["MAX_COOKIE_CANDIDATES", "Adopter", "Adoption", "add_finalizer", "default_manager",
+           "get_session", "new_session", "session_lock", "session_middleware", "set_adopter",
+           "setup"]
 
 
 #: well-formed ids of our cookie name tried per request (a browser sends more than one
@@ -54,8 +57,8 @@ MAX_COOKIE_CANDIDATES: Final = 3
 class _Slot:
     """One manager's session state for one request."""
 
-    __slots__ = ("arrived", "cookie", "destroy_on_save", "failed", "finalized", "finalizers",
-                 "front", "loading", "ready", "replaced", "session")
+    __slots__ = ("adoption", "arrived", "cookie", "destroy_on_save", "failed", "finalized",
+                 "finalizers", "front", "loading", "ready", "replaced", "session")
 
     def __init__(self, front: _Front, arrived: float) -> None:
         self.front = front
@@ -75,6 +78,8 @@ class _Slot:
         self.destroy_on_save: str | None = None
         # add_finalizer(): run before the session is saved and the cookie decided
         self.finalizers: list[Callable[[], Awaitable[None]]] | None = None
+        # set_adopter(): an old session moved into this one, finished when it is saved
+        self.adoption: Adoption | None = None
 
     async def run_finalizers(self) -> None:
         """Run (once) what add_finalizer() registered, in order."""
@@ -98,6 +103,8 @@ class _Front:
             max_age = manager.runtime().ttl
         self.max_age = max_age
         self.cookies = CookieWriter(cookie, max_age)
+        #: the default driver keeps sessions in the cookies themselves (client-side)
+        self.client = ClientSide.of(manager, self.cookies, max_age)
         #: seconds between two re-sends of a max_age cookie (each one writes the record)
         self.refresh_interval = 0 if max_age is None else max(1, max_age // 10)
         self.save_on_server_error = manager.config.save_on_server_error
@@ -114,6 +121,8 @@ class _Front:
 
     def cookie_ids(self, request: web.Request) -> list[str]:
         """The well-formed ids among our cookie's values, distinct, in header order."""
+        if self.client is not None:
+            return self.client.cookie_ids()
         header = request.headers.get(hdrs.COOKIE)
         if not header:
             return []
@@ -217,11 +226,19 @@ class _Front:
             await self.manager.destroy(slot.destroy_on_save)
             slot.destroy_on_save = None
         self.store_answered(session)
-        header = self.cookie_header(slot, session, rolling)
-        if header is not None:
+        if slot.adoption is not None and session.stored and not session.ended:
+            adoption, slot.adoption = slot.adoption, None
+            await adoption.finish(response)
+        if self.client is not None:
+            headers = self.client.headers(session, slot.cookie, slot.replaced)
+        else:
+            header = self.cookie_header(slot, session, rolling)
+            headers = [] if header is None else [header]
+        if headers:
             if not preparing and self.cookie_name in response.cookies:
                 del response.cookies[self.cookie_name]  # ours replaces the handler's
-            response.headers.add(hdrs.SET_COOKIE, header)
+            for header in headers:
+                response.headers.add(hdrs.SET_COOKIE, header)
             if hdrs.CACHE_CONTROL not in response.headers:
                 # a shared cache must not keep one user's cookie for others (RFC 9111
                 # section 5.2.2.7); a handler's own Cache-Control is its decision
@@ -299,7 +316,9 @@ def session_middleware(manager: SessionManager) -> Middleware:
         front.maybe_collect()
         return response
 
-    return aiosessmgr_middleware
+    if front.client is None:
+        return aiosessmgr_middleware
+    return front.client.middleware(aiosessmgr_middleware)
 
 
 async def _on_response_prepare(request: web.Request, response: web.StreamResponse) -> None:
@@ -545,10 +564,14 @@ async def _load(slot: _Slot, request: web.Request) -> SessionStore:
         # (a request that arrives later, after a lost response or a replay, is a new visit)
         if any(front.moved_since_arrival(slot, candidate) for candidate in candidates):
             first.detach()
-        return first
-    session = slot.session = front.manager.session(None)
-    session.request = request
-    await session.start()
+            return first
+        session = first
+    else:
+        session = slot.session = front.manager.session(None)
+        session.request = request
+        await session.start()
+    if not session.moved:  # nothing of ours: another system's session may move in
+        slot.adoption = await offer(request, front.manager, session)
     return session
 
 

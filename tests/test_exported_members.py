@@ -13,7 +13,8 @@ def test_all_is_sorted_and_complete() -> None:
     exported = aiosessmgr.__all__
     assert exported == sorted(exported)
     public = {name for name in dir(aiosessmgr) if not name.startswith("_")}
-    modules = {"body", "codec", "commit", "compat", "config", "cookies", "csrf", "data",
+    modules = {"adoption", "body", "clientside", "codec", "commit", "compat", "config",
+               "cookies", "csrf", "data",
                "delta", "deprecation", "drivers", "errors", "events", "ids", "keys", "locks", "log",
                "manager", "record", "renamed", "runtime", "serializers", "session", "testing",
                "web", "users", "locking",

@@ -1,0 +1,76 @@
+"""Adopting sessions of another system: the hook behind ``compat.adopt_sessions``.
+
+A request whose cookies name no live session of a manager is offered to the adopter
+set for it (:func:`set_adopter`), with the fresh session the request got: the adopter
+may fill it from an old session (aiohttp-session's cookie or record) and say what
+finishes the move once the session is saved (:class:`Adoption`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+
+from aiohttp import hdrs, web
+
+from .manager import SessionManager
+from .session import SessionStore
+
+__all__ = ["Adopter", "Adoption", "offer", "set_adopter"]
+
+
+class Adoption:
+    """What an :data:`Adopter` did with a request: what the response carries once the
+    session it filled is saved, and what runs after that save.
+
+    *headers*: ``Set-Cookie`` values added to the response (deleting an old cookie);
+    *after_save*: awaited once the session is stored (deleting an old server-side record).
+    Neither happens if the save fails or the response is a 5xx: the old session stays.
+    """
+
+    __slots__ = ("after_save", "headers")
+
+    def __init__(self, headers: list[str] | None = None,
+                 after_save: Callable[[], Awaitable[None]] | None = None) -> None:
+        self.headers = headers or []
+        self.after_save = after_save
+
+    async def finish(self, response: web.StreamResponse) -> None:
+        """The session is saved: run *after_save*, add *headers* to *response*."""
+        if self.after_save is not None:
+            await self.after_save()
+        for header in self.headers:
+            response.headers.add(hdrs.SET_COOKIE, header)
+
+
+#: ``async (request, session) -> Adoption | None``: called when a request's cookies name
+#: no live session of ours, with the fresh session the request got (see set_adopter)
+Adopter = Callable[[web.Request, SessionStore], Awaitable[Adoption | None]]
+
+_ADOPTERS = web.AppKey("aiosessmgr_adopters", dict[SessionManager, Adopter])
+
+
+def set_adopter(app: web.Application, manager: SessionManager, adopter: Adopter) -> None:
+    """Have *adopter* fill the fresh session of every request of *app* (and its sub-apps)
+    whose cookies name no live session of *manager*.
+
+    The hook behind :func:`aiosessmgr.compat.adopt_sessions`: it may put data into the
+    session and return an :class:`Adoption` (old cookies to delete, an old record to
+    delete once the session is saved). Requests with a live session of ours never call
+    it. Call before the app starts, before or after ``setup(app, manager)``; one adopter
+    per manager (a second replaces the first).
+    """
+    adopters = app.get(_ADOPTERS)
+    if adopters is None:
+        adopters = app[_ADOPTERS] = {}
+    adopters[manager] = adopter
+
+
+async def offer(request: web.Request, manager: SessionManager,
+                session: SessionStore) -> Adoption | None:
+    """Offer *request* (whose cookies named no live session of *manager*) to the adopter
+    set for it, if any; what it returns."""
+    adopters = request.config_dict.get(_ADOPTERS)
+    if not adopters:
+        return None
+    adopter = adopters.get(manager)
+    return None if adopter is None else await adopter(request, session)

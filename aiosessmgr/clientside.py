@@ -72,7 +72,10 @@ class ClientSide:
         *replaced*: ``new_session()`` replaced it.
         """
         jar = self.driver.jar()
-        if jar is None or session.ended:
+        if jar is None:
+            return []
+        jar.closed = True
+        if session.ended:
             return []
         if session.stored and jar.written_id == session.id:
             names = {name for name, _ in jar.outgoing}

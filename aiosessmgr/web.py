@@ -206,6 +206,7 @@ class _Front:
         if (self.own_save and session.stored and session.id == slot.cookie
                 and not session.modified
                 and not session.moved and not self.in_outage and slot.destroy_on_save is None
+                and not (session.written and self.client is not None)  # cookies to send
                 and not (self.refresh_interval
                          and slot.arrived - session.cookie_sent_at >= self.refresh_interval)):
             return  # read only (the common case): nothing to save, no cookie to send

@@ -88,7 +88,8 @@ class CookieJar:
     carried (their deletion when the session ends or shrinks).
     """
 
-    __slots__ = ("decoded", "header", "ids", "outgoing", "records", "sent", "written_id")
+    __slots__ = ("closed", "decoded", "header", "ids", "outgoing", "records", "sent",
+                 "written_id")
 
     def __init__(self, header: str) -> None:
         self.header = header
@@ -100,6 +101,8 @@ class CookieJar:
         self.sent: list[str] = []
         self.written_id: str | None = None
         self.outgoing: list[tuple[str, str]] = []
+        #: the response's headers are decided: a later write cannot reach the browser
+        self.closed = False
 
 
 class CookieDriver(SessionDriver):
@@ -123,6 +126,10 @@ class CookieDriver(SessionDriver):
         if chunk_size > _BROWSER_LIMIT:
             raise ConfigError(f"cookie driver chunk_size must be at most {_BROWSER_LIMIT} "
                               f"(browsers drop larger cookies), got {chunk_size}")
+        if max_size > MAX_CHUNKS * (chunk_size - len(cookie_name) - 4):
+            raise ConfigError(f"cookie driver max_size {max_size} needs more than {MAX_CHUNKS} "
+                              f"cookies of chunk_size {chunk_size}: lower max_size or raise "
+                              "chunk_size")
         self.cookie_name = cookie_name
         self.max_size = max_size
         self.chunk_size = chunk_size
@@ -285,6 +292,9 @@ class CookieDriver(SessionDriver):
         """Seal *payload* into the response's cookies; SessionTooLarge above ``max_size``."""
         jar = self._current()
         pairs = self._seal(session_id, payload, ttl)
+        if jar.closed:
+            logger.warning("a client-side session changed after its response's headers went "
+                           "out (a streamed response): the change cannot reach the browser")
         jar.records[session_id] = payload
         jar.written_id, jar.outgoing = session_id, pairs
 

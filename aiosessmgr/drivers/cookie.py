@@ -43,7 +43,8 @@ from ..ids import is_valid_session_id
 from ..log import logger
 from .base import VERSION_SIZE, DriverSpec, SessionDriver, check_options
 
-__all__ = ["DEFAULT_CHUNK_SIZE", "DEFAULT_MAX_SIZE", "MAX_CHUNKS", "CookieDriver", "CookieJar"]
+__all__ = ["DEFAULT_CHUNK_SIZE", "DEFAULT_MAX_SIZE", "MAX_CHUNKS", "MAX_MAX_SIZE", "CookieDriver",
+           "CookieJar"]
 
 #: bytes of one cookie's ``name=value``. RFC 6265 (section 6.1) has browsers keep at
 #: least 4,096 bytes per cookie, name, value and attributes; Chromium and Firefox count
@@ -53,8 +54,14 @@ DEFAULT_CHUNK_SIZE: Final = 4000
 #: bytes the session's cookies may add to the ``Cookie`` header (every ``name=value`` and
 #: the ``"; "`` between them). nginx's default ``large_client_header_buffers 4 8k`` and
 #: Apache's ``LimitRequestFieldSize 8190`` refuse a request whose ``Cookie`` header line
-#: is over 8 KB (400 or 494): 6,144 leaves 2 KB for the app's other cookies.
+#: is over 8 KB (400 or 494), as aiohttp's own server does (``max_field_size`` 8,190):
+#: 6,144 leaves about 2 KB (2,036 bytes with ``"Cookie: "``) for the app's other cookies.
 DEFAULT_MAX_SIZE: Final = 6144
+#: the largest ``max_size``: the longest ``Cookie`` header aiohttp's server reads back
+#: (``max_field_size`` 8,190 for the header line, ``"Cookie: "`` included). Above it a
+#: saved session locks its browser out: every request is a 400 before the app runs,
+#: logout included, until the browser drops the cookies.
+MAX_MAX_SIZE: Final = 8190 - len("Cookie: ")
 #: the most chunks a value is read from (a header claiming more is refused unread)
 MAX_CHUNKS: Final = 16
 #: a cookie's name and value cannot be larger (Chromium's limit): no chunk_size above it
@@ -123,6 +130,12 @@ class CookieDriver(SessionDriver):
             if isinstance(value, bool) or not isinstance(value, int) or value < low:
                 raise ConfigError(f"cookie driver {label} must be a whole number of bytes "
                                   f">= {low}, got {value!r}")
+        if max_size > MAX_MAX_SIZE:
+            raise ConfigError(
+                f"cookie driver max_size must be at most {MAX_MAX_SIZE:,} bytes, got "
+                f"{max_size:,}: aiohttp's server (max_field_size 8,190), nginx and Apache "
+                "refuse a longer Cookie header with a 400 before the app runs, so the "
+                "browser holding it could not even log out")
         if chunk_size > _BROWSER_LIMIT:
             raise ConfigError(f"cookie driver chunk_size must be at most {_BROWSER_LIMIT} "
                               f"(browsers drop larger cookies), got {chunk_size}")

@@ -23,28 +23,40 @@ class Adoption:
     session it filled is saved, and what runs after that save.
 
     *headers*: ``Set-Cookie`` values added to the response (deleting an old cookie);
-    *after_save*: awaited once the session is stored (deleting an old server-side record).
-    Neither happens if the save fails or the response is a 5xx: the old session stays.
+    *unless_ours*: ``Set-Cookie`` values added only if the response sets or deletes no
+    cookie of our name (deleting an old cookie of our name and scope, which ours
+    replaces otherwise); *after_save*: awaited once the session is saved (deleting an
+    old server-side record). All happen once the save succeeded, also when the handler
+    emptied the session so that nothing was stored (a logout on the first request);
+    none if the save fails or the response is a 5xx: the old session stays.
     """
 
-    __slots__ = ("after_save", "headers")
+    __slots__ = ("after_save", "headers", "unless_ours")
 
     def __init__(self, headers: list[str] | None = None,
-                 after_save: Callable[[], Awaitable[None]] | None = None) -> None:
+                 after_save: Callable[[], Awaitable[None]] | None = None,
+                 unless_ours: list[str] | None = None) -> None:
         self.headers = headers or []
         self.after_save = after_save
+        self.unless_ours = unless_ours or []
 
-    async def finish(self, response: web.StreamResponse) -> None:
-        """The session is saved: run *after_save*, add *headers* to *response*."""
+    async def finish(self, response: web.StreamResponse, ours: list[str], name: str) -> None:
+        """The session is saved (or emptied, so that nothing is stored: a logout on the
+        first request; the old session is done with either way): run *after_save*, add
+        the headers to *response*. *ours*: the Set-Cookie values it carries for our
+        cookie *name*; *unless_ours* is left out if one of them is of that name."""
         if self.after_save is not None:
             await self.after_save()
-        for header in self.headers:
+        prefix = name + "="
+        own = any(header.startswith(prefix) for header in ours)
+        for header in self.headers if own else [*self.headers, *self.unless_ours]:
             response.headers.add(hdrs.SET_COOKIE, header)
 
 
-#: ``async (request, session) -> Adoption | None``: called when a request's cookies name
-#: no live session of ours, with the fresh session the request got (see set_adopter)
-Adopter = Callable[[web.Request, SessionStore], Awaitable[Adoption | None]]
+#: ``async (request, session, arrived) -> Adoption | None``: called when a request's
+#: cookies name no live session of ours, with the fresh session the request got and when
+#: the request reached the middleware (the manager's clock, epoch seconds; set_adopter)
+Adopter = Callable[[web.Request, SessionStore, float], Awaitable[Adoption | None]]
 
 _ADOPTERS = web.AppKey("aiosessmgr_adopters", dict[SessionManager, Adopter])
 
@@ -65,12 +77,12 @@ def set_adopter(app: web.Application, manager: SessionManager, adopter: Adopter)
     adopters[manager] = adopter
 
 
-async def offer(request: web.Request, manager: SessionManager,
-                session: SessionStore) -> Adoption | None:
+async def offer(request: web.Request, manager: SessionManager, session: SessionStore,
+                arrived: float) -> Adoption | None:
     """Offer *request* (whose cookies named no live session of *manager*) to the adopter
     set for it, if any; what it returns."""
     adopters = request.config_dict.get(_ADOPTERS)
     if not adopters:
         return None
     adopter = adopters.get(manager)
-    return None if adopter is None else await adopter(request, session)
+    return None if adopter is None else await adopter(request, session, arrived)

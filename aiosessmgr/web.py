@@ -34,7 +34,7 @@ from typing import Final
 from aiohttp import hdrs, web
 from aiohttp.typedefs import Handler, Middleware
 
-from .adoption import Adopter, Adoption, offer, set_adopter  # set_adopter: re-exported
+from .adoption import Adoption, offer
 from .clientside import ClientSide
 from .cookies import CookieWriter, cookie_values
 from .errors import DriverError, SessionError, SessionLockTimeout, SessionSaveTimeout
@@ -44,9 +44,8 @@ from .log import logger
 from .manager import SessionManager
 from .session import SessionStore
 
-__all__ = ["MAX_COOKIE_CANDIDATES", "Adopter", "Adoption", "add_finalizer", "default_manager",
-           "get_session", "new_session", "session_lock", "session_middleware", "set_adopter",
-           "setup"]
+__all__ = ["MAX_COOKIE_CANDIDATES", "add_finalizer", "default_manager", "get_session",
+           "new_session", "session_lock", "session_middleware", "setup"]
 
 
 #: well-formed ids of our cookie name tried per request (a browser sends more than one
@@ -227,14 +226,14 @@ class _Front:
             await self.manager.destroy(slot.destroy_on_save)
             slot.destroy_on_save = None
         self.store_answered(session)
-        if slot.adoption is not None and session.stored and not session.ended:
-            adoption, slot.adoption = slot.adoption, None
-            await adoption.finish(response)
         if self.client is not None:
             headers = self.client.headers(session, slot.cookie, slot.replaced)
         else:
             header = self.cookie_header(slot, session, rolling)
             headers = [] if header is None else [header]
+        if slot.adoption is not None and not session.ended:  # saved, or emptied (a logout)
+            adoption, slot.adoption = slot.adoption, None
+            await adoption.finish(response, headers, self.cookie_name)
         if headers:
             if not preparing and self.cookie_name in response.cookies:
                 del response.cookies[self.cookie_name]  # ours replaces the handler's
@@ -572,7 +571,7 @@ async def _load(slot: _Slot, request: web.Request) -> SessionStore:
         session.request = request
         await session.start()
     if not session.moved:  # nothing of ours: another system's session may move in
-        slot.adoption = await offer(request, front.manager, session)
+        slot.adoption = await offer(request, front.manager, session, slot.arrived)
     return session
 
 

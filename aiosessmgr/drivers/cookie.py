@@ -74,6 +74,10 @@ _HEAD: Final = 1 + _DEADLINE.size + _ID_SIZE
 _BASE64URL: Final = re.compile(r"[A-Za-z0-9_-]+")
 
 
+class _Foreign(ValueError):
+    """A cookie value not of our shape (not base64url, no valid chunk count)."""
+
+
 class Cipher(Protocol):
     """What the driver encrypts with (:class:`aiosessmgr.codec.AesGcmCipher`)."""
 
@@ -200,11 +204,14 @@ class CookieDriver(SessionDriver):
         if not values:
             return
         jar.sent = [name, *self._names(header, self._prefix)]
-        refused = None
+        refused = foreign = None
         now = self._clock()
         for value in values[:3]:
             try:
                 session_id, deadline, record = self._open(value, header)
+            except _Foreign as exc:
+                foreign = foreign or str(exc)
+                continue
             except ValueError as exc:
                 refused = refused or str(exc)
                 continue
@@ -213,9 +220,14 @@ class CookieDriver(SessionDriver):
             jar.ids.append(session_id)
             if deadline > now:
                 jar.records[session_id] = record
-        if refused is not None and not jar.records:
+        if jar.records:
+            return
+        if refused is not None:  # shaped like ours, and does not verify: tampered, or a lost key
             logger.warning("discarding a session cookie %r that does not verify: %s",
                            name, refused)
+        elif foreign is not None:  # another system's value (aiohttp-session's, before a move)
+            logger.info("ignoring a cookie %r that is not a client-side session: %s",
+                        name, foreign)
 
     def _open(self, value: str, header: str) -> tuple[str, float, bytes]:
         """(id, deadline, record) of one cookie value; ValueError if it is not ours."""
@@ -224,7 +236,7 @@ class CookieDriver(SessionDriver):
             text = value
         else:
             if not count.isdigit() or not 1 < int(count) <= MAX_CHUNKS:
-                raise ValueError("malformed chunk count")
+                raise _Foreign("malformed chunk count")
             parts = [first]
             for i in range(1, int(count)):
                 found = self._values(header, f"{self._prefix}{i}")
@@ -233,11 +245,11 @@ class CookieDriver(SessionDriver):
                 parts.append(found[0])
             text = "".join(parts)
         if not _BASE64URL.fullmatch(text):
-            raise ValueError("not base64url")
+            raise _Foreign("not base64url")
         try:
             payload = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
         except (binascii.Error, ValueError) as exc:
-            raise ValueError("not base64url") from exc
+            raise _Foreign("not base64url") from exc
         plain, _ = self._cipher.decrypt(payload, self._associated)  # DecodeError: ValueError
         if len(plain) <= _HEAD + VERSION_SIZE or plain[:1] != _FORMAT:
             raise ValueError("unknown layout")

@@ -18,7 +18,7 @@ from aiohttp.typedefs import Handler, Middleware
 
 from .config import CookieConfig
 from .cookies import CookieWriter
-from .drivers.cookie import CookieDriver
+from .drivers.cookie import CookieDriver, CookieJar
 from .manager import SessionManager
 from .session import SessionStore
 
@@ -34,6 +34,8 @@ class ClientSide:
         self._cookie = cookie
         self._max_age = max_age
         self._writers: dict[str, CookieWriter] = {cookie.name: writer}
+        # the request's jar, for the response aiohttp prepares after the middleware ran
+        self._key = web.RequestKey(f"aiosessmgr_cookie_jar_{id(self)}", CookieJar)
         #: the ids the request's cookies name (decoded once per request)
         self.cookie_ids: Callable[[], list[str]] = driver.cookie_ids
 
@@ -58,6 +60,9 @@ class ClientSide:
         async def aiosessmgr_client_side(request: web.Request,
                                          handler: Handler) -> web.StreamResponse:
             token = begin(request.headers.get(hdrs.COOKIE, ""))
+            jar = self.driver.jar()
+            if jar is not None:
+                request[self._key] = jar
             try:
                 return await inner(request, handler)
             finally:
@@ -78,13 +83,40 @@ class ClientSide:
         if session.ended:
             return []
         if session.stored and jar.written_id == session.id:
-            names = {name for name, _ in jar.outgoing}
-            return [*(self._writer(name).set_header(value) for name, value in jar.outgoing),
-                    *(self._writer(name).delete_header() for name in jar.sent
-                      if name not in names)]
+            return self._set(jar)
         if not session.stored and loaded is not None and (session.moved or replaced):
             return [self._writer(name).delete_header() for name in jar.sent]
         return []
+
+    def prepared(self, request: web.Request, response: web.StreamResponse,
+                 session: SessionStore | None, loaded: str | None, unsaved: bool) -> None:
+        """*response* is being prepared: from now on a write cannot reach the browser.
+
+        *unsaved*: the request failed or its status saves nothing (a 5xx), so the
+        middleware sent no cookies; what the store of a server-side driver would keep all
+        the same is sent here: a save the handler made itself, and an ``invalidate()``
+        (logout), which takes effect at once on every driver.
+        """
+        jar = request.get(self._key)
+        if jar is None or jar.closed:
+            return
+        jar.closed = True
+        if not unsaved or session is None or session.ended:
+            return
+        if session.stored and jar.written_id == session.id:
+            headers = self._set(jar)
+        elif loaded is not None and loaded not in jar.records and not session.stored:
+            headers = [self._writer(name).delete_header() for name in jar.sent]
+        else:
+            return
+        for header in headers:
+            response.headers.add(hdrs.SET_COOKIE, header)
+
+    def _set(self, jar: CookieJar) -> list[str]:
+        """Set the record written last, deleting the chunks a longer one left."""
+        names = {name for name, _ in jar.outgoing}
+        return [*(self._writer(name).set_header(value) for name, value in jar.outgoing),
+                *(self._writer(name).delete_header() for name in jar.sent if name not in names)]
 
     def _writer(self, name: str) -> CookieWriter:
         writer = self._writers.get(name)

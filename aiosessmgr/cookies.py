@@ -95,16 +95,13 @@ def cookie_names(header: str, prefix: str) -> list[str]:
     header order (as aiohttp's parser reads the names); the cookie driver's chunks."""
     if prefix not in header:
         return []
-    names: list[str] = []
     if _BROWSER_SHAPED.fullmatch(header) is not None:
         pairs = (pair[1:] if pair[:1] == " " else pair for pair in header.split(";"))
         found = (pair.partition("=")[0] for pair in pairs)
     else:
         found = (key for key, _ in _parse(header))
-    for name in found:
-        if name.startswith(prefix) and name not in names:
-            names.append(name)
-    return names
+    names = dict.fromkeys(name for name in found if name.startswith(prefix))  # ordered, distinct
+    return list(names)
 
 
 def _partitioned_in_morsel() -> bool:

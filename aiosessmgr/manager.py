@@ -158,7 +158,7 @@ class SessionManager:
             factory = _builtin_factory(cfg.driver)
         codec = self.codec
         if factory is _COOKIE:
-            driver: SessionDriver = self._cookie_driver(cfg)
+            driver: SessionDriver = self._cookie_driver(name, cfg)
             # the driver seals the whole record (cookie name as associated data): the
             # record itself is not encrypted a second time
             codec = Codec(self.codec.serializer)
@@ -176,7 +176,7 @@ class SessionManager:
                             max_record_size=self.config.max_record_size,
                             users=self.config.users)
 
-    def _cookie_driver(self, cfg: DriverConfig) -> SessionDriver:
+    def _cookie_driver(self, name: str, cfg: DriverConfig) -> SessionDriver:
         from .codec import AesGcmCipher
         from .cookies import cookie_names, cookie_values
         from .drivers.cookie import CookieDriver
@@ -187,6 +187,10 @@ class SessionManager:
                 "the cookie driver keeps each session in the browser, always encrypted: it "
                 "needs the encryption section's key, e.g. \"encryption\": {\"key\": KEY}; "
                 + KEY_HELP)
+        if self.config.users.max_sessions is not None and name == self.config.default:
+            raise ConfigError(
+                "users.max_sessions cannot be enforced on the cookie driver: the sessions "
+                "live in the browsers, and nothing on the server knows a user's sessions")
         return CookieDriver.from_config(
             cfg, cookie_name=self.config.cookie.name,
             cipher=AesGcmCipher(encryption.key, encryption.previous_keys),

@@ -71,8 +71,7 @@ class _Slot:
         self.ready = False
         self.finalized = False
         self.failed = False
-        # new_session() replaced the session the cookie named, and the record it
-        # replaced is destroyed when the request saves (not if it fails)
+        # new_session() replaced the cookie's session; its record goes when this one saves
         self.replaced = False
         self.destroy_on_save: str | None = None
         # add_finalizer(): run before the session is saved and the cookie decided
@@ -352,18 +351,19 @@ async def _on_response_prepare(request: web.Request, response: web.StreamRespons
             slot.failed = True
             logger.exception("the session of a streamed response could not be saved")
             _unsaved(response)
+    for slot in slots.values():
+        if slot.front.client is not None:  # the cookie driver: what this response carries
+            slot.front.client.prepared(request, response, slot.session, slot.cookie,
+                                       slot.failed or not slot.front.saves(response.status))
 
 
 def _unsaved(response: web.StreamResponse) -> None:
     """A streamed response whose session could not be saved goes out as a 503.
 
-    The status line is not written yet (this runs inside ``prepare()``), but aiohttp's
-    public ``set_status`` refuses once ``prepare()`` began, so its internal setter is used.
-    Raising here instead would leave aiohttp's writer set up for the streamed body and
-    send a 503 whose framing is wrong (the connection then goes out of step). aiohttp has
-    already chosen the framing: a bodiless answer (204, 304) becomes a 503 with
-    ``Content-Length: 0``; a protocol switch (a WebSocket's 101) is left alone, since its
-    frames follow (the failure is logged).
+    Inside ``prepare()`` aiohttp's public ``set_status`` refuses, so its internal setter is
+    used; raising instead would send a 503 framed for the streamed body. A bodiless answer
+    (204, 304) becomes a 503 with ``Content-Length: 0``; a protocol switch (a WebSocket's
+    101) is left alone, since its frames follow (the failure is logged).
     """
     status = response.status
     if status < 200:

@@ -472,3 +472,100 @@ async def test_tasks_of_the_handler_share_its_session(aiohttp_client: ClientFact
     jar.take(await client.get("/spawn"))
     response = await client.get("/show", headers={"Cookie": jar.header()})
     assert await response.json() == {"from_task": 1}
+
+
+# -- what a failed request does (found by an outside tester) --------------------------------------
+
+
+def failing_app(manager: SessionManager) -> web.Application:
+    app = app_of(manager)
+
+    async def logout_then_fail(request: web.Request) -> web.Response:
+        session = await get_session(request)
+        await session.logout()
+        raise RuntimeError("after the logout")
+
+    async def save_then_fail(request: web.Request) -> web.Response:
+        session = await get_session(request)
+        session.increment("n")
+        await session.save()
+        return web.Response(status=500, text="failed after saving")
+
+    async def regenerate_then_fail(request: web.Request) -> web.Response:
+        session = await get_session(request)
+        await session.regenerate()
+        session["x"] = "changed"
+        raise RuntimeError("a failed login")
+
+    async def stream_then_change(request: web.Request) -> web.StreamResponse:
+        session = await get_session(request)
+        response = web.StreamResponse()
+        await response.prepare(request)
+        session["late"] = 1
+        await response.write(b"x")
+        return response
+
+    app.router.add_get("/logout-fail", logout_then_fail)
+    app.router.add_get("/save-fail", save_then_fail)
+    app.router.add_get("/regenerate-fail", regenerate_then_fail)
+    app.router.add_get("/stream-change", stream_then_change)
+    return app
+
+
+async def failing_browser(aiohttp_client: ClientFactory) -> Browser:
+    client = await aiohttp_client(failing_app(SessionManager(config())),
+                                  cookie_jar=aiohttp.DummyCookieJar())
+    b = Browser(client)
+    await b.get("/put", x="1")
+    return b
+
+
+async def test_a_logout_stands_when_the_request_then_fails(
+        aiohttp_client: ClientFactory) -> None:
+    # as on every driver: invalidate() takes effect at once, whatever happens after it
+    b = await failing_browser(aiohttp_client)
+    assert (await b.get("/logout-fail")).status == 500
+    assert b.set == [NAME] and b.jar.cookies == {}
+    assert (await b.show())["new"] is True
+
+
+async def test_an_explicit_save_stands_when_the_response_is_a_5xx(
+        aiohttp_client: ClientFactory) -> None:
+    b = await failing_browser(aiohttp_client)
+    assert (await b.get("/save-fail")).status == 500
+    assert (await b.show())["data"] == {"x": "1", "n": 2}
+
+
+async def test_a_failed_login_keeps_the_session(aiohttp_client: ClientFactory) -> None:
+    b = await failing_browser(aiohttp_client)
+    before = dict(b.jar.cookies)
+    assert (await b.get("/regenerate-fail")).status == 500
+    assert b.set == [] and b.jar.cookies == before
+    assert (await b.show())["data"] == {"x": "1", "n": 1}
+
+
+async def test_a_change_after_a_streamed_response_warns_with_a_cookie_too(
+        aiohttp_client: ClientFactory, caplog: pytest.LogCaptureFixture) -> None:
+    b = await failing_browser(aiohttp_client)
+    with caplog.at_level(logging.WARNING, logger="aiosessmgr"):
+        assert (await b.get("/stream-change")).status == 200
+    assert b.set == []
+    assert [r.getMessage() for r in caplog.records if "cannot reach" in r.getMessage()]
+    assert "late" not in (await b.show())["data"]
+
+
+async def test_only_numbered_chunks_are_ours_to_delete(aiohttp_client: ClientFactory) -> None:
+    b = await browser(aiohttp_client, SessionManager(config()))
+    await b.get("/put", x="1")
+    for own in (f"{NAME}.theme", f"{NAME}.01", f"{NAME}.-1", f"{NAME}.16", f"{NAME}.0"):
+        b.jar.cookies[own] = "kept"
+    b.jar.cookies[f"{NAME}.3"] = "left-over"
+    await b.get("/put", x="2")
+    assert b.set == [NAME, f"{NAME}.3"]  # the stale chunk only
+
+
+def test_max_sessions_cannot_be_enforced_client_side() -> None:
+    cfg = config()
+    cfg["users"] = {"max_sessions": 2}
+    with pytest.raises(ConfigError, match="max_sessions cannot be enforced"):
+        SessionManager(cfg)

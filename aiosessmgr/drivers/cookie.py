@@ -72,6 +72,7 @@ _DEADLINE: Final = struct.Struct(">Q")
 _ID_SIZE: Final = 43
 _HEAD: Final = 1 + _DEADLINE.size + _ID_SIZE
 _BASE64URL: Final = re.compile(r"[A-Za-z0-9_-]+")
+_CHUNK_SUFFIX: Final = re.compile(r"[1-9][0-9]?")
 
 
 class _Foreign(ValueError):
@@ -203,7 +204,11 @@ class CookieDriver(SessionDriver):
         values = self._values(header, name) if header else []
         if not values:
             return
-        jar.sent = [name, *self._names(header, self._prefix)]
+        # the chunk cookies it carries, to delete those a shorter record leaves over; only
+        # name.1 ... name.15: an app's own "name.theme" is not ours to delete
+        jar.sent = [name, *(chunk for chunk in self._names(header, self._prefix)
+                            if _CHUNK_SUFFIX.fullmatch(chunk[len(self._prefix):])
+                            and int(chunk[len(self._prefix):]) < MAX_CHUNKS)]
         refused = foreign = None
         now = self._clock()
         for value in values[:3]:

@@ -63,11 +63,9 @@ class _Slot:
         self.front = front
         # when the request reached the middleware (the manager's clock, epoch seconds)
         self.arrived = arrived
-        # the cookie value whose record the session was loaded from, if any
-        self.cookie: str | None = None
+        self.cookie: str | None = None  # the cookie value the session was loaded from
         self.session: SessionStore | None = None
-        # created only if a second task of the request waits for the first load
-        self.loading: asyncio.Event | None = None
+        self.loading: asyncio.Event | None = None  # if a second task waits for the load
         self.ready = False
         self.finalized = False
         self.failed = False
@@ -249,9 +247,11 @@ class _Front:
         return web.Response(status=503, text="503: session busy, retry",
                             headers={hdrs.RETRY_AFTER: "1"})
 
-    def maybe_collect(self) -> None:
-        """The GC lottery: on a hit, collect after the response went out, in the background
-        (unless the last run ended less than ``lottery_interval`` seconds ago)."""
+    def done(self, slot: _Slot) -> None:
+        """The request is over: unlink the session from it (no reference cycle left for
+        Python's GC), then the GC lottery (not sooner than ``lottery_interval``)."""
+        if slot.session is not None:
+            slot.session.request = None
         if self.lottery and random.random() < self.lottery:
             asyncio.get_running_loop().call_soon(self.manager.lottery_gc)
 
@@ -312,7 +312,7 @@ def session_middleware(manager: SessionManager) -> Middleware:
         except SessionSaveTimeout as exc:
             busy = front.save_timed_out(exc)
             return response if response.prepared else busy
-        front.maybe_collect()
+        front.done(slot)
         return response
 
     if front.client is None:

@@ -73,6 +73,10 @@ _ID_SIZE: Final = 43
 _HEAD: Final = 1 + _DEADLINE.size + _ID_SIZE
 _BASE64URL: Final = re.compile(r"[A-Za-z0-9_-]+")
 _CHUNK_SUFFIX: Final = re.compile(r"[1-9][0-9]?")
+#: values verified recently, kept with what they hold (at most this many, this long):
+#: about 4 MB at most; the deadline is still checked on every request
+_OPENED_IDS: Final = 2048
+_OPENED_SIZE: Final = 1024
 
 
 class _Foreign(ValueError):
@@ -158,6 +162,8 @@ class CookieDriver(SessionDriver):
         self._names = names
         self._clock = clock
         self._associated = cookie_name.encode()
+        # value (base64url text) -> (id, deadline, record) of values that verified
+        self._opened: dict[str, tuple[str, float, bytes]] = {}
         self._prefix = cookie_name + "."
         self._jar: contextvars.ContextVar[CookieJar | None] = contextvars.ContextVar(
             f"aiosessmgr_cookie_jar_{cookie_name}", default=None)
@@ -249,6 +255,9 @@ class CookieDriver(SessionDriver):
                     raise ValueError(f"chunk {i} of {count} is missing")
                 parts.append(found[0])
             text = "".join(parts)
+        opened = self._opened.get(text)
+        if opened is not None:
+            return opened
         if not _BASE64URL.fullmatch(text):
             raise _Foreign("not base64url")
         try:
@@ -261,7 +270,13 @@ class CookieDriver(SessionDriver):
         session_id = plain[1 + _DEADLINE.size:_HEAD].decode("ascii", "replace")
         if not is_valid_session_id(session_id):
             raise ValueError("malformed session id")
-        return session_id, float(_DEADLINE.unpack_from(plain, 1)[0]), plain[_HEAD:]
+        opened = session_id, float(_DEADLINE.unpack_from(plain, 1)[0]), plain[_HEAD:]
+        if len(text) <= _OPENED_SIZE:
+            # a browser sends the same value until a response changes it: verified once
+            if len(self._opened) >= _OPENED_IDS:
+                del self._opened[next(iter(self._opened))]  # the oldest
+            self._opened[text] = opened
+        return opened
 
     def _seal(self, session_id: str, payload: bytes, ttl: int) -> list[tuple[str, str]]:
         deadline = _DEADLINE.pack(int(self._clock()) + ttl)

@@ -14,7 +14,14 @@ process). Rows (``--drivers``):
 * ``aiosessmgr-redis-aes``: the Redis driver with AES-256-GCM at rest;
 * ``aiosessmgr-redis-set``: the Redis driver without compare-and-set (saves are a plain
   ``SET``), the baseline for what lossless saves cost;
-* ``aiosessmgr-memory`` / ``aiosessmgr-file``: the other built-in drivers.
+* ``aiosessmgr-memory`` / ``aiosessmgr-file``: the other built-in drivers;
+* ``aiohttp-session-cookie`` / ``aiosessmgr-cookie``: client-side sessions, the record in
+  the cookie itself: aiohttp-session's ``EncryptedCookieStorage`` (Fernet: AES-128-CBC +
+  HMAC-SHA256, JSON) against this library's ``cookie`` driver (AES-256-GCM, msgpack).
+  wrk sends the login's cookie unchanged, so every ``/write`` starts from the login's
+  record (the response's new cookie is dropped, as a client that ignores it would): the
+  work per request is the same as a browser's (decrypt, change, encrypt, ``Set-Cookie``),
+  and there are no lost updates to count (the store is the client).
 
 Every row serves ``/login`` (creates a session), ``/read`` (reads one value) and ``/write``
 (increments a counter), plus ``/stats``, the benchmark's own control endpoint. Scenarios:
@@ -67,12 +74,15 @@ by server CPU per request, steadier on a shared machine.
 Prints the setup line, a Markdown table (requests/s, ratios against the baselines of the
 same scenario in the same run, the CPU columns, lost updates, flags), the warnings, one
 verdict per target (none for ``--quick``), and writes ``benchmarks/results/http.json``.
+The "vs aiohttp-session" column compares with the aiohttp-session row of the same kind of
+store: RedisStorage, or EncryptedCookieStorage for the cookie rows.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
 import contextlib
 import json
 import logging
@@ -112,7 +122,8 @@ SCENARIOS = ("read", "write", "hot-read", "hot-write")
 WRITES = ("write", "hot-write")
 DEFAULT_ROWS = ("aiohttp", "redis-py", "aiohttp-session", "aiosessmgr-redis",
                 "aiosessmgr-redis-nopipe", "aiosessmgr-redis-aes", "aiosessmgr-redis-set",
-                "aiosessmgr-memory", "aiosessmgr-file")
+                "aiosessmgr-memory", "aiosessmgr-file", "aiohttp-session-cookie",
+                "aiosessmgr-cookie")
 #: rows that also run the hot scenarios (bare aiohttp for the one-cookie baseline)
 HOT_ROWS = ("aiohttp", "aiohttp-session", "aiosessmgr-redis", "aiosessmgr-memory",
             "aiosessmgr-file")
@@ -142,6 +153,9 @@ TARGETS = (
     ("aiosessmgr-redis", "hot-write", "aiosessmgr-redis", "write", 0.8),
     ("aiosessmgr-file", "hot-write", "aiosessmgr-file", "write", 1.0),
     ("aiosessmgr-memory", "hot-read", "aiohttp", "hot-read", 0.80),
+    # the cookie driver: client-side sessions at least as fast as aiohttp-session's
+    ("aiosessmgr-cookie", "read", "aiohttp-session-cookie", "read", 1.0),
+    ("aiosessmgr-cookie", "write", "aiohttp-session-cookie", "write", 1.0),
 )
 
 
@@ -161,6 +175,11 @@ class Row:
     #: False if a request never waits for a store outside the process: then a server
     #: below SERVER_BUSY was not kept busy by the load (flagged ``server-idle``)
     waits: bool = True
+    #: True if the record lives in the cookie: wrk resends the login's cookie, so every
+    #: /write answers ``n=1`` and must set a new cookie; no lost updates to count
+    client_side: bool = False
+    #: the aiohttp-session row with the same kind of store (the "vs aiohttp-session" column)
+    peer: str = "aiohttp-session"
 
 
 class Tally(AbstractAccessLogger):
@@ -289,11 +308,31 @@ def redis_py_app(opts: argparse.Namespace) -> web.Application:
 
 def aiohttp_session_app(opts: argparse.Namespace) -> web.Application:
     """aiohttp-session's RedisStorage, the reference point of issue 4."""
-    import aiohttp_session
     from aiohttp_session.redis_storage import RedisStorage
     from redis.asyncio import Redis
 
     client = Redis.from_url(opts.redis_url)
+
+    async def close(app: web.Application) -> None:
+        await client.aclose()
+
+    app = _aiohttp_session_handlers(RedisStorage(client, max_age=TTL))
+    app.on_cleanup.append(close)
+    return app
+
+
+def aiohttp_session_cookie_app(opts: argparse.Namespace) -> web.Application:
+    """aiohttp-session's EncryptedCookieStorage (Fernet), the cookie driver's reference."""
+    from aiohttp_session.cookie_storage import EncryptedCookieStorage
+
+    # the same 32 bytes as BENCH_KEY; Fernet splits them into signing and encryption keys
+    return _aiohttp_session_handlers(EncryptedCookieStorage(
+        base64.b64decode(BENCH_KEY), max_age=TTL))
+
+
+def _aiohttp_session_handlers(storage: Any) -> web.Application:
+    """An app on aiohttp-session's *storage* with the benchmark's handlers."""
+    import aiohttp_session
 
     async def login(request: web.Request) -> web.Response:
         session = await aiohttp_session.new_session(request)
@@ -316,16 +355,12 @@ def aiohttp_session_app(opts: argparse.Namespace) -> web.Application:
         value = session.get("n")
         return value if isinstance(value, int) else None
 
-    async def close(app: web.Application) -> None:
-        await client.aclose()
-
     app = web.Application()
-    aiohttp_session.setup(app, RedisStorage(client, max_age=TTL))
+    aiohttp_session.setup(app, storage)
     app.router.add_get("/login", login)
     app.router.add_get("/read", read)
     app.router.add_get("/write", write)
     add_stats(app, count)
-    app.on_cleanup.append(close)
     return app
 
 
@@ -399,6 +434,11 @@ ROWS: dict[str, Row] = {row.name: row for row in (
         lambda o: {"driver": "memory", "lifetime": TTL / 60}), waits=False),
     Row("aiosessmgr-file", "aiosessmgr_session", aiosessmgr_app(
         lambda o: {"driver": "file", "lifetime": TTL / 60, "path": o.file_path})),
+    Row("aiohttp-session-cookie", "AIOHTTP_SESSION", aiohttp_session_cookie_app, waits=False,
+        client_side=True, peer="aiohttp-session-cookie"),
+    Row("aiosessmgr-cookie", "aiosessmgr_session", aiosessmgr_app(
+        lambda o: {"driver": "cookie", "lifetime": TTL / 60}, encryption={"key": BENCH_KEY}),
+        waits=False, client_side=True, peer="aiohttp-session-cookie"),
 )}
 
 
@@ -458,13 +498,16 @@ async def make_sessions(port: int, row: Row, count: int) -> list[str]:
             if response.status != 200 or (row.counts and body != "user=ann"):
                 raise RuntimeError(f"{row.name}: /read answered {response.status} {body!r}")
         if row.counts:
-            for expected in ("n=1", "n=2"):
+            # client-side: the same cookie twice, so the same record twice (as under wrk)
+            for expected in ("n=1", "n=1") if row.client_side else ("n=1", "n=2"):
                 async with http.get(f"http://127.0.0.1:{port}/write",
                                     headers=headers) as response:
                     body = await response.text()
                     if body != expected:
                         raise RuntimeError(f"{row.name}: /write answered {body!r}, "
                                            f"expected {expected!r}")
+                    if row.client_side and row.cookie not in response.cookies:
+                        raise RuntimeError(f"{row.name}: /write set no {row.cookie} cookie")
     return cookies
 
 
@@ -786,7 +829,8 @@ def report(results: Results, generator: str) -> tuple[str, list[str]]:
                                            if cell["errors"] else "")
             line: list[Any] = [name, scenario, f"{cell['sessions']} x {cell['connections']}",
                                rps]
-            for baseline in ("aiohttp-session", "redis-py", "aiohttp"):
+            peer = ROWS[name].peer if name in ROWS else "aiohttp-session"
+            for baseline in (peer, "redis-py", "aiohttp"):
                 value = ratio(results, name, scenario, baseline)
                 line.append("-" if value is None else f"{value:.2f}x")
             flags = [flag for key, flag in (("load_bound", "LOAD-BOUND"),
@@ -919,7 +963,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     route = "/" + scenario.removeprefix("hot-")
                     progress(f"{name} {scenario}: {opts.repeat} x {opts.duration:g}s, "
                              f"{len(used)} session(s), {connections} connections ...")
-                    counting = scenario in WRITES and row.counts
+                    counting = scenario in WRITES and row.counts and not row.client_side
                     if counting:
                         before = asyncio.run(counters(port, used, start=True))
                     cell = measure(port, pid, route, used, connections, opts, row.waits)

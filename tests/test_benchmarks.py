@@ -77,6 +77,42 @@ def test_http_quick_shows_cpu_and_lost_updates_but_no_verdicts(
     assert "lost" not in cells["aiohttp"]["write"]  # no counter to lose
 
 
+def test_http_quick_cookie_rows_compare_with_aiohttp_session_cookies(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    from benchmarks import http
+
+    assert http.main(["--quick", "--drivers", "aiohttp-session-cookie,aiosessmgr-cookie"]) == 0
+    out = capsys.readouterr().out
+    assert "quick run: no verdicts" in out
+    # the ratio column is against EncryptedCookieStorage, not RedisStorage (not in the run)
+    line = next(line for line in out.splitlines()
+                if line.startswith("| aiosessmgr-cookie | write | 16 x 64 |"))
+    assert line.split(" | ")[4].endswith("x")
+    cells = json.loads((RESULTS / "http.json").read_text())["results"]
+    for name in ("aiohttp-session-cookie", "aiosessmgr-cookie"):
+        assert set(cells[name]) == {"read", "write"}  # no hot scenarios: nothing is shared
+        for cell in cells[name].values():
+            assert cell["rps"] > 0 and cell["errors"] == 0
+            assert cell["server_cpu_pct"] > 0 and cell["load_cpu_pct"] > 0
+            assert "lost" not in cell  # the store is the client: nothing to count
+
+
+def test_http_cookie_targets_are_against_encrypted_cookie_storage() -> None:
+    from benchmarks import http
+
+    def cell(rps: float) -> dict[str, object]:
+        return {"rps": rps, "cpu_us": 10.0, "load_bound": False, "contended": False,
+                "server_idle": False}
+
+    results = {"aiohttp-session-cookie": {"read": cell(1000), "write": cell(1000)},
+               "aiosessmgr-cookie": {"read": cell(900), "write": cell(1100)}}
+    assert http.verdicts(results) == [
+        "aiosessmgr-cookie read >= 1.0x aiohttp-session-cookie read: 0.90x, MISSED by 0.10x; "
+        "by server CPU per request 1.00x",
+        "aiosessmgr-cookie write >= 1.0x aiohttp-session-cookie write: 1.10x, met; "
+        "by server CPU per request 1.00x"]
+
+
 def test_http_verdicts_name_each_target_and_lost_updates() -> None:
     from benchmarks import http
 

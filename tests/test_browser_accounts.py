@@ -9,7 +9,6 @@ under CI (``CI=true``).
 
 from __future__ import annotations
 
-import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -19,47 +18,17 @@ from aiohttp import web
 
 from examples import account_sessions
 
-from .test_browser import CHROMIUM, CHROMIUM_ARGS, INSTALL_HINT, PLAYWRIGHT_MISSING, TIMEOUT_MS
+from .test_browser import PLAYWRIGHT_MISSING, TIMEOUT_MS
+from .test_browser import browser as browser  # the module-scoped Chromium: a fixture
 
 if PLAYWRIGHT_MISSING is None:
-    from playwright.async_api import Browser, Page, async_playwright, expect
+    from playwright.async_api import Browser, Page, expect
 
 # every test shares the module's event loop, where the browser lives
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
 LAPTOP = "Mozilla/5.0 (X11; Linux x86_64) Chrome/130.0 Laptop-of-alice"
 PHONE = "Mozilla/5.0 (Linux; Android 14) Chrome/130.0 Mobile Phone-of-alice"
-
-
-def _require_browser() -> None:
-    """Skip (locally) or fail (CI) with the reason when Chromium or Playwright is missing."""
-    problems = [PLAYWRIGHT_MISSING] if PLAYWRIGHT_MISSING is not None else []
-    if not os.access(CHROMIUM, os.X_OK):
-        problems.append(f"{CHROMIUM} not found")
-    if not problems:
-        return
-    reason = f"browser test needs Chromium and Playwright: {'; '.join(problems)} ({INSTALL_HINT})"
-    if os.environ.get("CI", "").lower() in {"true", "1", "yes"}:
-        pytest.fail(f"CI must run the browser test: {reason}", pytrace=False)
-    pytest.skip(reason)
-
-
-@pytest_asyncio.fixture(scope="module", loop_scope="module")
-async def browser(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Browser]:
-    """Debian's headless Chromium, launched once for the module with a new empty profile."""
-    _require_browser()
-    with pytest.MonkeyPatch.context() as patch:  # Chromium's profile dir under pytest's tmp
-        patch.setenv("TMPDIR", str(tmp_path_factory.mktemp("chromium")))
-        playwright = await async_playwright().start()
-    try:
-        chromium = await playwright.chromium.launch(
-            executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS, timeout=30_000)
-        try:
-            yield chromium
-        finally:
-            await chromium.close()
-    finally:
-        await playwright.stop()
 
 
 @pytest_asyncio.fixture(loop_scope="module")

@@ -31,22 +31,25 @@ shares): skipped locally without Chromium or Playwright, a failure under CI (``C
 
 from __future__ import annotations
 
-import os
 import secrets
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from typing import NamedTuple
 
 import aiohttp
 import pytest
-import pytest_asyncio
 from aiohttp import web
 
 from aiosessmgr import ConfigError, SessionManager, get_session, setup
 
-from .test_browser import CHROMIUM, CHROMIUM_ARGS, INSTALL_HINT, PLAYWRIGHT_MISSING, TIMEOUT_MS
+# the module-scoped Chromium and the per-test context, page and app servers of test_browser
+from .test_browser import PLAYWRIGHT_MISSING, TIMEOUT_MS
+from .test_browser import browser as browser
+from .test_browser import context as context
+from .test_browser import page as page
+from .test_browser import serve as serve
 
 if PLAYWRIGHT_MISSING is None:
-    from playwright.async_api import Browser, BrowserContext, Cookie, Page, async_playwright
+    from playwright.async_api import Browser, BrowserContext, Cookie, Page
 
 # every test shares the module's event loop, where the browser lives
 pytestmark = pytest.mark.asyncio(loop_scope="module")
@@ -75,74 +78,6 @@ class Exchange(NamedTuple):
     cookie: str
     status: int
     set_cookies: list[str]
-
-
-def _require_browser() -> None:
-    """Skip (locally) or fail (CI) with the reason when Chromium or Playwright is missing."""
-    problems = [PLAYWRIGHT_MISSING] if PLAYWRIGHT_MISSING is not None else []
-    if not os.access(CHROMIUM, os.X_OK):
-        problems.append(f"{CHROMIUM} not found")
-    if not problems:
-        return
-    reason = f"browser test needs Chromium and Playwright: {'; '.join(problems)} ({INSTALL_HINT})"
-    if os.environ.get("CI", "").lower() in {"true", "1", "yes"}:
-        pytest.fail(f"CI must run the browser test: {reason}", pytrace=False)
-    pytest.skip(reason)
-
-
-@pytest_asyncio.fixture(scope="module", loop_scope="module")
-async def browser(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Browser]:
-    """Debian's headless Chromium, launched once for the module with a new empty profile."""
-    _require_browser()
-    with pytest.MonkeyPatch.context() as patch:  # Chromium's profile dir under pytest's tmp
-        patch.setenv("TMPDIR", str(tmp_path_factory.mktemp("chromium")))
-        playwright = await async_playwright().start()
-    try:
-        chromium = await playwright.chromium.launch(
-            executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS, timeout=30_000)
-        try:
-            yield chromium
-        finally:
-            await chromium.close()
-    finally:
-        await playwright.stop()
-
-
-@pytest_asyncio.fixture(loop_scope="module")
-async def context(browser: Browser) -> AsyncIterator[BrowserContext]:
-    """A fresh browser context: its own, empty cookie jar."""
-    ctx = await browser.new_context()
-    ctx.set_default_timeout(TIMEOUT_MS)
-    ctx.set_default_navigation_timeout(TIMEOUT_MS)
-    try:
-        yield ctx
-    finally:
-        await ctx.close()
-
-
-@pytest_asyncio.fixture(loop_scope="module")
-async def page(context: BrowserContext) -> Page:
-    return await context.new_page()
-
-
-@pytest_asyncio.fixture(loop_scope="module")
-async def serve() -> AsyncIterator[Serve]:
-    """Start apps on free ports of 127.0.0.1; each call returns ``http://127.0.0.1:<port>``."""
-    runners: list[web.AppRunner] = []
-
-    async def start(app: web.Application) -> str:
-        runner = web.AppRunner(app, shutdown_timeout=5.0)
-        await runner.setup()
-        runners.append(runner)
-        await web.TCPSite(runner, "127.0.0.1", 0).start()
-        host, port = runner.addresses[0][:2]
-        return f"http://{host}:{port}"
-
-    try:
-        yield start
-    finally:
-        for runner in reversed(runners):
-            await runner.cleanup()
 
 
 def record_exchanges(app: web.Application) -> list[Exchange]:

@@ -85,7 +85,7 @@ class ClientSide:
         if session.stored and jar.written_id == session.id:
             return self._set(jar)
         if not session.stored and loaded is not None and (session.moved or replaced):
-            return [self._writer(name).delete_header() for name in jar.sent]
+            return self._clear(jar)
         return []
 
     def prepared(self, request: web.Request, response: web.StreamResponse,
@@ -106,7 +106,7 @@ class ClientSide:
         if session.stored and jar.written_id == session.id:
             headers = self._set(jar)
         elif loaded is not None and loaded not in jar.records and not session.stored:
-            headers = [self._writer(name).delete_header() for name in jar.sent]
+            headers = self._clear(jar)
         else:
             return
         for header in headers:
@@ -117,6 +117,10 @@ class ClientSide:
         names = {name for name, _ in jar.outgoing}
         return [*(self._writer(name).set_header(value) for name, value in jar.outgoing),
                 *(self._writer(name).delete_header() for name in jar.sent if name not in names)]
+
+    def _clear(self, jar: CookieJar) -> list[str]:
+        """Delete every cookie of ours the request sent."""
+        return [self._writer(name).delete_header() for name in jar.sent]
 
     def _writer(self, name: str) -> CookieWriter:
         writer = self._writers.get(name)

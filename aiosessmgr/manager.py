@@ -27,18 +27,8 @@ __all__ = ["DriverFactory", "SessionManager"]
 DriverFactory = Callable[[DriverConfig], SessionDriver]
 
 
-def _cookie_placeholder(config: DriverConfig) -> SessionDriver:
-    raise ConfigError("the cookie driver is built by its SessionManager")  # pragma: no cover
-
-
-#: the cookie driver needs the manager's cookie name, key and clock (_cookie_driver)
-_COOKIE: DriverFactory = _cookie_placeholder
-
-
 def _builtin_factory(kind: str) -> DriverFactory:
     # imported on demand so that an app on the memory driver never imports redis
-    if kind == "cookie":
-        return _COOKIE
     if kind == "memory":
         from .drivers.memory import MemoryDriver
 
@@ -148,22 +138,20 @@ class SessionManager:
                 )
             cfg = DriverConfig(driver=name, lifetime=self.config.lifetime)
         factory = self._factories.get(cfg.driver)
-        if factory is None:
-            if cfg.driver not in BUILTIN_DRIVERS:
-                raise ConfigError(
-                    f"driver type {cfg.driver!r} of {name!r} is not registered; built-in: "
-                    f"{', '.join(BUILTIN_DRIVERS)}; register others with "
-                    f"manager.extend({cfg.driver!r}, factory)"
-                )
-            factory = _builtin_factory(cfg.driver)
+        if factory is None and cfg.driver not in BUILTIN_DRIVERS:
+            raise ConfigError(
+                f"driver type {cfg.driver!r} of {name!r} is not registered; built-in: "
+                f"{', '.join(BUILTIN_DRIVERS)}; register others with "
+                f"manager.extend({cfg.driver!r}, factory)"
+            )
         codec = self.codec
-        if factory is _COOKIE:
+        if factory is None and cfg.driver == "cookie":
+            # it needs the manager's cookie name, key and clock; it seals the whole record
+            # (cookie name as associated data), so the record is not encrypted twice
             driver: SessionDriver = self._cookie_driver(name, cfg)
-            # the driver seals the whole record (cookie name as associated data): the
-            # record itself is not encrypted a second time
             codec = Codec(self.codec.serializer)
         else:
-            driver = factory(cfg)
+            driver = (factory or _builtin_factory(cfg.driver))(cfg)
         if not isinstance(driver, SessionDriver):
             raise ConfigError(
                 f"the factory for {cfg.driver!r} returned {type(driver).__name__}, "

@@ -99,6 +99,10 @@ class DriverRuntime:
         driver = self.driver
         object.__setattr__(self, "locks",
                            driver if isinstance(driver, SupportsLock) else LocalLocks())
+        if getattr(driver, "per_request", False) is True:
+            # each request has its own store (the cookie driver): a record written for one
+            # request is never another's to replay on, so none is remembered
+            object.__setattr__(self, "commits", CommitQueue(ids=0))
         object.__setattr__(self, "tombstones", Tombstones(self.ttl))
         object.__setattr__(self, "moved", Tombstones(self.ttl))
 

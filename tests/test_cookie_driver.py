@@ -569,3 +569,17 @@ def test_max_sessions_cannot_be_enforced_client_side() -> None:
     cfg["users"] = {"max_sessions": 2}
     with pytest.raises(ConfigError, match="max_sessions cannot be enforced"):
         SessionManager(cfg)
+
+
+def test_no_record_is_remembered_across_requests() -> None:
+    # one request's jar is never the base of another's save (each request is its own store)
+    manager = SessionManager(config())
+    commits = manager.runtime().commits
+    commits.remember("x" * 43, b"v" * 8, b"record")
+    assert commits.base("x" * 43, _loaded()) == (b"w" * 8, None)
+
+
+def _loaded() -> Any:
+    from aiosessmgr.commit import Save
+
+    return Save(b"w" * 8, 0.0, lambda: (b"", b""), lambda raw: None, lambda raw: None)

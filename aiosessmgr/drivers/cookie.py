@@ -36,7 +36,7 @@ import re
 import struct
 import time
 from collections.abc import Callable, Mapping
-from typing import Any, Final, Protocol
+from typing import Any, ClassVar, Final, Protocol
 
 from ..errors import ConfigError, SessionError, SessionTooLarge
 from ..ids import is_valid_session_id
@@ -131,6 +131,10 @@ class CookieDriver(SessionDriver):
     invalidation (a copy of a cookie stays valid until its deadline), concurrent requests
     are last-response-wins, and there is no index of a user's sessions.
     """
+
+    #: each request has its own store (its cookies): the runtime remembers no record
+    #: written for one request as the base of another's save
+    per_request: ClassVar[bool] = True
 
     def __init__(self, cookie_name: str, cipher: Cipher, values: Values, names: Names, *,
                  max_size: int = DEFAULT_MAX_SIZE, chunk_size: int = DEFAULT_CHUNK_SIZE,

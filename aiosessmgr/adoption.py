@@ -12,6 +12,8 @@ from collections.abc import Awaitable, Callable
 
 from aiohttp import hdrs, web
 
+from .errors import SessionTooLarge
+from .log import logger
 from .manager import SessionManager
 from .session import SessionStore
 
@@ -31,14 +33,33 @@ class Adoption:
     none if the save fails or the response is a 5xx: the old session stays.
     """
 
-    __slots__ = ("after_save", "headers", "unless_ours")
+    __slots__ = ("after_save", "headers", "keys", "unless_ours")
 
     def __init__(self, headers: list[str] | None = None,
                  after_save: Callable[[], Awaitable[None]] | None = None,
-                 unless_ours: list[str] | None = None) -> None:
+                 unless_ours: list[str] | None = None, keys: list[str] | None = None) -> None:
         self.headers = headers or []
         self.after_save = after_save
         self.unless_ours = unless_ours or []
+        #: the session keys the adopter filled from the old session
+        self.keys = keys or []
+
+    async def save(self, session: SessionStore) -> None:
+        """Save the session the adopter filled. If the old session is too large for this
+        store (``SessionTooLarge``), its keys are dropped with a WARNING and the save is
+        tried once more: the visitor starts afresh, rather than every request failing
+        while the old session stays adoptable. An error of the request's own data is
+        raised as usual."""
+        try:
+            await session.save()
+        except SessionTooLarge as exc:
+            if not self.keys:
+                raise
+            logger.warning("the adopted session is too large for this store and is dropped "
+                           "(the visitor starts a fresh session): %s", exc)
+            session.forget(*self.keys)
+            self.keys = []
+            await session.save()
 
     async def finish(self, response: web.StreamResponse, ours: list[str], name: str) -> None:
         """The session is saved (or emptied, so that nothing is stored: a logout on the

@@ -383,7 +383,8 @@ def adopt_sessions(app: web.Application, manager: SessionManager, storage: _OldS
     to adopt: that user starts a fresh session, logged out, rather than getting an
     error page (the old cookie is kept, but once our session is saved it is never asked
     about again). A failed record deletion is logged; the record then lasts until its
-    own expiry. Values aiosessmgr's serializer refuses (from a custom decoder) are
+    own expiry. Values aiosessmgr's serializer refuses (an integer beyond 64 bits, a custom
+    decoder's types) are
     dropped, each with a WARNING naming the key. Here, at setup: TypeError if *manager*
     or *storage* is of the wrong kind, ValueError if the storage's cookie attributes
     cannot be written in a ``Set-Cookie`` header.
@@ -460,15 +461,18 @@ def adopt_sessions(app: web.Application, manager: SessionManager, storage: _OldS
             # sent with the same old cookie as a request of this process that adopted it
             # and deleted its record meanwhile (see _Recent)
             data = recent.get(value, arrived)
+        keys: list[str] = []
         if data:
-            session.put(_storable(manager, session, data))
+            stored = _storable(manager, session, data)
+            session.put(stored)
+            keys = list(stored)
             state, _ = _state(request, manager)
             state.adopted.append(session)
         else:
             logger.debug("aiohttp-session cookie %r: an empty or expired session, nothing "
                          "to adopt", name)
         return Adoption(headers=deletion, after_save=after_save,
-                        unless_ours=unless_ours)
+                        unless_ours=unless_ours, keys=keys)
 
     set_adopter(app, manager, adopt)
 

@@ -216,7 +216,7 @@ class _Front:
                 # proves the record still exists before the cookie goes out again
                 session.cookie_sent(slot.arrived)
                 rolling = True
-        await session.save()
+        await (session.save() if slot.adoption is None else slot.adoption.save(session))
         if slot.destroy_on_save is not None:
             # new_session(): the replaced record goes once the new one is saved, so a
             # request whose save fails keeps the session it had
@@ -564,14 +564,12 @@ async def _load(slot: _Slot, request: web.Request) -> SessionStore:
         # (a request that arrives later, after a lost response or a replay, is a new visit)
         if any(front.moved_since_arrival(slot, candidate) for candidate in candidates):
             first.detach()
-            return first
-        session = first
-    else:
-        session = slot.session = front.manager.session(None)
-        session.request = request
-        await session.start()
-    if not session.moved:  # nothing of ours: another system's session may move in
-        slot.adoption = await offer(request, front.manager, session, slot.arrived)
+        return first  # a cookie of ours, expired: never offered to an adopter
+    session = slot.session = front.manager.session(None)
+    session.request = request
+    await session.start()
+    # no cookie of ours at all: another system's session may move in
+    slot.adoption = await offer(request, front.manager, session, slot.arrived)
     return session
 
 

@@ -700,3 +700,66 @@ def test_wrong_arguments(manager: SessionManager) -> None:
         compat.adopt_sessions(app, SimpleCookieStorage(), manager)  # type: ignore[arg-type]
     with pytest.raises(TypeError, match="takes an aiohttp-session storage"):
         compat.adopt_sessions(app, manager, manager)  # type: ignore[arg-type]
+
+
+async def test_an_old_session_too_large_for_the_new_store_starts_afresh(
+        aiohttp_client: Any, caplog: pytest.LogCaptureFixture) -> None:
+    # found by an outside tester: every request was a 500, and the old session stayed
+    # adoptable, so the visitor was locked out until it expired
+    storage = SimpleCookieStorage(cookie_name="OLD_SESSION")
+    manager = SessionManager({"default": "c", "drivers": {"c": {"driver": "cookie"}},
+                              "encryption": {"key": "c" * 64}})
+    app = web.Application()
+
+    async def show(request: web.Request) -> web.Response:
+        session = await aiosessmgr.get_session(request)
+        session["visits"] = session.get("visits", 0) + 1
+        return web.json_response(dict(session))
+
+    app.router.add_get("/", show)
+    aiosessmgr.setup(app, manager)
+    compat.adopt_sessions(app, manager, storage)
+    client = await aiohttp_client(app)
+    old = json.dumps({"created": int(time.time()), "session": {"blob": "x" * 5000}})
+    with caplog.at_level(logging.WARNING, logger="aiosessmgr"):
+        response = await client.get("/", headers={"Cookie": f"OLD_SESSION={json.dumps(old)}"})
+    assert response.status == 200
+    assert any("too large" in r.getMessage() for r in caplog.records)
+    deleted = [h for h in response.headers.getall("Set-Cookie") if h.startswith("OLD_SESSION=")]
+    assert deleted and "Max-Age=0" in deleted[0]
+    again = await client.get("/")  # with the cookie of ours that response set
+    assert again.status == 200
+    assert await again.json() == {"visits": 2}  # afresh: the old data did not fit
+
+
+async def test_an_expired_cookie_driver_cookie_is_never_offered_to_the_old_storage(
+        aiohttp_client: Any) -> None:
+    # found by an outside tester: a sealed value of ours is not shaped like an id, so an
+    # expired one went to the old storage (a Redis lookup of our cookie, a WARNING)
+    calls: list[str] = []
+
+    class Counting(SimpleCookieStorage):
+        async def load_session(self, request: web.Request) -> Session:
+            calls.append(request.path)
+            return await super().load_session(request)
+
+    now = [1_000_000.0]
+    manager = SessionManager({"default": "c", "drivers": {"c": {"driver": "cookie",
+                                                                "lifetime": 1}},
+                              "cookie": {"name": "AIOHTTP_SESSION"},
+                              "encryption": {"key": "c" * 64}}, clock=lambda: now[0])
+    app = web.Application()
+
+    async def show(request: web.Request) -> web.Response:
+        session = await aiosessmgr.get_session(request)
+        session["visits"] = session.get("visits", 0) + 1
+        return web.json_response(dict(session))
+
+    app.router.add_get("/", show)
+    aiosessmgr.setup(app, manager)
+    compat.adopt_sessions(app, manager, Counting())
+    client = await aiohttp_client(app)
+    assert (await (await client.get("/")).json()) == {"visits": 1}
+    now[0] += 3600  # our cookie's sealed deadline has passed
+    assert (await (await client.get("/")).json()) == {"visits": 1}
+    assert calls == []

@@ -16,11 +16,25 @@ import pytest
 import aiosessmgr
 
 ROOT = Path(__file__).resolve().parent.parent
+DOCS = ROOT / "docs"
 README = (ROOT / "README.md").read_text()
+#: the README and every page of the documentation site, by name
+PAGES = {"README.md": README,
+         **{f"docs/{p.name}": p.read_text() for p in sorted(DOCS.glob("*.md"))}}
+#: fence languages a page may use: python runs here, sh is checked line by line below,
+#: text is output, the braced ones are Sphinx directives
+FENCES = {"python", "sh", "text", "{eval-rst}", "{toctree}", "{include}"}
+
+
+def blocks(language: str) -> list[tuple[str, str]]:
+    """(page, body) of every ```language block of every page."""
+    return [(page, body) for page, text in PAGES.items()
+            for body in re.findall(rf"^```{re.escape(language)}\n(.*?)^```", text,
+                                   flags=re.S | re.M)]
 
 
 def readme_blocks(language: str) -> list[str]:
-    return re.findall(rf"^```{language}\n(.*?)^```", README, flags=re.S | re.M)
+    return [body for page, body in blocks(language) if page == "README.md"]
 
 
 async def run_source(source: str, namespace: dict[str, Any]) -> None:
@@ -31,16 +45,26 @@ async def run_source(source: str, namespace: dict[str, Any]) -> None:
         await result
 
 
-@pytest.mark.parametrize("block", readme_blocks("python"),
+@pytest.mark.parametrize(("page", "block"), blocks("python"),
                          ids=lambda b: b.strip().splitlines()[0][:40])
-def test_readme_python_blocks_run(block: str) -> None:
+def test_python_blocks_run(page: str, block: str) -> None:
+    """Every ```python block of the README and of docs/ runs, each on its own."""
     # blocks that call asyncio.run() run as scripts, so no loop may be running here
-    code = compile(block, "<README>", "exec")
-    exec(code, {"__name__": "__readme__"})
+    code = compile(block, f"<{page}>", "exec")
+    exec(code, {"__name__": "__docs__"})
 
 
-def test_readme_has_python_blocks() -> None:
-    assert len(readme_blocks("python")) >= 4
+def test_pages_have_python_blocks() -> None:
+    assert len(readme_blocks("python")) == 1  # the landing page's one example
+    assert len(blocks("python")) >= 15
+    assert len(PAGES) >= 18
+
+
+@pytest.mark.parametrize("page", PAGES)
+def test_pages_use_known_fences(page: str) -> None:
+    """A block in another language would escape the checks here (```bash, say)."""
+    languages = set(re.findall(r"^```(\S+)", PAGES[page], flags=re.M))
+    assert languages <= FENCES, page
 
 
 def test_ci_runs_the_readme_test_command() -> None:
@@ -93,27 +117,82 @@ def test_docstring_examples_were_found() -> None:
     assert len(docstring_examples()) >= 3
 
 
-def test_readme_shell_blocks_are_all_known() -> None:
-    """Every shell block is run by one of the tests below, or by CI itself."""
-    blocks = readme_blocks("sh")
-    assert len(blocks) == 6
-    assert any("aiosessmgr demo" in b for b in blocks)
-    assert any("curl" in b for b in blocks)
-    assert any("token_bytes(32)" in b for b in blocks)
+def shell_commands() -> list[tuple[str, str]]:
+    """(page, command) for every command of every ```sh block: comments cut, ``&&`` split."""
+    found = []
+    for page, body in blocks("sh"):
+        for line in body.splitlines():
+            line = line.split("  #")[0].split("    #")[0].strip()
+            if line.startswith("*/"):  # a crontab line: its command is what follows the times
+                line = line.split(None, 5)[5]
+            found += [(page, part.strip()) for part in line.split("&&") if part.strip()]
+    return found
 
 
-def test_readme_install_blocks_name_real_extras() -> None:
+#: commands that a page shows but that are not ours to run here: they change the machine
+SYSTEM = re.compile(r"^(sudo )?apt-get install [\w\s.-]+$")
+PYTHON_M = re.compile(r"^(?:\w+=\S+ )*python -m ([\w.]+)(?: (.*))?$")
+
+
+def _check_python_m(module: str, args: str) -> None:
+    """``python -m module ...``: the module runs, and ``--help`` names every flag used."""
+    words = args.split()
+    if module in ("pip", "sphinx", "pytest"):
+        return  # pip and pytest lines are CI's own command; sphinx runs in the test below
+    command = [sys.executable, "-m", module]
+    if module == "aiosessmgr" and words and not words[0].startswith("-"):
+        command.append(words[0])  # the subcommand: demo or gc
+    help_text = subprocess.run([*command, "--help"], cwd=ROOT, capture_output=True, text=True,
+                               timeout=60, check=True).stdout
+    for flag in (w.split("=")[0] for w in words if w.startswith("--")):
+        assert flag in help_text, f"{' '.join(command)} --help does not name {flag}"
+
+
+def test_shell_blocks_are_all_checked() -> None:
+    """Every command of every ```sh block is run or checked by a test here or by CI."""
+    commands = shell_commands()
+    assert len(commands) >= 15
+    checked = 0
+    for page, command in commands:
+        if SYSTEM.match(command):
+            continue
+        if command in ("python3 -m venv .venv", "source .venv/bin/activate"):
+            continue  # test_readme_venv_line runs both
+        if command.startswith("curl "):
+            continue  # test_readme_demo_and_curl_blocks runs them
+        if command.startswith('python -c "import secrets'):
+            continue  # test_key_command_makes_a_valid_key runs it
+        match = PYTHON_M.match(command)
+        assert match, f"{page}: no test runs or checks {command!r}"
+        _check_python_m(match.group(1), match.group(2) or "")
+        checked += 1
+    assert checked >= 10
+
+
+def test_install_lines_name_real_extras_and_files() -> None:
     # the pip lines themselves are what .ci/run executes (see test_ci_runs_...)
     setup_cfg = (ROOT / "setup.cfg").read_text()
-    extras = [extra for block in readme_blocks("sh")
-              for extra in re.findall(r"\.\[(\w+)\]", block)]
-    assert "test" in extras  # not vacuous: the README does name extras
+    installs = [c for _, c in shell_commands() if c.startswith("python -m pip install")]
+    extras = [extra for c in installs for extra in re.findall(r"\.\[(\w+)\]", c)]
+    assert "test" in extras  # not vacuous: the pages do name extras
     for extra in extras:
         assert re.search(rf"^{extra} =$", setup_cfg, re.M), extra
+    for path in (p for c in installs for p in re.findall(r"-r (\S+)", c)):
+        assert (ROOT / path).is_file(), path
 
 
-def test_readme_key_command_makes_a_valid_key() -> None:
-    block = next(b for b in readme_blocks("sh") if "token_bytes(32)" in b)
+def test_readme_venv_line(tmp_path: Path) -> None:
+    """The README's first step makes and activates a venv (here without pip: it is quick)."""
+    line = next(c for c in readme_blocks("sh") if "venv" in c).strip()
+    assert line == "python3 -m venv .venv && source .venv/bin/activate"
+    script = line.replace("python3 -m venv", f"{sys.executable} -m venv --without-pip")
+    out = subprocess.run(["bash", "-c", f"{script} && python -c 'import sys; print(sys.prefix)'"],
+                         cwd=tmp_path, capture_output=True, text=True, timeout=60, check=True)
+    assert Path(out.stdout.strip()) == tmp_path / ".venv"
+
+
+def test_key_command_makes_a_valid_key() -> None:
+    block = next(b for _, b in blocks("sh") if "token_bytes(32)" in b)
     command = block.strip().replace("python ", f"{sys.executable} ", 1)
     key = subprocess.run(["bash", "-c", command], capture_output=True, text=True,
                          check=True, timeout=30).stdout.strip()
@@ -152,21 +231,21 @@ def test_readme_demo_and_curl_blocks(tmp_path: Path) -> None:
                 pipe.close()
 
 
-def test_readme_benchmark_command_runs() -> None:
-    """The README's one-part benchmark line, cut short (speed is never asserted here)."""
-    block = next(b for b in readme_blocks("sh") if "benchmarks.http" in b)
-    line = next(x for x in block.splitlines() if "benchmarks.http" in x).split("#")[0].split()
-    assert line[:3] == ["python", "-m", "benchmarks.http"]
+def test_benchmark_command_runs() -> None:
+    """The benchmarks page's one-part line, cut short (speed is never asserted here)."""
+    line = next(c for _, c in shell_commands() if c.startswith("python -m benchmarks.http"))
+    words = line.split()
     result = subprocess.run(
-        [sys.executable, *line[1:], "--duration", "1", "--warmup", "0.2", "--sessions", "8",
+        [sys.executable, *words[1:], "--duration", "1", "--warmup", "0.2", "--sessions", "8",
          "--no-json"], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
     assert "| aiosessmgr-memory |" in result.stdout
 
 
-def test_readme_threat_model_names_tests_that_exist() -> None:
-    """Each test the security section cites as evidence exists (a claim is a test)."""
-    section = README[README.index("#### Threat model"):README.index("Not defended:")]
+def test_threat_model_names_tests_that_exist() -> None:
+    """Each test the security page cites as evidence exists (a claim is a test)."""
+    security = PAGES["docs/security.md"]
+    section = security[security.index("## Threat model"):security.index("Not defended:")]
     cited = re.findall(r"`(tests/[\w/]+\.py)(?:::(\w+))?`|`::(\w+)`", section)
     assert len(cited) >= 10
     module = None
@@ -179,3 +258,27 @@ def test_readme_threat_model_names_tests_that_exist() -> None:
             assert module is not None
             assert re.search(rf"^(async )?def {name}\(", module.read_text(), re.M), \
                 f"{module.name} has no test {name}"
+
+
+@pytest.mark.parametrize("page", PAGES)
+def test_relative_links_resolve(page: str) -> None:
+    """A link from a page to a file of the repository names one that exists."""
+    base = ROOT if page == "README.md" else DOCS
+    for target in re.findall(r"\]\(([^)#\s]+)(?:#[^)]*)?\)", PAGES[page]):
+        if "://" not in target:
+            assert (base / target).exists(), f"{page}: {target}"
+
+
+def test_sphinx_builds_without_warnings(tmp_path: Path) -> None:
+    """The documentation site builds as CI builds it, ``-W``: any warning fails."""
+    result = subprocess.run(
+        [sys.executable, "-m", "sphinx", "-W", "--keep-going", "-q", "-b", "html",
+         "-d", str(tmp_path / "doctrees"), str(DOCS), str(tmp_path / "html")],
+        cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    api = (tmp_path / "html" / "api.html").read_text()
+    for name in aiosessmgr.__all__:
+        if name != "__version__":
+            assert f'id="aiosessmgr.{name}"' in api, f"the API reference lacks {name}"
+    for name in ("compat.adopt_sessions", "testing.DriverContract"):
+        assert f'id="aiosessmgr.{name}"' in api, name

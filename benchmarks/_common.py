@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import json
 import os
 import platform
+import re
 import shutil
 import signal
 import socket
@@ -19,6 +21,52 @@ from pathlib import Path
 from typing import Any
 
 RESULTS = Path(__file__).parent / "results"
+#: where ``--plot`` draws by default: git-ignored, unlike the charts in RESULTS that the README
+#: and the docs show (only ``--update-readme-images`` rewrites those)
+PLOTS = RESULTS / "plots"
+
+
+def help_text(doc: str | None) -> str:
+    """A module docstring as plain text for ``--help``: no reST literals, roles or ``::``."""
+    text = re.sub(r":[a-z]+:`([^`]*)`", r"\1", doc or "")
+    text = re.sub(r"``(.+?)``", r"\1", text, flags=re.S)
+    text = re.sub(r"(?m)^\s*::\s*$\n?", "", text)  # a paragraph of its own: dropped
+    text = re.sub(r"(?m)(\S)\s*::$", r"\1:", text)  # "Example::" -> "Example:"
+    return text.strip() + "\n"
+
+
+def cli_parser(prog: str, doc: str | None) -> argparse.ArgumentParser:
+    """An argument parser whose description is *doc* as plain text, its layout kept."""
+    return argparse.ArgumentParser(prog=prog, description=help_text(doc),
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+
+
+def add_chart_arguments(parser: argparse.ArgumentParser) -> None:
+    """--plot, --out DIR and --update-readme-images (see chart_path)."""
+    parser.add_argument("--plot", action="store_true",
+                        help=f"also draw PNG charts (matplotlib, from the bench extra), into "
+                             f"--out (default {PLOTS.relative_to(RESULTS.parent.parent)}/, "
+                             f"git-ignored)")
+    where = parser.add_mutually_exclusive_group()
+    where.add_argument("--out", metavar="DIR", type=Path,
+                       help="directory for the --plot charts (made if missing)")
+    where.add_argument("--update-readme-images", action="store_true",
+                       help=f"draw the charts over the tracked images the README and the docs "
+                            f"show, in {RESULTS.relative_to(RESULTS.parent.parent)}/ "
+                            f"(implies --plot)")
+
+
+def chart_path(name: str, args: argparse.Namespace) -> Path | None:
+    """Where the chart *name* goes for the parsed *args*: None without --plot; the tracked
+    ``RESULTS/<name>.png`` only with --update-readme-images; else ``<--out or PLOTS>/<name>.png``.
+    """
+    if args.update_readme_images:
+        return RESULTS / f"{name}.png"
+    if not args.plot:
+        return None
+    out: Path = args.out if args.out is not None else PLOTS
+    out.mkdir(parents=True, exist_ok=True)
+    return out / f"{name}.png"
 
 
 def machine() -> dict[str, Any]:

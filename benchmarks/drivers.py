@@ -20,7 +20,6 @@ file driver; the issue's target is file >= 0.5x memory.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import contextlib
 import os
@@ -35,7 +34,7 @@ from aiohttp import web
 
 from aiosessmgr import SessionDriver, SessionManager, get_session, setup
 from aiosessmgr.drivers.base import VERSION_SIZE, SupportsCompareAndSet, SupportsTouch
-from benchmarks._common import progress, redis_server, setup_line, table, write_json
+from benchmarks._common import cli_parser, progress, redis_server, setup_line, table, write_json
 
 OPERATIONS = ("read", "write", "cas-save")
 CONCURRENCY = (1, 64)
@@ -246,8 +245,7 @@ async def run(seconds: float, http_seconds: float, http_concurrency: int,
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the benchmark, print the setup line and tables, write results/drivers.json."""
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.drivers",
-                                     description=__doc__.splitlines()[0] if __doc__ else None)
+    parser = cli_parser("python -m benchmarks.drivers", __doc__)
     parser.add_argument("--seconds", type=float, default=1.0,
                         help="duration of each driver measurement (default 1)")
     parser.add_argument("--http-seconds", type=float, default=3.0,

@@ -17,7 +17,6 @@ session N times at concurrency 1 and 64 in four ways, all but the memory driver 
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import os
 import secrets
@@ -33,7 +32,7 @@ import aiofiles.os
 from aiosessmgr import MemoryDriver
 from aiosessmgr.drivers.file import DEFAULT_MAX_WORKERS, FileDriver
 
-from ._common import setup_line, table, write_json
+from ._common import cli_parser, setup_line, table, write_json
 
 RECORD_SIZE = 200
 TTL = 7200
@@ -109,7 +108,7 @@ async def measure(reads: int, max_workers: int) -> list[dict[str, Any]]:
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     """Run, print the table and write benchmarks/results/fileio.json."""
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.fileio")
+    parser = cli_parser("python -m benchmarks.fileio", __doc__)
     parser.add_argument("--reads", type=int, default=5000)
     parser.add_argument("--max-workers", type=int, default=DEFAULT_MAX_WORKERS,
                         help=f"threads in the pool (default {DEFAULT_MAX_WORKERS}, the "

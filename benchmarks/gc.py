@@ -18,7 +18,6 @@ runs (target < 20 ms). ``--quick`` is a smoke run: small sizes, and no target ve
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import gc as pygc
 import os
@@ -34,7 +33,7 @@ from aiohttp.test_utils import make_mocked_request
 from aiosessmgr import MemoryDriver, SessionManager, get_session, new_session_id, setup
 from aiosessmgr.drivers.file import FileDriver
 
-from ._common import progress, setup_line, table, write_json
+from ._common import cli_parser, progress, setup_line, table, write_json
 from ._lag import LagProbe
 
 RECORD = b"v" * 8 + b"\x00" + b"\x82\xa1d\x81\xa4user\xcd\x01\x00\xa1m\x80"
@@ -214,7 +213,7 @@ def _verdict(met: bool, quick: bool) -> str:
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     """Run the GC cases, print the tables and write benchmarks/results/gc.json."""
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.gc")
+    parser = cli_parser("python -m benchmarks.gc", __doc__)
     parser.add_argument("--quick", action="store_true",
                         help="a smoke run: small sizes (unless given), no target verdicts")
     parser.add_argument("--memory", type=int, help="expired memory sessions (1,000,000)")

@@ -49,7 +49,7 @@ from typing import Any
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
-from benchmarks._common import progress, session_handlers, setup_line, table, write_json
+from benchmarks._common import cli_parser, progress, session_handlers, setup_line, table, write_json
 
 CASES = ("bare", "noop", "session-none", "session-read", "session-write")
 #: the profile's rows, and the requests profiled at most
@@ -298,8 +298,7 @@ async def run(opts: argparse.Namespace) -> dict[str, Any]:
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.hotpath", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = cli_parser("python -m benchmarks.hotpath", __doc__)
     parser.add_argument("--requests", type=int, default=20_000,
                         help="requests per case and run (default 20,000)")
     parser.add_argument("--repeat", type=int, default=3,

@@ -104,6 +104,7 @@ from aiohttp import ClientSession, ClientTimeout, DummyCookieJar, TCPConnector, 
 from aiohttp.abc import AbstractAccessLogger
 
 from benchmarks._common import (
+    cli_parser,
     free_port,
     pinned,
     progress,
@@ -876,8 +877,7 @@ def verdicts(results: Results) -> list[str]:
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.http", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = cli_parser("python -m benchmarks.http", __doc__)
     parser.add_argument("--quick", action="store_true",
                         help="a smoke run (about 15 s): rows " + ", ".join(QUICK_ROWS)
                         + ", 1 s per scenario, 16 sessions, no warm-up, no verdicts")

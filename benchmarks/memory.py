@@ -10,7 +10,6 @@ idle session.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import gc
 import tracemalloc
@@ -19,7 +18,7 @@ from typing import Any
 
 from aiosessmgr import MemoryDriver, SessionManager, new_session_id
 
-from ._common import progress, setup_line, table, write_json
+from ._common import cli_parser, progress, setup_line, table, write_json
 
 TARGET_OVERHEAD = 600
 
@@ -52,7 +51,7 @@ async def measure(count: int) -> dict[str, Any]:
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     """Measure, print the table and write benchmarks/results/memory.json."""
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.memory")
+    parser = cli_parser("python -m benchmarks.memory", __doc__)
     parser.add_argument("--sessions", type=int, default=100_000)
     args = parser.parse_args(argv)
     print("## Memory per idle session (memory driver)\n")

@@ -1,27 +1,38 @@
 """Serializer benchmark: encode/decode time and size, with and without AES-256-GCM.
 
-Run: ``python -m benchmarks.serializers [--repeat N] [--plot]``. Compares the default
+Run: ``python -m benchmarks.serializers [--repeat N] [--plot [--out DIR]]``. Compares the default
 msgpack serializer (msgpack-python) with json and, when installed, a custom serializer
 on orjson and the byte-compatible ormsgpack implementation that ``"msgpack"`` picks
 automatically when ormsgpack is installed, on three payloads (small ~100 B, typical
 ~600 B, large ~20 kB).
-Times are per session record, in microseconds; ratios are against msgpack.
+Times are per session record, in microseconds; ratios are against msgpack. ``--plot``
+draws ``serializers.png`` into ``--out DIR`` (default ``benchmarks/results/plots/``,
+git-ignored); only ``--update-readme-images`` draws over the tracked
+``benchmarks/results/serializers.png`` the README and the docs show.
 """
 
 from __future__ import annotations
 
-import argparse
 import functools
 import secrets
 import timeit
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 from aiosessmgr import AesGcmCipher, Codec, JsonSerializer, MsgpackSerializer, Secret, Serializer
 from aiosessmgr.codec import OrmsgpackSerializer
 
-from ._common import progress, setup_line, table, write_json
+from ._common import (
+    add_chart_arguments,
+    chart_path,
+    cli_parser,
+    progress,
+    setup_line,
+    table,
+    write_json,
+)
 
 
 def payloads() -> dict[str, dict[str, Any]]:
@@ -131,7 +142,7 @@ def render(rows: Sequence[dict[str, Any]]) -> str:
     )
 
 
-def plot(rows: Sequence[dict[str, Any]], path: str) -> None:
+def plot(rows: Sequence[dict[str, Any]], path: Path) -> None:
     """Bar chart of encode+decode µs per serializer and payload (needs matplotlib)."""
     import matplotlib
 
@@ -154,14 +165,15 @@ def plot(rows: Sequence[dict[str, Any]], path: str) -> None:
     ax.set_title("aiosessmgr serializers")
     fig.tight_layout()
     fig.savefig(path, dpi=100)
+    plt.close(fig)
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     """Run the benchmark, print the table, write JSON (and a chart with --plot)."""
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.serializers")
-    parser.add_argument("--repeat", type=int, default=2000, help="calls per timing run")
-    parser.add_argument("--plot", action="store_true", help="write serializers.png")
-    args = parser.parse_args(argv)
+    cli = cli_parser("python -m benchmarks.serializers", __doc__)
+    cli.add_argument("--repeat", type=int, default=2000, help="calls per timing run")
+    add_chart_arguments(cli)
+    args = cli.parse_args(argv)
     print("## Serializers\n")
     print(setup_line(repeat=args.repeat, payloads="small/typical/large ~100 B/600 B/20 kB",
                      timing="best of 5"))
@@ -169,9 +181,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     print()
     print(render(rows))
     result = {"rows": rows}
-    path = write_json("serializers", result)
-    if args.plot:
-        chart = str(path.with_suffix(".png"))
+    write_json("serializers", result)
+    chart = chart_path("serializers", args)
+    if chart is not None:
         plot(rows, chart)
         print(f"\nchart: {chart}")
     return result

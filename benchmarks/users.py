@@ -84,6 +84,7 @@ from aiohttp import web
 from aiosessmgr import SessionError, SessionManager, SessionStore, get_session, setup
 from benchmarks import hotpath
 from benchmarks._common import (
+    cli_parser,
     free_port,
     progress,
     redis_server,
@@ -743,8 +744,7 @@ def _redis_cells(counts: Counts | None, cluster: bool) -> list[str]:
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.users", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = cli_parser("python -m benchmarks.users", __doc__)
     parser.add_argument("--quick", action="store_true",
                         help="a smoke run: --repeat 5, --requests 100, --http-repeat 3, "
                         "no verdicts")

@@ -2,14 +2,23 @@
 
 from __future__ import annotations
 
+import argparse
+import hashlib
 import json
 import shutil
+import subprocess
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
 
 import pytest
 
 from benchmarks import __main__ as suite
 from benchmarks import gc as gc_bench
-from benchmarks._common import RESULTS
+from benchmarks import serializers
+from benchmarks._common import PLOTS, RESULTS, add_chart_arguments, chart_path, write_json
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def test_quick_suite_runs_and_writes_results(capsys: pytest.CaptureFixture[str]) -> None:
@@ -179,3 +188,85 @@ def test_users_quick_on_memory(capsys: pytest.CaptureFixture[str]) -> None:
         if not row["logged_in"]:
             assert row["vs_anonymous"] == 1.0  # the baseline of its own manager
     assert requests[3]["last_seen_after_login_s"] > 0  # touch_interval=0 rewrote it
+
+
+@pytest.mark.parametrize("part", ["", *suite.PARTS])
+def test_help_is_plain_text(part: str, capsys: pytest.CaptureFixture[str]) -> None:
+    main = suite.PARTS[part][0] if part else suite.main
+    with pytest.raises(SystemExit) as info:
+        main(["--help"])
+    assert info.value.code == 0
+    out = capsys.readouterr().out
+    assert out.startswith(f"usage: python -m benchmarks{'.' + part if part else ''} ")
+    for markup in ("``", "::", ":func:", ":class:"):
+        assert markup not in out, f"reST {markup!r} in --help of {part or 'the suite'}"
+
+
+def _tracked_state() -> tuple[dict[str, str], str | None]:
+    """Hashes of the tracked charts, and `git status` of benchmarks/ when this is a checkout."""
+    charts = {path.name: hashlib.sha256(path.read_bytes()).hexdigest()
+              for path in sorted(RESULTS.glob("*.png"))}
+    if not (ROOT / ".git").exists() or shutil.which("git") is None:
+        return charts, None  # an unpacked sdist: the hashes alone
+    status = subprocess.run(["git", "status", "--porcelain", "--untracked-files=all",
+                             "benchmarks/"], cwd=ROOT, capture_output=True, text=True,
+                            check=True).stdout
+    return charts, status
+
+
+def _canned_http(argv: Sequence[str] | None) -> int:
+    """Stands in for benchmarks.http: results to draw from, at once."""
+    cell = {"rps": 1000.0}
+    write_json("http", {"results": {"aiohttp": {"read": cell, "write": cell},
+                                    "aiosessmgr-memory": {"read": cell, "write": cell}}})
+    return 0
+
+
+def test_plot_draws_into_an_untracked_directory_only(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        # the test extra has no matplotlib (the bench extra does): check where, not how
+
+        def fake(_data: Any, path: Path) -> None:
+            path.write_bytes(b"\x89PNG fake")
+
+        monkeypatch.setattr(serializers, "plot", fake)
+        monkeypatch.setattr(suite, "plot_http", fake)
+    monkeypatch.setitem(suite.PARTS, "http", (_canned_http, [], []))
+    http_json = RESULTS / "http.json"
+    kept = http_json.read_bytes() if http_json.exists() else None  # a real run's results
+    before = _tracked_state()
+    try:
+        out = tmp_path / "charts"
+        assert suite.main(["--quick", "--only", "serializers,http", "--plot",
+                           "--out", str(out)]) == 0
+        assert sorted(path.name for path in out.iterdir()) == ["http.png", "serializers.png"]
+        assert all(path.read_bytes().startswith(b"\x89PNG") for path in out.iterdir())
+        printed = capsys.readouterr().out
+        assert f"chart: {out / 'http.png'}" in printed
+        assert f"chart: {out / 'serializers.png'}" in printed
+        assert suite.main(["--quick", "--only", "http", "--plot"]) == 0  # default: PLOTS
+        assert (PLOTS / "http.png").read_bytes().startswith(b"\x89PNG")
+        assert _tracked_state() == before
+    finally:
+        if kept is not None:
+            http_json.write_bytes(kept)
+    if before[1] is not None:  # a checkout: PLOTS is git-ignored
+        subprocess.run(["git", "check-ignore", "-q", str(PLOTS / "http.png")], cwd=ROOT,
+                       check=True)
+
+
+def test_only_update_readme_images_names_the_tracked_charts(tmp_path: Path) -> None:
+    cli = argparse.ArgumentParser()
+    add_chart_arguments(cli)
+    assert chart_path("http", cli.parse_args([])) is None
+    assert chart_path("http", cli.parse_args(["--plot"])) == PLOTS / "http.png"
+    assert chart_path("http", cli.parse_args(["--plot", "--out", str(tmp_path)])) == (
+        tmp_path / "http.png")
+    assert chart_path("http", cli.parse_args(["--update-readme-images"])) == (
+        RESULTS / "http.png")
+    with pytest.raises(SystemExit):
+        cli.parse_args(["--out", str(tmp_path), "--update-readme-images"])

@@ -282,3 +282,17 @@ def test_sphinx_builds_without_warnings(tmp_path: Path) -> None:
             assert f'id="aiosessmgr.{name}"' in api, f"the API reference lacks {name}"
     for name in ("compat.adopt_sessions", "testing.DriverContract"):
         assert f'id="aiosessmgr.{name}"' in api, name
+
+
+def test_docs_requirements_are_in_the_test_extra() -> None:
+    """CI builds the site with the test extra; docs/requirements.txt asks for the same."""
+    import configparser
+
+    from packaging.requirements import Requirement
+
+    cfg = configparser.ConfigParser()
+    cfg.read(ROOT / "setup.cfg")
+    test_extra = {str(Requirement(line)) for line in
+                  cfg["options.extras_require"]["test"].split() if line}
+    wanted = [line for line in (DOCS / "requirements.txt").read_text().split() if line]
+    assert wanted and set(wanted) <= test_extra

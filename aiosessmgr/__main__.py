@@ -7,16 +7,21 @@ it removed: the cron alternative to the per-request lottery, e.g. every 10 minut
     */10 * * * *  python -m aiosessmgr gc --driver file --path /var/lib/app/sessions --lifetime 120
 
 or ``python -m aiosessmgr gc --config myapp.sessions:manager`` to use the app's own
-configuration. Exit codes: 0 done, 1 the store failed, 2 bad arguments.
+configuration. A driver whose store expires records by itself (redis, cookie) or whose
+store lives in the serving process (memory) has nothing to collect, and ``gc`` says so
+(for redis after a PING, so a store that is down still fails the run). Exit codes: see
+``GC_EXIT_CODES``. ``demo`` removes the temporary directory it made when it stops.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import errno
 import importlib
 import math
 import os
+import shutil
 import sys
 import tempfile
 from collections.abc import Sequence
@@ -24,12 +29,18 @@ from typing import Any
 
 from aiohttp import web
 
+from .drivers.memory import MemoryDriver
 from .errors import AiosessmgrError, DriverError
 from .manager import SessionManager
 from .web import get_session, setup
 
 STORE_ERROR = 1
 USAGE_ERROR = 2
+#: what ``gc`` exits with (also in ``gc --help``): cron mails the output of a failed run
+GC_EXIT_CODES = f"""exit codes:
+  0  done: every driver collected, or has nothing to collect
+  {STORE_ERROR}  a store failed or did not answer in time (nothing listening, no permission)
+  {USAGE_ERROR}  bad arguments or configuration (the message names the flag)"""
 
 
 def demo_app(manager: SessionManager) -> web.Application:
@@ -52,10 +63,12 @@ def demo_app(manager: SessionManager) -> web.Application:
     return app
 
 
-def _driver_config(args: argparse.Namespace) -> dict[str, Any]:
+def _driver_config(args: argparse.Namespace, temporary: str | None = None) -> dict[str, Any]:
+    """The manager config the flags describe; *temporary* is the file driver's directory
+    when ``--path`` was not given."""
     entry: dict[str, Any] = {"driver": args.driver, "lifetime": args.lifetime}
     if args.driver == "file":
-        entry["path"] = args.path or tempfile.mkdtemp(prefix="aiosessmgr-")
+        entry["path"] = args.path or temporary
         if args.no_check_permissions:
             entry["check_permissions"] = False
     elif args.path:
@@ -97,6 +110,68 @@ def _lifetime(text: str) -> float:
     return minutes
 
 
+def _port(text: str) -> int:
+    try:
+        port = int(text)
+    except ValueError:
+        port = -1
+    if not 0 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"must be a port number from 0 to 65535, got {text!r}")
+    return port
+
+
+def nothing_to_collect(driver: object) -> str | None:
+    """Why ``gc`` has nothing to collect on *driver*, or None when it may remove records."""
+    if isinstance(driver, MemoryDriver):
+        return ("nothing to collect: memory sessions live in the process that serves them "
+                "(its own lottery collects them); this process has an empty store")
+    if getattr(driver, "expires_itself", False) is True:
+        return "nothing to collect: the store expires sessions by itself"
+    return None
+
+
+def run_gc(manager: SessionManager) -> int:
+    """Collect on every driver of *manager*, a line each; the exit code (GC_EXIT_CODES)."""
+
+    async def collect() -> int:
+        code = 0
+        try:
+            for name in manager.config.drivers:
+                try:
+                    removed = (await manager.gc(name))[name]
+                    why = nothing_to_collect(manager.get_driver(name))
+                except DriverError as exc:
+                    print(f"python -m aiosessmgr gc: {name}: store error: {exc}",
+                          file=sys.stderr)
+                    code = STORE_ERROR
+                    continue
+                print(f"{name}: {why}" if why and not removed
+                      else f"{name}: removed {removed} expired sessions")
+        finally:
+            await manager.close()
+        return code
+
+    return asyncio.run(collect())
+
+
+def serve(app: web.Application, host: str, port: int, prog: str) -> int:
+    """``web.run_app`` on *host*:*port*; a port in use (or an address that cannot be
+    bound) is one line on stderr naming the flag, and exit code 1, not a traceback."""
+    try:
+        web.run_app(app, host=host, port=port,
+                    print=lambda _: print(f"Serving on http://{host}:{port}/ "
+                                          "(Ctrl+C to stop)", flush=True))
+    except OSError as exc:
+        if exc.errno == errno.EADDRINUSE:
+            print(f"{prog}: error: {host}:{port} is in use (another server?); choose "
+                  "another port with --port", file=sys.stderr)
+        else:
+            print(f"{prog}: error: cannot listen on {host}:{port} ({exc.strerror or exc}); "
+                  "check --host and --port", file=sys.stderr)
+        return STORE_ERROR
+    return 0
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m aiosessmgr")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -113,63 +188,65 @@ def _parser() -> argparse.ArgumentParser:
 
     demo = commands.add_parser("demo", help="serve a page-view counter")
     driver_options(demo, "file")
-    demo.add_argument("--host", default="127.0.0.1")
-    demo.add_argument("--port", type=int, default=8080)
+    demo.set_defaults(command_parser=demo)
+    demo.add_argument("--host", default="127.0.0.1", help="address to listen on "
+                      "(default 127.0.0.1)")
+    demo.add_argument("--port", type=_port, default=8080, help="port (default 8080)")
 
     gc = commands.add_parser(
         "gc", help="remove expired sessions once (for cron)",
+        formatter_class=argparse.RawDescriptionHelpFormatter, epilog=GC_EXIT_CODES,
         description="Remove expired sessions once and print how many: the cron alternative "
-                    "to the per-request lottery (set lottery to (0, 1) in the app then).")
+                    "to the per-request lottery (set lottery to (0, 1) in the app then). "
+                    "memory, redis and cookie drivers have nothing to collect and say so.")
     driver_options(gc, "file")
+    gc.set_defaults(command_parser=gc)
     gc.add_argument("--config", help="module:attribute naming a SessionManager (or factory)")
     return parser
 
 
-async def _gc(manager: SessionManager) -> dict[str, int]:
-    try:
-        return await manager.gc()
-    finally:
-        await manager.close()
-
-
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the command line; returns the exit code (2 for bad arguments)."""
+    """Run the command line; returns the exit code (see GC_EXIT_CODES; demo: 1 when it
+    cannot listen, 2 for bad arguments)."""
     parser = _parser()
     args = parser.parse_args(argv)
+    command: argparse.ArgumentParser = args.command_parser  # its errors print its usage
+    if args.command == "gc":
+        return _gc_command(args, command)
+    temporary = None if args.path or args.driver != "file" else \
+        tempfile.mkdtemp(prefix="aiosessmgr-demo-")
     try:
-        if args.command == "gc":
-            if args.config:
-                if args.path:
-                    parser.error("--config and --path do not go together: the config names "
-                                 "the directory")
-                manager = _load_manager(args.config)
-            else:
-                if args.driver == "file":
-                    if not args.path:
-                        parser.error("gc --driver file needs --path DIR")
-                    if not os.path.isdir(args.path):
-                        # gc never creates a directory: a typo must not look like "0 removed"
-                        parser.error(f"--path {args.path!r} is not a directory")
-                manager = SessionManager(_driver_config(args))
-            try:
-                removed = asyncio.run(_gc(manager))
-            except DriverError as exc:
-                print(f"python -m aiosessmgr gc: store error: {exc}", file=sys.stderr)
-                return STORE_ERROR
-            for name, count in removed.items():
-                print(f"{name}: removed {count} expired sessions")
-            return 0
-        manager = SessionManager(_driver_config(args))
+        try:
+            manager = SessionManager(_driver_config(args, temporary))
+        except AiosessmgrError as exc:
+            command.error(str(exc))
+        where = manager.config.drivers[manager.default].options.get("path")
+        print(f"aiosessmgr demo on the {manager.default} driver"
+              + (f", sessions in {where}" if where else ""), flush=True)
+        return serve(demo_app(manager), args.host, args.port, "python -m aiosessmgr demo")
+    finally:
+        if temporary:
+            shutil.rmtree(temporary, ignore_errors=True)
+
+
+def _gc_command(args: argparse.Namespace, gc: argparse.ArgumentParser) -> int:
+    try:
+        if args.config:
+            if args.path:
+                gc.error("--config and --path do not go together: the config names the "
+                         "directory")
+            manager = _load_manager(args.config)
+        else:
+            if args.driver == "file":
+                if not args.path:
+                    gc.error("--driver file needs --path DIR")
+                if not os.path.isdir(args.path):
+                    # gc never creates a directory: a typo must not look like "0 removed"
+                    gc.error(f"--path {args.path!r} is not a directory")
+            manager = SessionManager(_driver_config(args))
     except AiosessmgrError as exc:
-        print(f"python -m aiosessmgr {args.command}: error: {exc}", file=sys.stderr)
-        return USAGE_ERROR
-    where = manager.config.drivers[manager.default].options.get("path")
-    print(f"aiosessmgr demo on the {manager.default} driver"
-          + (f", sessions in {where}" if where else ""), flush=True)
-    web.run_app(demo_app(manager), host=args.host, port=args.port,
-                print=lambda _: print(f"Serving on http://{args.host}:{args.port}/ "
-                                      "(Ctrl+C to stop)", flush=True))
-    return 0
+        gc.error(str(exc))
+    return run_gc(manager)
 
 
 if __name__ == "__main__":

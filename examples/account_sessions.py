@@ -24,8 +24,8 @@ value shown is escaped. Every form carries the masked CSRF token, checked by
 
 from __future__ import annotations
 
-import argparse
 import html
+import sys
 import time
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
@@ -41,6 +41,8 @@ from aiosessmgr import (
     get_session,
     setup,
 )
+
+from . import _serve
 
 #: the app's session manager, for the handlers that list and end a user's sessions
 MANAGER = web.AppKey("account_sessions_manager", SessionManager)
@@ -218,14 +220,11 @@ def make_app(manager: SessionManager | None = None) -> web.Application:
     return app
 
 
-def main(argv: Sequence[str] | None = None) -> None:
+def main(argv: Sequence[str] | None = None) -> int:
     """Serve the app; ``--host`` and ``--port`` choose where (default 127.0.0.1:8089)."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=8089)
-    args = parser.parse_args(argv)
-    web.run_app(make_app(), host=args.host, port=args.port)
+    return _serve.run(lambda _: make_app(), module="account_sessions", doc=__doc__,
+                      port=8089, argv=argv)
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

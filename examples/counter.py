@@ -14,6 +14,8 @@ from aiohttp import web
 
 import aiosessmgr
 
+from . import _serve
+
 
 async def index(request: web.Request) -> web.Response:
     """Count this visitor's page views."""
@@ -35,4 +37,4 @@ def make_app() -> web.Application:
 
 
 if __name__ == "__main__":
-    web.run_app(make_app(), host="127.0.0.1", port=8081)
+    _serve.main(make_app, "counter", __doc__, port=8081)

@@ -25,6 +25,8 @@ from aiohttp import web
 
 from aiosessmgr import SessionManager, csrf_middleware, csrf_token, setup
 
+from . import _serve
+
 #: the header JSON clients send the token in (the middleware checks it first)
 TOKEN_HEADER = "X-CSRF-Token"
 
@@ -101,4 +103,4 @@ def make_app() -> web.Application:
 
 
 if __name__ == "__main__":
-    web.run_app(make_app(), host="127.0.0.1", port=8084)
+    _serve.main(make_app, "csrf_form", __doc__, port=8084)

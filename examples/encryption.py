@@ -34,6 +34,8 @@ from aiohttp import web
 
 from aiosessmgr import ConfigError, SessionManager, get_session, setup
 
+from . import _serve
+
 KEY_VAR = "AIOSESSMGR_KEY"
 PREVIOUS_KEYS_VAR = "AIOSESSMGR_PREVIOUS_KEYS"
 DIR_VAR = "AIOSESSMGR_SESSION_DIR"
@@ -100,4 +102,4 @@ if __name__ == "__main__":
         os.environ[KEY_VAR] = new_key()
         print(f"{KEY_VAR} is not set; using a throwaway key (sessions die with it):\n"
               f"  export {KEY_VAR}={os.environ[KEY_VAR]}")
-    web.run_app(make_app(), host="127.0.0.1", port=8087)
+    _serve.main(make_app, "encryption", __doc__, port=8087)

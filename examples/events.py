@@ -30,6 +30,8 @@ from aiosessmgr import (
     setup,
 )
 
+from . import _serve
+
 AUDITED = (SessionEvents.STARTED, SessionEvents.REGENERATED,
            SessionEvents.INVALIDATED, SessionEvents.DESTROYED)
 
@@ -128,4 +130,4 @@ def make_app() -> web.Application:
 
 
 if __name__ == "__main__":
-    web.run_app(make_app(), host="127.0.0.1", port=8086)
+    _serve.main(make_app, "events", __doc__, port=8086)

@@ -19,6 +19,8 @@ from aiohttp import web
 
 from aiosessmgr import SessionManager, csrf_middleware, csrf_token, get_session, setup
 
+from . import _serve
+
 COOKIE: dict[str, Any] = {"name": "flash_session", "same_site": "lax", "secure": False}
 
 
@@ -64,4 +66,4 @@ def make_app() -> web.Application:
 
 
 if __name__ == "__main__":
-    web.run_app(make_app(), host="127.0.0.1", port=8083)
+    _serve.main(make_app, "flash_messages", __doc__, port=8083)

@@ -21,6 +21,8 @@ from aiohttp import web
 
 from aiosessmgr import SessionManager, csrf_middleware, csrf_token, get_session, setup
 
+from . import _serve
+
 #: session key holding the logged-in user name
 USER_KEY = "user"
 
@@ -118,4 +120,4 @@ def make_app(manager: SessionManager | None = None) -> web.Application:
 
 
 if __name__ == "__main__":
-    web.run_app(make_app(), host="127.0.0.1", port=8082)
+    _serve.main(make_app, "login", __doc__, port=8082)

@@ -24,6 +24,8 @@ from aiohttp import web
 
 from aiosessmgr import SessionManager, get_session, setup
 
+from . import _serve
+
 WEB_MANAGER = web.AppKey("web_manager", SessionManager)
 API_MANAGER = web.AppKey("api_manager", SessionManager)
 
@@ -85,5 +87,7 @@ def make_app(api_path: str | None = None) -> web.Application:
 
 
 if __name__ == "__main__":
-    web.run_app(make_app(sys.argv[1] if len(sys.argv) > 1 else None),
-                host="127.0.0.1", port=8085)
+    sys.exit(_serve.run(
+        lambda args: make_app(args.dir), module="multiple_contexts", doc=__doc__, port=8085,
+        arguments=lambda parser: parser.add_argument(
+            "dir", nargs="?", help="directory of the API sessions (default: a temporary one)")))

@@ -57,6 +57,8 @@ from aiosessmgr import (
     setup,
 )
 
+from . import _serve
+
 __all__ = ["DEFAULT_DSN", "PostgresDriver", "make_app", "make_manager"]
 
 _T = TypeVar("_T")
@@ -366,4 +368,4 @@ def make_app(dsn: str | None = None, table: str = "sessions") -> web.Application
 
 
 if __name__ == "__main__":
-    web.run_app(make_app(), host="127.0.0.1", port=8088)
+    _serve.main(make_app, "postgres_driver", __doc__, port=8088)

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import os
 import re
 import secrets
 import shutil
+import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -17,6 +20,8 @@ import aiohttp
 import pytest
 
 from aiosessmgr.drivers.file import FileDriver
+
+from .redis_server import RedisServer
 
 TTL_MINUTES = 10
 
@@ -194,3 +199,215 @@ async def test_demo_counts_visits_on_the_file_driver() -> None:
             shutil.rmtree(directory, ignore_errors=True)
     assert proc.returncode in (0, -15), err.decode()
     assert b"Traceback" not in err
+
+
+# --- gc on every driver: the exit codes of GC_EXIT_CODES, and what each one prints ---------
+
+def test_gc_help_lists_the_exit_codes() -> None:
+    from aiosessmgr.__main__ import GC_EXIT_CODES
+
+    done = run("gc", "--help")
+    assert done.returncode == 0
+    assert GC_EXIT_CODES in done.stdout  # line breaks kept
+    for code in ("0  done", "1  a store failed", "2  bad arguments"):
+        assert code in done.stdout
+    page = (Path(__file__).resolve().parent.parent / "docs" / "cli.md").read_text()
+    assert GC_EXIT_CODES in page  # the docs show exactly what --help prints
+
+
+def test_gc_memory_has_nothing_to_collect() -> None:
+    done = run("gc", "--driver", "memory")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("memory: nothing to collect: memory sessions live in the "
+                                  "process that serves them")
+    assert "removed" not in done.stdout
+
+
+@pytest.mark.redis
+def test_gc_redis_up_has_nothing_to_collect(redis_server: RedisServer) -> None:
+    done = run("gc", "--driver", "redis", "--url", redis_server.url)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == "redis: nothing to collect: the store expires sessions by itself\n"
+
+
+def test_gc_redis_unreachable_exits_1() -> None:
+    with socket.socket() as closed:  # a port nobody listens on: bound, never listening
+        closed.bind(("127.0.0.1", 0))
+        url = f"redis://127.0.0.1:{closed.getsockname()[1]}/0"
+        done = run("gc", "--driver", "redis", "--url", url)
+    assert done.returncode == 1, (done.stdout, done.stderr)
+    assert done.stdout == ""
+    assert done.stderr.startswith("python -m aiosessmgr gc: redis: store error: redis PING")
+    assert len(done.stderr.splitlines()) == 1 and "Traceback" not in done.stderr
+
+
+def test_gc_redis_that_never_answers_exits_1_within_the_timeout() -> None:
+    """A listener that accepts and never replies: the driver's timeout ends the run."""
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(8)
+        url = f"redis://127.0.0.1:{silent.getsockname()[1]}/0?socket_timeout=1"
+        started = time.monotonic()
+        done = run("gc", "--driver", "redis", "--url", url)
+    assert done.returncode == 1, (done.stdout, done.stderr)
+    assert "store error" in done.stderr and "Traceback" not in done.stderr
+    assert time.monotonic() - started < 60
+
+
+def test_gc_cookie_driver_has_nothing_to_collect(tmp_path: Path) -> None:
+    (tmp_path / "cookieapp.py").write_text(
+        "import base64\n"
+        "from aiosessmgr import SessionManager\n"
+        "manager = SessionManager({'default': 'browser', 'drivers': {'browser': "
+        "{'driver': 'cookie'}}, 'encryption': {'enabled': True, "
+        "'key': base64.b64encode(bytes(32)).decode()}})\n")
+    done = run("gc", "--config", "cookieapp:manager", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == "browser: nothing to collect: the store expires sessions by itself\n"
+
+
+CUSTOM = '''
+from aiosessmgr import DriverError, SessionDriver, SessionManager
+
+
+class Counting(SessionDriver):
+    def __init__(self, fail: bool) -> None:
+        self.fail = fail
+
+    async def read(self, session_id): return None
+    async def write(self, session_id, payload, ttl): pass
+    async def destroy(self, session_id): pass
+
+    async def gc(self, max_lifetime):
+        if self.fail:
+            raise DriverError("the database is down")
+        return 0
+
+
+def make(fail):
+    manager = SessionManager({"default": "mine", "drivers": {
+        "mine": {"driver": "counting"}, "other": {"driver": "memory"}}})
+    manager.extend("counting", lambda config: Counting(fail))
+    return manager
+
+
+good = lambda: make(False)
+bad = lambda: make(True)
+'''
+
+
+def test_gc_custom_driver_removed_0_and_its_failure(tmp_path: Path) -> None:
+    """A custom driver may collect, so 0 is "removed 0"; its DriverError is exit 1, and
+    the other drivers of the manager are still collected."""
+    (tmp_path / "custom.py").write_text(CUSTOM)
+    done = run("gc", "--config", "custom:good", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines() == [
+        "mine: removed 0 expired sessions",
+        "other: nothing to collect: memory sessions live in the process that serves them "
+        "(its own lottery collects them); this process has an empty store"]
+    failed = run("gc", "--config", "custom:bad", cwd=tmp_path)
+    assert failed.returncode == 1
+    assert failed.stderr == "python -m aiosessmgr gc: mine: store error: the database is down\n"
+    assert failed.stdout.startswith("other: nothing to collect")
+
+
+@pytest.mark.parametrize("args", [["--path", "{tmp}/nope"], ["--driver", "file"],
+                                  ["--driver", "memory", "--path", "{tmp}"]],
+                         ids=["not-a-directory", "missing", "not-for-memory"])
+def test_gc_bad_path_shows_gcs_usage(tmp_path: Path, args: list[str]) -> None:
+    done = run("gc", *(a.replace("{tmp}", str(tmp_path)) for a in args))
+    assert done.returncode == 2
+    assert done.stderr.startswith("usage: python -m aiosessmgr gc ")
+    assert "{demo,gc}" not in done.stderr  # not the top-level usage
+
+
+# --- demo: where it listens, a port in use, its temporary directory ------------------------
+
+def _held_port() -> socket.socket:
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(1)
+    return sock
+
+
+def test_demo_port_in_use_is_one_line(tmp_path: Path) -> None:
+    before = set(Path(tempfile.gettempdir()).glob("aiosessmgr-demo-*"))
+    with _held_port() as held:
+        port = held.getsockname()[1]
+        done = run("demo", "--port", str(port))
+    assert done.returncode == 1
+    assert done.stderr == (f"python -m aiosessmgr demo: error: 127.0.0.1:{port} is in use "
+                           "(another server?); choose another port with --port\n")
+    # the temporary directory it made for the file driver is gone again
+    assert set(Path(tempfile.gettempdir()).glob("aiosessmgr-demo-*")) <= before
+
+
+def test_demo_bad_host_is_one_line() -> None:
+    done = run("demo", "--host", "192.0.2.1", "--port", str(free_port()))  # TEST-NET-1
+    assert done.returncode == 1
+    assert len(done.stderr.splitlines()) == 1 and "check --host and --port" in done.stderr
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_demo_removes_its_temporary_directory(sig: signal.Signals) -> None:
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "aiosessmgr", "demo", "--port", str(port)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None
+        banner = proc.stdout.readline()
+        found = re.search(r"sessions in (\S+)", banner)
+        assert found, banner
+        directory = Path(found.group(1))
+        assert proc.stdout.readline().startswith("Serving on")
+        assert directory.is_dir()
+        proc.send_signal(sig)
+        _, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 0, err
+    assert not directory.exists()
+    assert "Traceback" not in err
+
+
+def test_demo_keeps_the_directory_it_was_given(tmp_path: Path) -> None:
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "aiosessmgr", "demo", "--port", str(port),
+                             "--path", str(tmp_path)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None
+        proc.stdout.readline()
+        assert proc.stdout.readline().startswith("Serving on")
+        proc.send_signal(signal.SIGINT)
+        proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert tmp_path.is_dir()
+
+
+# --- every example: --host/--port, and a port in use is one line ---------------------------
+
+EXAMPLES = sorted(p.stem for p in (Path(__file__).resolve().parent.parent / "examples").glob(
+    "*.py") if not p.stem.startswith("_"))
+
+
+@pytest.mark.parametrize("name", EXAMPLES)
+def test_example_port_in_use_is_one_line(name: str) -> None:
+    root = Path(__file__).resolve().parent.parent
+    env = {**os.environ, "AIOSESSMGR_KEY": base64.b64encode(bytes(32)).decode(),
+           "DATABASE_URL": os.environ.get("DATABASE_URL",
+                                          "postgresql://postgres@127.0.0.1:5432/test")}
+    with _held_port() as held:
+        port = held.getsockname()[1]
+        done = subprocess.run([sys.executable, "-m", f"examples.{name}", "--host", "127.0.0.1",
+                               "--port", str(port)], cwd=root, env=env, capture_output=True,
+                              text=True, timeout=120)
+    assert done.returncode == 1, (done.stdout, done.stderr)
+    assert done.stderr == (f"python -m examples.{name}: error: 127.0.0.1:{port} is in use "
+                           "(another server?); choose another port with --port\n")

@@ -31,7 +31,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, ClassVar, Protocol, runtime_checkable
 
 from ..keys import check_keys
 
@@ -87,6 +87,11 @@ class SessionDriver(ABC):
     :class:`aiosessmgr.DriverError` (``raise DriverError(...) from exc``); a record that
     is missing, expired or unreadable is ``None``, not an error.
     """
+
+    #: True when the store drops expired records by itself (Redis's ``EX``, a browser's
+    #: cookie expiry), so :meth:`gc` never has anything to remove; ``python -m aiosessmgr
+    #: gc`` then says so instead of "removed 0". False (the default) for custom drivers.
+    expires_itself: ClassVar[bool] = False
 
     @abstractmethod
     async def read(self, session_id: str) -> bytes | None:

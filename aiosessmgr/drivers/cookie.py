@@ -135,6 +135,7 @@ class CookieDriver(SessionDriver):
     #: each request has its own store (its cookies): the runtime remembers no record
     #: written for one request as the base of another's save
     per_request: ClassVar[bool] = True
+    expires_itself: ClassVar[bool] = True
 
     def __init__(self, cookie_name: str, cipher: Cipher, values: Values, names: Names, *,
                  max_size: int = DEFAULT_MAX_SIZE, chunk_size: int = DEFAULT_CHUNK_SIZE,

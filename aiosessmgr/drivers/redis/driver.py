@@ -12,7 +12,7 @@ import logging
 import secrets
 from collections.abc import Callable, Coroutine, Mapping, Sequence
 from contextlib import suppress
-from typing import Any, Final, NamedTuple, TypeVar, cast
+from typing import Any, ClassVar, Final, NamedTuple, TypeVar, cast
 
 from redis.asyncio import RedisCluster
 from redis.asyncio.sentinel import Sentinel
@@ -545,11 +545,25 @@ class RedisDriver(SessionDriver):
         Redis fails, does not answer within the timeout, or answers another count."""
         return await self._users.remove(user_id, entries)
 
+    expires_itself: ClassVar[bool] = True
+
     async def gc(self, max_lifetime: int) -> int:
-        """Return 0: Redis expires every record itself (each write sets EX ttl), and
-        every user index with its last deadline; the manager prunes an index's entries
-        whose record is gone when it lists that user's sessions."""
-        return 0
+        """Return 0 after a PING: Redis expires every record itself (each write sets EX
+        ttl), and every user index with its last deadline; the manager prunes an index's
+        entries whose record is gone when it lists that user's sessions. The PING (every
+        node of a Cluster) makes a ``gc`` run from cron fail, DriverError, when Redis is
+        down or does not answer within the driver's timeout, instead of reporting 0."""
+        try:
+            await self._usable()
+            async with asyncio.timeout(self.timeout):
+                await self.client.ping()
+        except DriverError:
+            raise
+        except Exception as exc:
+            error = exc
+        else:
+            return 0
+        raise await self._failure("PING", error, ())
 
     async def close(self) -> None:
         """Finish batches in flight, then close the connections this driver opened.

@@ -1,0 +1,39 @@
+"""How every example starts: ``--host``/``--port`` flags, then aiohttp's ``web.run_app``.
+
+``python -m examples.NAME --help`` lists the flags. A port in use is one line naming the
+port and ``--port`` (exit code 1), the same handling as ``python -m aiosessmgr demo``,
+whose ``serve`` this reuses.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable, Sequence
+
+from aiohttp import web
+
+from aiosessmgr.__main__ import serve
+
+
+def run(make_app: Callable[[argparse.Namespace], web.Application], *, module: str, doc: str | None,
+        port: int, argv: Sequence[str] | None = None,
+        arguments: Callable[[argparse.ArgumentParser], object] | None = None) -> int:
+    """Parse ``--host``/``--port`` (and the example's own *arguments*), build the app from
+    the parsed flags and serve it; returns the exit code."""
+    prog = f"python -m examples.{module}"
+    parser = argparse.ArgumentParser(prog=prog, description=(doc or "").split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--host", default="127.0.0.1",
+                        help="address to listen on (default 127.0.0.1)")
+    parser.add_argument("--port", type=int, default=port, help=f"port (default {port})")
+    if arguments:
+        arguments(parser)
+    args = parser.parse_args(argv)
+    return serve(make_app(args), args.host, args.port, prog)
+
+
+def main(make_app: Callable[[], web.Application], module: str, doc: str | None,
+         port: int) -> None:
+    """``run`` for an example whose app takes no flags of its own; exits with its code."""
+    sys.exit(run(lambda _: make_app(), module=module, doc=doc, port=port))

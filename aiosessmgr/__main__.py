@@ -9,8 +9,16 @@ it removed: the cron alternative to the per-request lottery, e.g. every 10 minut
 or ``python -m aiosessmgr gc --config myapp.sessions:manager`` to use the app's own
 configuration. A driver whose store expires records by itself (redis, cookie) or whose
 store lives in the serving process (memory) has nothing to collect, and ``gc`` says so
-(for redis after a PING, so a store that is down still fails the run). Exit codes: see
-``GC_EXIT_CODES``. ``demo`` removes the temporary directory it made when it stops.
+(for redis after a PING, so a store that is down still fails the run). ``gc`` exits with
+(``GC_EXIT_CODES``, also in ``gc --help``)::
+
+    0  done: every driver collected, or has nothing to collect
+    1  a store failed or did not answer in time (nothing listening, no permission)
+    2  bad arguments or configuration (the message names the flag)
+
+``demo`` exits 0 when stopped (Ctrl+C, SIGTERM), 1 when it cannot listen on ``--host`` and
+``--port`` (one line naming the flag), 2 for bad arguments; it removes the temporary
+directory it made for the file driver when it stops, never a ``--path`` given.
 """
 
 from __future__ import annotations
@@ -29,12 +37,14 @@ from typing import Any
 
 from aiohttp import web
 
-from .drivers.memory import MemoryDriver
+from .drivers.base import SessionDriver
 from .errors import AiosessmgrError, DriverError
 from .manager import SessionManager
 from .web import get_session, setup
 
 STORE_ERROR = 1
+#: what ``demo`` (and every example) exits with when it cannot listen on --host/--port
+LISTEN_ERROR = 1
 USAGE_ERROR = 2
 #: what ``gc`` exits with (also in ``gc --help``): cron mails the output of a failed run
 GC_EXIT_CODES = f"""exit codes:
@@ -110,6 +120,13 @@ def _lifetime(text: str) -> float:
     return minutes
 
 
+def listen_flags(parser: argparse.ArgumentParser, port: int) -> None:
+    """Add ``--host`` (default 127.0.0.1) and ``--port`` (default *port*) to *parser*."""
+    parser.add_argument("--host", default="127.0.0.1",
+                        help="address to listen on (default 127.0.0.1)")
+    parser.add_argument("--port", type=_port, default=port, help=f"port (default {port})")
+
+
 def _port(text: str) -> int:
     try:
         port = int(text)
@@ -120,12 +137,16 @@ def _port(text: str) -> int:
     return port
 
 
-def nothing_to_collect(driver: object) -> str | None:
-    """Why ``gc`` has nothing to collect on *driver*, or None when it may remove records."""
-    if isinstance(driver, MemoryDriver):
-        return ("nothing to collect: memory sessions live in the process that serves them "
-                "(its own lottery collects them); this process has an empty store")
-    if getattr(driver, "expires_itself", False) is True:
+def nothing_to_collect(driver: SessionDriver) -> str | None:
+    """Why ``gc`` has nothing to collect on *driver*, or None when it may remove records.
+
+    Decided by the driver's class attributes ``process_local`` (memory) and
+    ``expires_itself`` (redis, cookie); both False for a custom driver unless it says so.
+    """
+    if driver.process_local:
+        return ("nothing to collect: its sessions live in the memory of the process that "
+                "serves them (whose lottery collects them); this process has an empty store")
+    if driver.expires_itself:
         return "nothing to collect: the store expires sessions by itself"
     return None
 
@@ -156,7 +177,7 @@ def run_gc(manager: SessionManager) -> int:
 
 def serve(app: web.Application, host: str, port: int, prog: str) -> int:
     """``web.run_app`` on *host*:*port*; a port in use (or an address that cannot be
-    bound) is one line on stderr naming the flag, and exit code 1, not a traceback."""
+    bound) is one line on stderr naming the flag, and LISTEN_ERROR (1), not a traceback."""
     try:
         web.run_app(app, host=host, port=port,
                     print=lambda _: print(f"Serving on http://{host}:{port}/ "
@@ -168,7 +189,7 @@ def serve(app: web.Application, host: str, port: int, prog: str) -> int:
         else:
             print(f"{prog}: error: cannot listen on {host}:{port} ({exc.strerror or exc}); "
                   "check --host and --port", file=sys.stderr)
-        return STORE_ERROR
+        return LISTEN_ERROR
     return 0
 
 
@@ -189,9 +210,7 @@ def _parser() -> argparse.ArgumentParser:
     demo = commands.add_parser("demo", help="serve a page-view counter")
     driver_options(demo, "file")
     demo.set_defaults(command_parser=demo)
-    demo.add_argument("--host", default="127.0.0.1", help="address to listen on "
-                      "(default 127.0.0.1)")
-    demo.add_argument("--port", type=_port, default=8080, help="port (default 8080)")
+    listen_flags(demo, 8080)
 
     gc = commands.add_parser(
         "gc", help="remove expired sessions once (for cron)",

@@ -2,7 +2,7 @@
 
 ``python -m examples.NAME --help`` lists the flags. A port in use is one line naming the
 port and ``--port`` (exit code 1), the same handling as ``python -m aiosessmgr demo``,
-whose ``serve`` this reuses.
+whose ``listen_flags`` and ``serve`` this reuses.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from collections.abc import Callable, Sequence
 
 from aiohttp import web
 
-from aiosessmgr.__main__ import serve
+from aiosessmgr.__main__ import listen_flags, serve
 
 
 def run(make_app: Callable[[argparse.Namespace], web.Application], *, module: str, doc: str | None,
@@ -24,9 +24,7 @@ def run(make_app: Callable[[argparse.Namespace], web.Application], *, module: st
     prog = f"python -m examples.{module}"
     parser = argparse.ArgumentParser(prog=prog, description=(doc or "").split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--host", default="127.0.0.1",
-                        help="address to listen on (default 127.0.0.1)")
-    parser.add_argument("--port", type=int, default=port, help=f"port (default {port})")
+    listen_flags(parser, port)
     if arguments:
         arguments(parser)
     args = parser.parse_args(argv)

@@ -188,9 +188,14 @@ async def test_demo_counts_visits_on_the_file_driver() -> None:
                 pytest.fail("demo server did not answer")
             async with client.get(url) as resp:
                 second = await resp.text()
+            files = [n for n in os.listdir(directory) if n.startswith("sess_")]
+            async with client.get(url + "reset") as resp:  # ends the session, back to /
+                after_reset = await resp.text()
         assert first.startswith("Visits: 1\n") and "Session driver: file" in first
         assert second.startswith("Visits: 2\n")
-        assert len([n for n in os.listdir(directory) if n.startswith("sess_")]) == 1
+        assert len(files) == 1
+        assert after_reset.startswith("Visits: 1\n")
+        assert files[0] not in os.listdir(directory)
     finally:
         if proc.returncode is None:
             proc.terminate()
@@ -213,13 +218,19 @@ def test_gc_help_lists_the_exit_codes() -> None:
         assert code in done.stdout
     page = (Path(__file__).resolve().parent.parent / "docs" / "cli.md").read_text()
     assert GC_EXIT_CODES in page  # the docs show exactly what --help prints
+    import aiosessmgr.__main__ as cli
+
+    listed = GC_EXIT_CODES.splitlines()[1:]
+    assert cli.__doc__ is not None
+    assert all(line.strip() in cli.__doc__ for line in listed)  # and so does the docstring
 
 
 def test_gc_memory_has_nothing_to_collect() -> None:
     done = run("gc", "--driver", "memory")
     assert done.returncode == 0, done.stderr
-    assert done.stdout.startswith("memory: nothing to collect: memory sessions live in the "
-                                  "process that serves them")
+    assert done.stdout == ("memory: nothing to collect: its sessions live in the memory of the "
+                           "process that serves them (whose lottery collects them); this "
+                           "process has an empty store\n")
     assert "removed" not in done.stdout
 
 
@@ -293,6 +304,16 @@ def make(fail):
 
 good = lambda: make(False)
 bad = lambda: make(True)
+
+
+class SelfExpiring(Counting):
+    expires_itself = True
+
+
+def expiring():
+    manager = SessionManager({"default": "ttl", "drivers": {"ttl": {"driver": "expiring"}}})
+    manager.extend("expiring", lambda config: SelfExpiring(False))
+    return manager
 '''
 
 
@@ -304,12 +325,16 @@ def test_gc_custom_driver_removed_0_and_its_failure(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stderr
     assert done.stdout.splitlines() == [
         "mine: removed 0 expired sessions",
-        "other: nothing to collect: memory sessions live in the process that serves them "
-        "(its own lottery collects them); this process has an empty store"]
+        "other: nothing to collect: its sessions live in the memory of the process that "
+        "serves them (whose lottery collects them); this process has an empty store"]
     failed = run("gc", "--config", "custom:bad", cwd=tmp_path)
     assert failed.returncode == 1
     assert failed.stderr == "python -m aiosessmgr gc: mine: store error: the database is down\n"
     assert failed.stdout.startswith("other: nothing to collect")
+    # a custom driver whose store expires records itself says so (SessionDriver.expires_itself)
+    expiring = run("gc", "--config", "custom:expiring", cwd=tmp_path)
+    assert expiring.returncode == 0, expiring.stderr
+    assert expiring.stdout == "ttl: nothing to collect: the store expires sessions by itself\n"
 
 
 @pytest.mark.parametrize("args", [["--path", "{tmp}/nope"], ["--driver", "file"],
@@ -343,10 +368,23 @@ def test_demo_port_in_use_is_one_line(tmp_path: Path) -> None:
     assert set(Path(tempfile.gettempdir()).glob("aiosessmgr-demo-*")) <= before
 
 
+@pytest.mark.parametrize("args", [["--port", "99999"], ["--port", "http"],
+                                  ["--driver", "memory", "--path", "{tmp}"]],
+                         ids=["port-out-of-range", "port-not-a-number", "path-not-for-memory"])
+def test_demo_bad_arguments_exit_2(tmp_path: Path, args: list[str]) -> None:
+    done = run("demo", *(a.replace("{tmp}", str(tmp_path)) for a in args))
+    assert done.returncode == 2, (done.stdout, done.stderr)
+    assert done.stderr.startswith("usage: python -m aiosessmgr demo ")
+    assert done.stderr.splitlines()[-1].startswith("python -m aiosessmgr demo: error: ")
+    assert "Traceback" not in done.stderr
+
+
 def test_demo_bad_host_is_one_line() -> None:
     done = run("demo", "--host", "192.0.2.1", "--port", str(free_port()))  # TEST-NET-1
     assert done.returncode == 1
     assert len(done.stderr.splitlines()) == 1 and "check --host and --port" in done.stderr
+    assert done.stderr.startswith("python -m aiosessmgr demo: error: cannot listen on "
+                                  "192.0.2.1:")
 
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
@@ -395,6 +433,21 @@ def test_demo_keeps_the_directory_it_was_given(tmp_path: Path) -> None:
 
 EXAMPLES = sorted(p.stem for p in (Path(__file__).resolve().parent.parent / "examples").glob(
     "*.py") if not p.stem.startswith("_"))
+
+
+def test_every_example_takes_host_and_port_each_its_own_default() -> None:
+    root = Path(__file__).resolve().parent.parent
+    defaults = {}
+    for name in EXAMPLES:
+        done = subprocess.run([sys.executable, "-m", f"examples.{name}", "--help"], cwd=root,
+                              capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0, done.stderr
+        assert "--host HOST" in done.stdout and "(default 127.0.0.1)" in done.stdout
+        found = re.search(r"--port PORT +port \(default (\d+)\)", done.stdout)
+        assert found, done.stdout
+        defaults[name] = int(found.group(1))
+    assert len(set(defaults.values())) == len(EXAMPLES), defaults  # several run at once
+    assert defaults["counter"] == 8081 and defaults["multiple_contexts"] == 8085
 
 
 @pytest.mark.parametrize("name", EXAMPLES)

@@ -92,6 +92,12 @@ class SessionDriver(ABC):
     #: cookie expiry), so :meth:`gc` never has anything to remove; ``python -m aiosessmgr
     #: gc`` then says so instead of "removed 0". False (the default) for custom drivers.
     expires_itself: ClassVar[bool] = False
+    #: True when the records live only in the memory of the process that wrote them (the
+    #: memory driver): another process, such as ``python -m aiosessmgr gc`` run from cron,
+    #: sees an empty store, so its :meth:`gc` has nothing to remove there (the serving
+    #: process's lottery collects them) and ``gc`` says so. False (the default) for a
+    #: store that processes share.
+    process_local: ClassVar[bool] = False
 
     @abstractmethod
     async def read(self, session_id: str) -> bytes | None:

@@ -27,6 +27,7 @@ import asyncio
 import time
 from collections.abc import Callable, Mapping, Sequence
 from itertools import islice
+from typing import ClassVar
 
 from ..locks import LocalLocks
 from .base import VERSION_SIZE, DriverSpec, SessionDriver, check_options
@@ -59,6 +60,9 @@ class MemoryDriver(SessionDriver):
     live id in front of expired ones: those are collected once it expires (at most one
     lifetime late; a read never returns them), and a live entry is never removed.
     """
+
+    #: the records are this process's own: a ``gc`` run in another process finds none
+    process_local: ClassVar[bool] = True
 
     def __init__(self, *, clock: Callable[[], float] = time.monotonic) -> None:
         self._clock = clock

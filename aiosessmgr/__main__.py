@@ -18,7 +18,9 @@ store lives in the serving process (memory) has nothing to collect, and ``gc`` s
 
 ``demo`` exits 0 when stopped (Ctrl+C, SIGTERM), 1 when it cannot listen on ``--host`` and
 ``--port`` (one line naming the flag), 2 for bad arguments; it removes the temporary
-directory it made for the file driver when it stops, never a ``--path`` given.
+directory it made for the file driver when it stops, never a ``--path`` given. A driver
+flag that means nothing where it is given (``--url`` with the file driver, any of them
+with ``gc --config``) is refused, not ignored.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ import errno
 import importlib
 import math
 import os
+import re
 import shutil
 import sys
 import tempfile
@@ -76,18 +79,45 @@ def demo_app(manager: SessionManager) -> web.Application:
 def _driver_config(args: argparse.Namespace, temporary: str | None = None) -> dict[str, Any]:
     """The manager config the flags describe; *temporary* is the file driver's directory
     when ``--path`` was not given."""
-    entry: dict[str, Any] = {"driver": args.driver, "lifetime": args.lifetime}
-    if args.driver == "file":
+    driver = args.driver or "file"
+    entry: dict[str, Any] = {"driver": driver, "lifetime": args.lifetime or DEFAULT_LIFETIME}
+    for flag in _flags_given(args, ("--driver", *_DRIVER_FLAGS[driver])):
+        owners = " or ".join(f"--driver {name}" for name, flags in _DRIVER_FLAGS.items()
+                             if flag in flags)
+        raise AiosessmgrError(f"{flag} is only for {owners}")
+    if driver == "file":
         entry["path"] = args.path or temporary
         if args.no_check_permissions:
             entry["check_permissions"] = False
-    elif args.path:
-        raise AiosessmgrError("--path is only for --driver file")
-    elif args.no_check_permissions:
-        raise AiosessmgrError("--no-check-permissions is only for --driver file")
-    if args.driver == "redis":
-        entry["url"] = args.url
-    return {"default": args.driver, "drivers": {args.driver: entry}}
+    if driver == "redis":
+        entry["url"] = args.url or DEFAULT_URL
+    return {"default": driver, "drivers": {driver: entry}}
+
+
+#: the flags that describe one driver; each command refuses those its driver does not take
+_DRIVER_FLAGS: dict[str, tuple[str, ...]] = {
+    "file": ("--path", "--no-check-permissions", "--lifetime"),
+    "memory": ("--lifetime",),
+    "redis": ("--url", "--lifetime"),
+}
+DEFAULT_URL = "redis://127.0.0.1:6379/0"
+DEFAULT_LIFETIME = 120.0
+
+
+def _flags_given(args: argparse.Namespace, allowed: Sequence[str] = ()) -> list[str]:
+    """The driver flags given on the command line, other than *allowed* (in flag order)."""
+    given = {"--driver": args.driver, "--path": args.path, "--url": args.url,
+             "--lifetime": args.lifetime, "--no-check-permissions": args.no_check_permissions}
+    return [flag for flag, value in given.items() if value not in (None, False)
+            and flag not in allowed]
+
+
+def _explain(exc: AiosessmgrError) -> str:
+    """*exc*'s message, with the command line's flag where it names the driver option."""
+    text = str(exc)
+    if "check_permissions" in text:
+        text += " (on the command line: --no-check-permissions)"
+    return text
 
 
 def _load_manager(spec: str) -> SessionManager:
@@ -177,20 +207,35 @@ def run_gc(manager: SessionManager) -> int:
 
 def serve(app: web.Application, host: str, port: int, prog: str) -> int:
     """``web.run_app`` on *host*:*port*; a port in use (or an address that cannot be
-    bound) is one line on stderr naming the flag, and LISTEN_ERROR (1), not a traceback."""
+    bound) is one line on stderr naming the flag, and LISTEN_ERROR (1), not a traceback.
+
+    The "Serving on" line names the address aiohttp bound, so ``--port 0`` shows the port
+    the system chose and an IPv6 host is in brackets (``http://[::1]:8080/``).
+    """
+    def announce(message: str) -> None:
+        # aiohttp's own line: "======== Running on http://host:port, ... ========"
+        found = re.search(r"Running on (.+?) =+", message)
+        urls = found.group(1).split(", ") if found else [f"http://{_address(host, port)}"]
+        print(f"Serving on {', '.join(url + '/' for url in urls)} (Ctrl+C to stop)",
+              flush=True)
+
     try:
-        web.run_app(app, host=host, port=port,
-                    print=lambda _: print(f"Serving on http://{host}:{port}/ "
-                                          "(Ctrl+C to stop)", flush=True))
+        web.run_app(app, host=host, port=port, print=announce)
     except OSError as exc:
+        where = _address(host, port)
         if exc.errno == errno.EADDRINUSE:
-            print(f"{prog}: error: {host}:{port} is in use (another server?); choose "
+            print(f"{prog}: error: {where} is in use (another server?); choose "
                   "another port with --port", file=sys.stderr)
         else:
-            print(f"{prog}: error: cannot listen on {host}:{port} ({exc.strerror or exc}); "
+            print(f"{prog}: error: cannot listen on {where} ({exc.strerror or exc}); "
                   "check --host and --port", file=sys.stderr)
         return LISTEN_ERROR
     return 0
+
+
+def _address(host: str, port: int) -> str:
+    """*host*:*port* as in a URL: an IPv6 address in brackets (RFC 3986, section 3.2.2)."""
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -198,14 +243,16 @@ def _parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
 
     def driver_options(cmd: argparse.ArgumentParser, default: str) -> None:
-        cmd.add_argument("--driver", choices=("file", "memory", "redis"), default=default)
+        # no argparse defaults: a flag given where it means nothing is refused, not ignored
+        cmd.add_argument("--driver", choices=tuple(_DRIVER_FLAGS),
+                         help=f"session driver (default {default})")
         cmd.add_argument("--path", help="session directory of the file driver")
         cmd.add_argument("--no-check-permissions", action="store_true",
                          help="file driver: use a session directory that other users could "
                               "read or replace (the driver's check_permissions: false)")
-        cmd.add_argument("--url", default="redis://127.0.0.1:6379/0", help="redis URL")
-        cmd.add_argument("--lifetime", type=_lifetime, default=120,
-                         help="idle lifetime in minutes (default 120)")
+        cmd.add_argument("--url", help=f"redis driver: its URL (default {DEFAULT_URL})")
+        cmd.add_argument("--lifetime", type=_lifetime,
+                         help=f"idle lifetime in minutes (default {DEFAULT_LIFETIME:g})")
 
     demo = commands.add_parser("demo", help="serve a page-view counter")
     driver_options(demo, "file")
@@ -232,13 +279,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     command: argparse.ArgumentParser = args.command_parser  # its errors print its usage
     if args.command == "gc":
         return _gc_command(args, command)
-    temporary = None if args.path or args.driver != "file" else \
+    temporary = None if args.path or args.driver not in (None, "file") else \
         tempfile.mkdtemp(prefix="aiosessmgr-demo-")
     try:
         try:
             manager = SessionManager(_driver_config(args, temporary))
         except AiosessmgrError as exc:
-            command.error(str(exc))
+            command.error(_explain(exc))
         where = manager.config.drivers[manager.default].options.get("path")
         print(f"aiosessmgr demo on the {manager.default} driver"
               + (f", sessions in {where}" if where else ""), flush=True)
@@ -251,12 +298,12 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _gc_command(args: argparse.Namespace, gc: argparse.ArgumentParser) -> int:
     try:
         if args.config:
-            if args.path:
-                gc.error("--config and --path do not go together: the config names the "
-                         "directory")
+            for flag in _flags_given(args):
+                gc.error(f"--config and {flag} do not go together: the config describes "
+                         "the drivers")
             manager = _load_manager(args.config)
         else:
-            if args.driver == "file":
+            if args.driver in (None, "file"):
                 if not args.path:
                     gc.error("--driver file needs --path DIR")
                 if not os.path.isdir(args.path):
@@ -264,7 +311,7 @@ def _gc_command(args: argparse.Namespace, gc: argparse.ArgumentParser) -> int:
                     gc.error(f"--path {args.path!r} is not a directory")
             manager = SessionManager(_driver_config(args))
     except AiosessmgrError as exc:
-        gc.error(str(exc))
+        gc.error(_explain(exc))
     return run_gc(manager)
 
 

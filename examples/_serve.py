@@ -2,7 +2,8 @@
 
 ``python -m examples.NAME --help`` lists the flags. A port in use is one line naming the
 port and ``--port`` (exit code 1), the same handling as ``python -m aiosessmgr demo``,
-whose ``listen_flags`` and ``serve`` this reuses.
+whose ``listen_flags`` and ``serve`` this reuses; a configuration the app refuses (a bad
+key, an unsafe directory) is one line and exit code 2.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from collections.abc import Callable, Sequence
 
 from aiohttp import web
 
+from aiosessmgr import AiosessmgrError
 from aiosessmgr.__main__ import listen_flags, serve
 
 
@@ -28,7 +30,11 @@ def run(make_app: Callable[[argparse.Namespace], web.Application], *, module: st
     if arguments:
         arguments(parser)
     args = parser.parse_args(argv)
-    return serve(make_app(args), args.host, args.port, prog)
+    try:
+        app = make_app(args)
+    except AiosessmgrError as exc:  # a bad key, directory or URL: one line and exit 2
+        parser.error(str(exc))
+    return serve(app, args.host, args.port, prog)
 
 
 def main(make_app: Callable[[], web.Application], module: str, doc: str | None,

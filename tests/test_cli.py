@@ -74,6 +74,8 @@ def test_gc_of_a_shared_directory_needs_the_explicit_opt_out(tmp_path: Path) -> 
     store.chmod(0o755)  # others may list the ids: refused, saying how to fix it
     refused = run("gc", "--driver", "file", "--path", str(store), "--lifetime", str(TTL_MINUTES))
     assert refused.returncode == 2 and "chmod 700" in refused.stderr
+    # it names the flag that opts out, not only the driver option
+    assert refused.stderr.rstrip().endswith("(on the command line: --no-check-permissions)")
     assert "Traceback" not in refused.stderr
     done = run("gc", "--driver", "file", "--path", str(store), "--lifetime", str(TTL_MINUTES),
                "--no-check-permissions")
@@ -135,7 +137,21 @@ NOT_A_MANAGER = "manager = 42\n"
         pytest.param(["--config", "broken:manager"], "broken at import",
                      id="config-raises-on-import"),
         pytest.param(["--config", "notmanager:manager", "--path", "{tmp}"],
-                     "do not go together", id="config-and-path"),
+                     "--config and --path do not go together", id="config-and-path"),
+        # with --config every driver flag is refused, not silently ignored
+        pytest.param(["--config", "notmanager:manager", "--driver", "redis"],
+                     "--config and --driver do not go together", id="config-and-driver"),
+        pytest.param(["--config", "notmanager:manager", "--url", "redis://127.0.0.1:1/0"],
+                     "--config and --url do not go together", id="config-and-url"),
+        pytest.param(["--config", "notmanager:manager", "--lifetime", "5"],
+                     "--config and --lifetime do not go together", id="config-and-lifetime"),
+        pytest.param(["--config", "notmanager:manager", "--no-check-permissions"],
+                     "--config and --no-check-permissions do not go together",
+                     id="config-and-no-check-permissions"),
+        pytest.param(["--path", "{tmp}", "--url", "redis://127.0.0.1:1/0"],
+                     "--url is only for --driver redis", id="url-not-for-file"),
+        pytest.param(["--driver", "redis", "--path", "{tmp}"],
+                     "--path is only for --driver file", id="path-not-for-redis"),
         pytest.param(["--driver", "sqlite"], "invalid choice", id="unknown-driver"),
     ],
 )
@@ -369,9 +385,16 @@ def test_demo_port_in_use_is_one_line(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("args", [["--port", "99999"], ["--port", "http"],
-                                  ["--driver", "memory", "--path", "{tmp}"]],
-                         ids=["port-out-of-range", "port-not-a-number", "path-not-for-memory"])
+                                  ["--driver", "memory", "--path", "{tmp}"],
+                                  ["--driver", "memory", "--no-check-permissions"],
+                                  ["--driver", "file", "--url", "redis://127.0.0.1:1/0"],
+                                  ["--path", "{tmp}/shared"]],
+                         ids=["port-out-of-range", "port-not-a-number", "path-not-for-memory",
+                              "no-check-permissions-not-for-memory", "url-not-for-file",
+                              "shared-directory"])
 def test_demo_bad_arguments_exit_2(tmp_path: Path, args: list[str]) -> None:
+    (tmp_path / "shared").mkdir(mode=0o755)
+    (tmp_path / "shared").chmod(0o755)
     done = run("demo", *(a.replace("{tmp}", str(tmp_path)) for a in args))
     assert done.returncode == 2, (done.stdout, done.stderr)
     assert done.stderr.startswith("usage: python -m aiosessmgr demo ")
@@ -385,6 +408,73 @@ def test_demo_bad_host_is_one_line() -> None:
     assert len(done.stderr.splitlines()) == 1 and "check --host and --port" in done.stderr
     assert done.stderr.startswith("python -m aiosessmgr demo: error: cannot listen on "
                                   "192.0.2.1:")
+
+
+def _serving(*args: str) -> tuple[subprocess.Popen[str], str]:
+    """Start the demo; the process and the URL its "Serving on" line names."""
+    proc = subprocess.Popen([sys.executable, "-m", "aiosessmgr", "demo", *args],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert proc.stdout is not None and proc.stderr is not None
+    proc.stdout.readline()  # "aiosessmgr demo on the ... driver"
+    line = proc.stdout.readline()
+    found = re.fullmatch(r"Serving on (\S+) \(Ctrl\+C to stop\)\n", line)
+    if not found:
+        proc.kill()
+        raise AssertionError((line, proc.communicate()[1]))
+    return proc, found.group(1)
+
+
+def _stop(proc: subprocess.Popen[str]) -> None:
+    proc.send_signal(signal.SIGINT)
+    try:
+        proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+
+
+async def _visits(url: str) -> str:
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as client, \
+            client.get(url) as response:
+        return await response.text()
+
+
+async def test_demo_port_0_names_the_port_it_got() -> None:
+    proc, url = _serving("--driver", "memory", "--port", "0")
+    try:
+        found = re.fullmatch(r"http://127\.0\.0\.1:(\d+)/", url)
+        assert found and int(found.group(1)) != 0, url
+        assert (await _visits(url)).startswith("Visits: 1\n")
+    finally:
+        _stop(proc)
+
+
+def _ipv6_loopback() -> bool:
+    try:
+        with socket.socket(socket.AF_INET6) as sock:
+            sock.bind(("::1", 0))
+    except OSError:
+        return False
+    return True
+
+
+@pytest.mark.skipif(not _ipv6_loopback(), reason="this machine has no IPv6 loopback (::1)")
+async def test_demo_ipv6_url_is_in_brackets() -> None:
+    proc, url = _serving("--driver", "memory", "--host", "::1", "--port", "0")
+    try:
+        assert re.fullmatch(r"http://\[::1\]:\d+/", url), url
+        assert (await _visits(url)).startswith("Visits: 1\n")
+    finally:
+        _stop(proc)
+    with socket.socket(socket.AF_INET6) as held6:
+        held6.bind(("::1", 0))
+        held6.listen(1)
+        port = held6.getsockname()[1]
+        done = run("demo", "--driver", "memory", "--host", "::1", "--port", str(port))
+    assert done.returncode == 1
+    assert done.stderr == (f"python -m aiosessmgr demo: error: [::1]:{port} is in use "
+                           "(another server?); choose another port with --port\n")
 
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
@@ -464,3 +554,22 @@ def test_example_port_in_use_is_one_line(name: str) -> None:
     assert done.returncode == 1, (done.stdout, done.stderr)
     assert done.stderr == (f"python -m examples.{name}: error: 127.0.0.1:{port} is in use "
                            "(another server?); choose another port with --port\n")
+
+
+@pytest.mark.parametrize(("name", "args", "env", "message"), [
+    pytest.param("encryption", [], {"AIOSESSMGR_KEY": "bad"}, "must be 32 bytes", id="bad-key"),
+    pytest.param("multiple_contexts", ["{tmp}"], {}, "chmod 700", id="shared-directory"),
+])
+def test_example_refused_configuration_is_one_line(tmp_path: Path, name: str, args: list[str],
+                                                   env: dict[str, str], message: str) -> None:
+    """A configuration the example's manager refuses is its usage and one line, exit 2."""
+    root = Path(__file__).resolve().parent.parent
+    tmp_path.chmod(0o755)
+    done = subprocess.run(
+        [sys.executable, "-m", f"examples.{name}", "--port", str(free_port()),
+         *(a.replace("{tmp}", str(tmp_path)) for a in args)],
+        cwd=root, env={**os.environ, **env}, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2, (done.stdout, done.stderr)
+    assert "Traceback" not in done.stderr
+    last = done.stderr.splitlines()[-1]
+    assert last.startswith(f"python -m examples.{name}: error: ") and message in last

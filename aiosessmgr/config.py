@@ -113,7 +113,8 @@ class CookieConfig:
     same_site: SameSite | None = "lax"
     path: str = "/"
     domain: str | None = None
-    #: seconds the browser keeps the cookie; re-sent on every response that used the session
+    #: seconds the browser keeps the cookie; a response that used the session re-sends it
+    #: once ``max_age // 10`` seconds (at least 1) have passed since it was last sent
     max_age: int | None = None
     #: with ``max_age`` None: True makes a browser-session cookie (the server still enforces
     #: ``lifetime``), False makes the cookie live as long as the driver's lifetime

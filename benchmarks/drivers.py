@@ -15,7 +15,7 @@ Operations, each at concurrency 1 and 64 (one session id per concurrent worker):
 
 The HTTP part serves a read-only page (``get_session`` + ``session.get``) from this
 process and drives it from a client in a separate process, for the memory and the
-file driver; the issue's target is file >= 0.5x memory.
+file driver; the target is file >= 0.5x memory.
 """
 
 from __future__ import annotations

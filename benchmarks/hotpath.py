@@ -9,7 +9,7 @@ app each (the session cases share one):
 * ``noop``: the same handler behind one no-op middleware (what any middleware costs);
 * ``session-none``: aiosessmgr's middleware, the handler never touches the session;
 * ``session-read``: aiosessmgr's middleware on the memory driver, one stored session, the
-  handler reads one value (the read-only path of issue 14);
+  handler reads one value (the read-only path);
 * ``session-write``: the same session, the handler increments a counter (one save).
 
 Each case runs on one keep-alive connection without a socket: aiohttp's own request

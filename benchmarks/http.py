@@ -139,7 +139,7 @@ LOAD_SATURATED = 0.90
 SERVER_BUSY = 0.85
 #: cores that other processes of the machine may use in a cell before it counts as noisy
 OTHERS = 0.10
-#: the issues' targets: (row, scenario, baseline row, baseline scenario, minimum ratio)
+#: the project's targets: (row, scenario, baseline row, baseline scenario, minimum ratio)
 TARGETS = (
     ("aiosessmgr-redis", "read", "aiohttp-session", "read", 1.5),
     ("aiosessmgr-redis", "read", "redis-py", "read", 1.0),
@@ -149,7 +149,7 @@ TARGETS = (
     # compare-and-set saves cost at most 5% against plain SET saves
     ("aiosessmgr-redis", "write", "aiosessmgr-redis-set", "write", 0.95),
     ("aiosessmgr-file", "read", "aiosessmgr-memory", "read", 0.5),
-    # issue 14: hot sessions (one cookie on all connections), the one-cookie read path
+    # hot sessions (one cookie on all connections), the one-cookie read path
     ("aiosessmgr-redis", "hot-write", "aiohttp-session", "hot-write", 1.5),
     ("aiosessmgr-redis", "hot-write", "aiosessmgr-redis", "write", 0.8),
     ("aiosessmgr-file", "hot-write", "aiosessmgr-file", "write", 1.0),
@@ -308,7 +308,7 @@ def redis_py_app(opts: argparse.Namespace) -> web.Application:
 
 
 def aiohttp_session_app(opts: argparse.Namespace) -> web.Application:
-    """aiohttp-session's RedisStorage, the reference point of issue 4."""
+    """aiohttp-session's RedisStorage, the reference point: what aiohttp apps use today."""
     from aiohttp_session.redis_storage import RedisStorage
     from redis.asyncio import Redis
 

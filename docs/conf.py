@@ -1,6 +1,7 @@
 """Sphinx configuration: the aiosessmgr documentation site.
 
-Build it warning-free (as CI does, in ``tests/test_sphinx.py``)::
+Build it warning-free (as CI does, in ``tests/test_docs.py``,
+``test_sphinx_builds_without_warnings``)::
 
     python -m sphinx -W -b html docs docs/_build/html
 

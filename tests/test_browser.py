@@ -5,7 +5,7 @@ what a browser actually does with our cookies and forms: the attributes Chromium
 login and logout through the real forms, and a form auto-submitted from another origin
 (Chromium adds ``Origin`` and ``Sec-Fetch-Site`` itself, and applies ``SameSite=Lax``).
 
-Needs Debian's Chromium (``apt-get install chromium chromium-driver``) and the
+Needs Debian's Chromium (``apt-get install chromium``) and the
 ``playwright`` package (in the ``test`` extra; its own browser download is never used).
 Without them the module is skipped locally and fails under CI (``CI=true``).
 
@@ -48,7 +48,7 @@ else:
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
 CHROMIUM = Path("/usr/bin/chromium")
-INSTALL_HINT = "apt-get install chromium chromium-driver; pip install -e '.[test]'"
+INSTALL_HINT = "apt-get install chromium; pip install -e '.[test]'"
 # as root on a closed network: no sandbox, and no background connections to Google's hosts
 CHROMIUM_ARGS = [
     "--headless",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import importlib
 import inspect
 import re
 import subprocess
@@ -269,10 +270,56 @@ def test_relative_links_resolve(page: str) -> None:
             assert (base / target).exists(), f"{page}: {target}"
 
 
+def _requirements(text: str) -> list[str]:
+    """The requirement lines of a requirements file or a setup.cfg list, comments dropped."""
+    lines = (line.partition("#")[0].strip() for line in text.splitlines())
+    return [line for line in lines if line]
+
+
+def _name(requirement: str) -> str:
+    from packaging.requirements import Requirement
+    from packaging.utils import canonicalize_name
+
+    return canonicalize_name(Requirement(requirement).name)
+
+
+# Run in the build's interpreter: every package of the test extra that neither
+# docs/requirements.txt nor install_requires asks for cannot be imported, as in a venv that
+# has only `pip install -e . -r docs/requirements.txt` (the README's docs command).
+ONLY_DOCS_REQUIREMENTS = """
+import importlib.metadata, runpy, sys
+from packaging.utils import canonicalize_name
+absent = set(sys.argv[1].split(","))
+blocked = {top for top, dists in importlib.metadata.packages_distributions().items()
+           if top != "aiosessmgr" and {canonicalize_name(d) for d in dists} & absent}
+
+class NotInDocsRequirements:
+    def find_spec(self, name, path=None, target=None):
+        if name.partition(".")[0] in blocked:
+            raise ModuleNotFoundError(f"No module named {name!r} (not in docs/requirements.txt)")
+        return None
+
+sys.meta_path.insert(0, NotInDocsRequirements())
+sys.argv = ["sphinx", *sys.argv[2:]]
+runpy.run_module("sphinx", run_name="__main__")
+"""
+
+
 def test_sphinx_builds_without_warnings(tmp_path: Path) -> None:
-    """The documentation site builds as CI builds it, ``-W``: any warning fails."""
+    """The documentation site builds as CI builds it, ``-W``: any warning fails; and it
+    builds with only what docs/requirements.txt and the package's own dependencies give,
+    the rest of the test extra unimportable (a new user's docs venv)."""
+    import configparser
+
+    cfg = configparser.ConfigParser()
+    cfg.read(ROOT / "setup.cfg")
+    given = {_name(r) for r in _requirements((DOCS / "requirements.txt").read_text())
+             + _requirements(cfg["options"]["install_requires"])}
+    absent = {_name(r) for r in _requirements(cfg["options.extras_require"]["test"])} - given
+    assert {"hypothesis", "aiohttp-session", "pytest-asyncio"} <= absent
     result = subprocess.run(
-        [sys.executable, "-m", "sphinx", "-W", "--keep-going", "-q", "-b", "html",
+        [sys.executable, "-c", ONLY_DOCS_REQUIREMENTS, ",".join(sorted(absent)),
+         "-W", "--keep-going", "-q", "-b", "html",
          "-d", str(tmp_path / "doctrees"), str(DOCS), str(tmp_path / "html")],
         cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
@@ -282,6 +329,17 @@ def test_sphinx_builds_without_warnings(tmp_path: Path) -> None:
             assert f'id="aiosessmgr.{name}"' in api, f"the API reference lacks {name}"
     for name in ("compat.adopt_sessions", "testing.DriverContract"):
         assert f'id="aiosessmgr.{name}"' in api, name
+    # a name a page cites by its module (aiosessmgr.log.RedactSessionIds) is on the API page
+    cited = {m for text in ALL_PAGES.values() for m in re.findall(
+        r"\baiosessmgr\.((?:[a-z_]+\.)+[A-Za-z_]+)\b", text)}
+    cited = {name for name in cited if not name.startswith("myapp")}  # an app's module
+    assert "log.RedactSessionIds" in cited
+    for name in cited:
+        module, _, attr = f"aiosessmgr.{name}".rpartition(".")
+        value = getattr(importlib.import_module(module), attr)  # a page cites what exists
+        if inspect.ismodule(value):  # a module: the names it is cited with are checked
+            continue
+        assert f'id="aiosessmgr.{name}"' in api, f"the API reference lacks aiosessmgr.{name}"
 
 
 def test_docs_requirements_are_in_the_test_extra() -> None:
@@ -293,6 +351,56 @@ def test_docs_requirements_are_in_the_test_extra() -> None:
     cfg = configparser.ConfigParser()
     cfg.read(ROOT / "setup.cfg")
     test_extra = {str(Requirement(line)) for line in
-                  cfg["options.extras_require"]["test"].split() if line}
-    wanted = [line for line in (DOCS / "requirements.txt").read_text().split() if line]
-    assert wanted and set(wanted) <= test_extra
+                  _requirements(cfg["options.extras_require"]["test"])}
+    wanted = {str(Requirement(line)) for line in
+              _requirements((DOCS / "requirements.txt").read_text())}
+    assert wanted and wanted <= test_extra
+
+
+#: every page a reader sees: the README, docs/ and the changelog docs/changelog.md includes
+ALL_PAGES = {**PAGES, "CHANGELOG.md": (ROOT / "CHANGELOG.md").read_text()}
+LIST_ITEM = re.compile(r"^\s*(?:[-*+]|\d+[.)])\s")
+
+
+@pytest.mark.parametrize("page", ALL_PAGES)
+def test_no_paragraph_runs_into_a_list(page: str) -> None:
+    """A line at column 0 right after a list item continues that item in Markdown (a lazy
+    continuation): a paragraph meant to follow the list needs a blank line first."""
+    in_list = fence = False
+    for number, line in enumerate(ALL_PAGES[page].splitlines(), 1):
+        if line.startswith("```"):
+            fence, in_list = not fence, False
+        elif fence or not line.strip():
+            in_list = False
+        elif LIST_ITEM.match(line):
+            in_list = True
+        else:
+            assert not in_list or line.startswith((" ", "\t")), f"{page}:{number}: {line}"
+
+
+def test_changelog_is_in_keep_a_changelog_form() -> None:
+    """Keep a Changelog 1.1.0: Unreleased first, then releases newest first with ISO dates,
+    each with the standard change types only; the package's version is the newest."""
+    text = ALL_PAGES["CHANGELOG.md"]
+    headings = re.findall(r"^## (.+)$", text, flags=re.M)
+    assert headings[0] == "Unreleased"
+    releases = [re.fullmatch(r"(\d+\.\d+\.\d+) - (\d{4}-\d{2}-\d{2})", h) for h in headings[1:]]
+    assert releases and all(releases), headings
+    versions = [tuple(map(int, m.group(1).split("."))) for m in releases if m]
+    dates = [m.group(2) for m in releases if m]
+    assert versions == sorted(versions, reverse=True) and dates == sorted(dates, reverse=True)
+    assert releases[0] and releases[0].group(1) == aiosessmgr.__version__
+    kinds = set(re.findall(r"^### (.+)$", text, flags=re.M))
+    assert kinds <= {"Added", "Changed", "Deprecated", "Removed", "Fixed", "Security"}, kinds
+    # a [bracketed] heading would need a link definition, which renders as brackets without
+    assert not re.search(r"^## \[", text, flags=re.M)
+
+
+def test_no_page_or_help_text_cites_the_issue_tracker() -> None:
+    """Users have no access to the project's internal issues: pages, --help texts and
+    docstrings say what a target is, not which issue asked for it."""
+    sources = {str(p.relative_to(ROOT)): p.read_text() for folder in
+               ("aiosessmgr", "benchmarks", "examples") for p in (ROOT / folder).rglob("*.py")}
+    for name, text in {**ALL_PAGES, **sources}.items():
+        found = re.search(r"\bissues?(?:'s?)? (?:\d+|target)|\bthe issues?\b", text, re.I)
+        assert not found, f"{name}: {found.group(0) if found else ''}"

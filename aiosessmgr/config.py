@@ -339,7 +339,8 @@ class SessionConfig:
     lottery_interval: float | None = None
     #: default idle lifetime in minutes for drivers that do not set their own
     lifetime: float = 120
-    #: minutes after creation when a session ends however active it is; None: no cap
+    #: minutes after creation (or the last ``login()``/``invalidate()``, which restart it)
+    #: when a session ends however active it is; None: no cap
     absolute_lifetime: float | None = None
     #: save the changes of requests answered with a 5xx status (Django never does: a
     #: request that failed half-way would store half its work); False by default
@@ -361,11 +362,20 @@ class SessionConfig:
                 f"default={self.default!r} is not one of the configured drivers: "
                 f"{', '.join(sorted(self.drivers))}"
             )
-        if not isinstance(self.users, UsersConfig):
-            raise ConfigError("users must be a UsersConfig or a mapping")
+        # the typed form takes typed sections (the config dict takes mappings for them):
+        # a mapping here would reach setup() unchecked and fail there as an AttributeError
+        for key, kind in (("cookie", CookieConfig), ("encryption", EncryptionConfig),
+                          ("users", UsersConfig)):
+            value = getattr(self, key)
+            if not isinstance(value, kind):
+                raise ConfigError(f"SessionConfig({key}=...) must be {kind.__name__}(...), got "
+                                  f"{type(value).__name__} (a mapping goes in the config "
+                                  f"dict, SessionManager({{{key!r}: {{...}}}}))")
         for name, cfg in self.drivers.items():
             if not isinstance(cfg, DriverConfig):
-                raise ConfigError(f"drivers.{name} must be a DriverConfig or a mapping")
+                raise ConfigError(f"SessionConfig(drivers=...): drivers.{name} must be "
+                                  f"DriverConfig(...), got {type(cfg).__name__} (a mapping goes "
+                                  f"in the config dict)")
         if isinstance(self.serializer, str):
             if self.serializer not in ("msgpack", "json"):
                 raise ConfigError(

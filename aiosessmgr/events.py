@@ -38,7 +38,8 @@ class SessionEvents(enum.StrEnum):
     DESTROYED = "destroyed"
     #: the session was written to its store
     SAVED = "saved"
-    #: a cookie named a session the store no longer has (idle expiry, GC, or never issued)
+    #: a cookie named a session the store no longer has (idle expiry, GC, or never issued),
+    #: or one past ``absolute_lifetime``, whose record this removes (no DESTROYED then)
     EXPIRED = "expired"
 
 

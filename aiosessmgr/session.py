@@ -372,7 +372,8 @@ class SessionStore(SessionData, SessionLocking, users.UserBinding):
         The CSRF token rotates too (OWASP: renew the session id at any privilege change).
         The move happens at ``save()`` (the middleware saves at the end of the request):
         the old record is re-read and this request's changes are replayed on it (so what
-        concurrent requests saved meanwhile is kept), the result is written under the new
+        concurrent requests saved before that is kept; a save landing between that re-read
+        and the destroy is not: docs/concurrency.md), the result is written under the new
         id, then the old record is destroyed (kept with ``destroy=False``, unless logged in:
         a copy would escape ``end_user_sessions``). A request that fails after it (an
         exception, a 5xx, a failed save) leaves the session as it was. If the old record

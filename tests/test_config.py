@@ -126,6 +126,25 @@ def test_defaults_and_typed_config_are_accepted() -> None:
     assert from_dict.drivers["only"].lifetime == 10
 
 
+@pytest.mark.parametrize(("section", "value", "message"), [
+    ("cookie", {"name": "x"}, "SessionConfig(cookie=...) must be CookieConfig(...), got dict"),
+    ("encryption", {"enabled": False},
+     "SessionConfig(encryption=...) must be EncryptionConfig(...), got dict"),
+    ("users", {"max_sessions": 2}, "SessionConfig(users=...) must be UsersConfig(...), got dict"),
+    ("drivers", {"memory": {"driver": "memory"}},
+     "SessionConfig(drivers=...): drivers.memory must be DriverConfig(...), got dict"),
+])
+def test_typed_config_takes_typed_sections_only(section: str, value: Any, message: str) -> None:
+    """A mapping in the typed form is refused at construction, saying where it goes; it
+    used to pass and fail in setup() as an AttributeError (a 500 at the first request)."""
+    with pytest.raises(ConfigError) as raised:
+        SessionConfig(**{section: value})
+    assert str(raised.value).startswith(message)
+    # the same mapping in the config dict is the documented form, and works
+    if section != "drivers":
+        assert getattr(SessionManager({section: value}).config, section) != value
+
+
 def test_custom_driver_type_is_checked_when_used() -> None:
     manager = SessionManager({"drivers": {"db": {"driver": "database"}}})
     with pytest.raises(ConfigError, match=r"'database' of 'db' is not registered.*extend"):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import base64
 import importlib
 import inspect
 import re
@@ -404,3 +405,27 @@ def test_no_page_or_help_text_cites_the_issue_tracker() -> None:
     for name, text in {**ALL_PAGES, **sources}.items():
         found = re.search(r"\bissues?(?:'s?)? (?:\d+|target)|\bthe issues?\b", text, re.I)
         assert not found, f"{name}: {found.group(0) if found else ''}"
+
+
+#: where each built-in driver's options are documented, in a table's first column
+DRIVER_PAGES = {"file": "docs/file-driver.md", "redis": "docs/redis-driver.md",
+                "cookie": "docs/configuration.md", "memory": "docs/configuration.md"}
+
+
+@pytest.mark.parametrize("driver", DRIVER_PAGES)
+def test_every_driver_option_is_documented(driver: str, tmp_path: Path) -> None:
+    """The keys a driver accepts (as its ConfigError for an unknown one lists them) each
+    have a row on its page, and the configuration reference names them."""
+    key = base64.b64encode(bytes(32)).decode()
+    with pytest.raises(aiosessmgr.ConfigError) as raised:
+        aiosessmgr.SessionManager({"encryption": {"key": key}, "drivers": {"x": {
+            "driver": driver, "path": str(tmp_path), "no_such_option": 1}}})
+    found = re.search(r"valid keys: (.+)$", str(raised.value))
+    assert found, raised.value
+    accepted = set(found.group(1).split(", ")) - {"driver"}
+    rows = {name for line in PAGES[DRIVER_PAGES[driver]].splitlines() if line.startswith("| `")
+            for name in re.findall(r"`(?:drivers\.\*\.)?([a-z_]+)`", line.split("|")[1])}
+    assert accepted <= rows, f"{DRIVER_PAGES[driver]} lacks rows for {accepted - rows}"
+    reference = PAGES["docs/configuration.md"]
+    assert all(f"`{name}`" in reference or f"`drivers.*.{name}`" in reference
+               for name in accepted), driver

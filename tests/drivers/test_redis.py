@@ -215,6 +215,26 @@ async def test_client_option_rejections() -> None:
         await decoding.aclose()
 
 
+async def test_overall_bound_per_call() -> None:
+    """connect_timeout + socket_timeout per call; twice that plus 0.5 s on a Cluster, which
+    retries once after a topology refresh, whether the driver built it or was given it."""
+    port = free_port()  # nothing listens: construction does no I/O
+    given = RedisCluster(host="127.0.0.1", port=port)
+    try:
+        for options, bound in (({"url": f"redis://127.0.0.1:{port}"}, 6.0),
+                               ({"url": f"redis://127.0.0.1:{port}", "socket_timeout": 1,
+                                 "connect_timeout": 2}, 3.0),
+                               ({"url": f"redis://127.0.0.1:{port}", "cluster": True}, 12.5),
+                               ({"client": Redis(port=port)}, 6.0),
+                               ({"client": given}, 12.5)):
+            manager = redis_manager(**options)
+            driver = manager.get_driver()
+            assert isinstance(driver, RedisDriver) and driver.timeout == bound, options
+            await manager.close()
+    finally:
+        await given.aclose()
+
+
 async def test_construction_does_no_network_io() -> None:
     port = free_port()  # nothing listens here
     for options in ({"url": f"redis://127.0.0.1:{port}"},

@@ -90,7 +90,8 @@ def build_client(opts: Mapping[str, Any]) -> Built:
             f"{', '.join(given)}"
         )
     timeout = connect_timeout + socket_timeout
-    if cluster:
+    # a Cluster call may retry once after refreshing the topology: twice the bound, +0.5 s
+    if cluster or isinstance(opts.get("client"), RedisCluster):
         timeout = 2 * timeout + 0.5
     if "client" in opts:
         if any(key in opts for key in ("socket_timeout", "connect_timeout", "cluster")):

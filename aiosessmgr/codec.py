@@ -164,6 +164,12 @@ class AesGcmCipher:
         nonce = os.urandom(_NONCE_SIZE)
         return self._head + nonce + self._aead.encrypt(nonce, plaintext, associated)
 
+    def recognizes(self, payload: bytes) -> bool:
+        """Whether *payload* is of this cipher's format at all (its first byte): False for
+        another system's value (an aiohttp-session cookie), which ``decrypt`` refuses too,
+        but which is no sign of tampering or of a lost key."""
+        return payload[:1] in (_AES_GCM_V2, _AES_GCM_V1)
+
     def decrypt(self, payload: bytes, associated: bytes) -> tuple[bytes, bool]:
         """Return (plaintext, needs_reencryption); raise DecodeError if it does not verify."""
         marker = payload[:1]

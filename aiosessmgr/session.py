@@ -371,15 +371,14 @@ class SessionStore(SessionData, SessionLocking, users.UserBinding):
 
         The CSRF token rotates too (OWASP: renew the session id at any privilege change).
         The move happens at ``save()`` (the middleware saves at the end of the request):
-        the old record is re-read and this request's changes are replayed on it (so what
-        concurrent requests saved before that is kept; a save landing between that re-read
-        and the destroy is not: docs/concurrency.md), the result is written under the new
-        id, then the old record is destroyed (kept with ``destroy=False``, unless logged in:
-        a copy would escape ``end_user_sessions``). A request that fails after it (an
-        exception, a 5xx, a failed save) leaves the session as it was. If the old record
-        ended meanwhile (a logout in another tab, another request's move), before or while
-        the new record was written, nothing stays under the new id and the session ends,
-        never revived; the cookie is left to the request that ended or moved it.
+        the old record is re-read, this request's changes replayed on it (what others saved
+        before is kept; one landing before the destroy is not: docs/concurrency.md) and
+        written under the new id, then the old record is destroyed (kept with
+        ``destroy=False``, unless logged in: a copy would escape ``end_user_sessions``). A
+        request that fails after it (an exception, a 5xx, a failed save) changes nothing.
+        If the old record ended meanwhile (a logout in another tab, another request's
+        move), even while the new record was written, nothing stays under the new id and
+        the session ends, never revived; the request that ended it owns the cookie.
         """
         self._require_started()
         await self._rt.commits.settled(self)  # a save of this session in progress ends first

@@ -181,6 +181,9 @@ CLOSE = f"--{BOUNDARY}--\r\n".encode()
         pytest.param(f"{FORM}; charset=latin-1", b"_token=caf%E9", "read", "café",
                      id="form-charset"),
         pytest.param(JSON, b'{"a": [1, 2], "_token": "A"}', "content", "A", id="json"),
+        # of two JSON keys the last, as json.loads (request.json()) reads them
+        pytest.param(JSON, b'{"_token": "A", "_token": "B"}', "json", "B",
+                     id="json-last-of-two"),
         pytest.param("application/vnd.api+json", b'{"_token": "A"}', "json", "A",
                      id="json-suffix"),
     ],

@@ -16,7 +16,14 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.hashes import SHA256
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
-from aiosessmgr import ConfigError, CookieConfig, SessionManager, get_session, setup
+from aiosessmgr import (
+    ConfigError,
+    CookieConfig,
+    SessionEvents,
+    SessionManager,
+    get_session,
+    setup,
+)
 from aiosessmgr.drivers.base import VERSION_SIZE
 
 from .conftest import FakeClock
@@ -292,3 +299,58 @@ async def test_tampered_stored_payload_through_middleware(
         response = await client.get("/")
     assert response.status == 200 and await response.text() == "1"
     assert any(r.levelname == "WARNING" for r in caplog.records)
+
+
+async def test_absolute_lifetime_restarts_at_login_not_at_regenerate(clock: FakeClock) -> None:
+    """docs/configuration.md: login() restarts the absolute lifetime (a login starts a new
+    session in all but the data); a bare regenerate() does not. The end is one EXPIRED
+    event and no DESTROYED (docs/events.md)."""
+    manager = SessionManager({"lifetime": 120, "absolute_lifetime": 60, "lottery": (0, 1)},
+                             clock=clock)
+    events: list[tuple[SessionEvents, str]] = []
+    for kind in (SessionEvents.EXPIRED, SessionEvents.DESTROYED):
+        manager.on(kind, lambda event: events.append((event.type, event.session_id)))
+    anonymous = await manager.driver()
+    anonymous.put("n", 1)
+    await anonymous.save()
+    clock.advance(50 * 60)
+    session = await manager.load(anonymous.id)
+    await session.login("ada")  # minute 50 of 60
+    await session.save()
+    logged_in = session.id
+    clock.advance(20 * 60)  # minute 70 since creation, 20 since the login
+    session = await manager.load(logged_in)
+    assert session.id == logged_in and session.get("n") == 1
+    await session.regenerate()  # does not restart the count
+    await session.save()
+    moved = session.id
+    clock.advance(41 * 60)  # 61 minutes since the login
+    events.clear()
+    session = await manager.load(moved)
+    assert session.id != moved and session.get("n") is None
+    assert events == [(SessionEvents.EXPIRED, moved)]
+    assert await manager.get_driver().read(moved) is None
+    await manager.close()
+
+
+async def test_regenerate_destroy_false_keeps_the_old_record_unless_logged_in() -> None:
+    """docs/security.md: regenerate(destroy=False) keeps the old record by the app's
+    choice, except for a logged-in session, whose copy would escape end_user_sessions."""
+    manager = SessionManager({"lottery": (0, 1)})
+    session = await manager.driver()
+    session.put("n", 1)
+    await session.save()
+    anonymous = session.id
+    await session.regenerate(destroy=False)
+    await session.save()
+    assert await manager.get_driver().read(anonymous) is not None
+    await session.login("ada")
+    await session.save()
+    logged_in = session.id
+    session = await manager.load(logged_in)
+    await session.regenerate(destroy=False)
+    await session.save()
+    assert session.id != logged_in
+    assert await manager.get_driver().read(logged_in) is None
+    assert [s.handle for s in await manager.user_sessions("ada")] == [session.handle]
+    await manager.close()

@@ -80,7 +80,8 @@ _OPENED_SIZE: Final = 1024
 
 
 class _Foreign(ValueError):
-    """A cookie value not of our shape (not base64url, no valid chunk count)."""
+    """A cookie value not of our shape (not base64url, no valid chunk count, not a payload
+    of the cipher's format)."""
 
 
 class Cipher(Protocol):
@@ -88,6 +89,7 @@ class Cipher(Protocol):
 
     def encrypt(self, plaintext: bytes, associated: bytes) -> bytes: ...
     def decrypt(self, payload: bytes, associated: bytes) -> tuple[bytes, bool]: ...
+    def recognizes(self, payload: bytes) -> bool: ...
 
 
 #: (Cookie header, name) -> that name's values, in header order (``cookies.cookie_values``)
@@ -269,6 +271,8 @@ class CookieDriver(SessionDriver):
             payload = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
         except (binascii.Error, ValueError) as exc:
             raise _Foreign("not base64url") from exc
+        if not self._cipher.recognizes(payload):  # base64url, but not sealed by us
+            raise _Foreign("not an aes-256-gcm payload")
         plain, _ = self._cipher.decrypt(payload, self._associated)  # DecodeError: ValueError
         if len(plain) <= _HEAD + VERSION_SIZE or plain[:1] != _FORMAT:
             raise ValueError("unknown layout")

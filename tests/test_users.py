@@ -8,8 +8,10 @@ operations a request costs with and without a user, and a driver without the ind
 
 from __future__ import annotations
 
+import asyncio
 from collections import Counter
 from collections.abc import AsyncIterator, Mapping
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -379,3 +381,29 @@ async def test_login_regenerates_and_ending_fires_destroyed(
     assert await manager.end_user_sessions("ann") == 1
     await manager.events.drain()
     assert seen == [(SessionEvents.DESTROYED, session.id)]
+
+
+@pytest.mark.parametrize("driver", ["memory", "file"])
+async def test_racing_logins_keep_the_cap_most_recent_and_the_next_login_restores_it(
+        driver: str, tmp_path: Path) -> None:
+    """docs/users.md: a login ends only sessions less recent than itself, so logins racing
+    each other never leave fewer than max_sessions alive, may leave more (the file driver's
+    threads interleave them), and the next login brings the user back to the cap, keeping
+    itself."""
+    entry = {"driver": driver, **({"path": str(tmp_path)} if driver == "file" else {})}
+    manager = SessionManager({"drivers": {driver: entry}, "users": {"max_sessions": 2},
+                              "lottery": (0, 1)})
+
+    async def login() -> str:
+        session = await manager.driver()
+        await session.login("ada")
+        await session.save()
+        return session.handle
+
+    burst = set(await asyncio.gather(*(login() for _ in range(8))))
+    alive = {entry.handle for entry in await manager.user_sessions("ada")}
+    assert len(alive) >= 2 and alive <= burst
+    last = await login()
+    alive = {entry.handle for entry in await manager.user_sessions("ada")}
+    assert len(alive) == 2 and last in alive
+    await manager.close()

@@ -360,6 +360,38 @@ async def test_two_managers_keep_separate_cookies(aiohttp_client: ClientFactory)
     assert await (await client.get("/both")).text() == "2 20"
 
 
+async def test_a_store_failure_of_one_manager_keeps_what_another_saved(
+        aiohttp_client: ClientFactory) -> None:
+    """docs/quickstart.md: with several managers each saves on its own; a store failure of
+    one (503) does not undo what another already saved (the one set up last, the inner
+    middleware, saves first)."""
+    outer, broken = make_manager(cookie={"name": "web_session"})
+    inner = SessionManager({"cookie": {"name": "api_session"}, "lottery": (0, 1)})
+
+    async def both(request: web.Request) -> web.Response:
+        (await get_session(request)).increment("web")
+        (await get_session(request, inner)).increment("api")
+        if "fail" in request.query:
+            broken.fail = DriverError("store unreachable")  # loaded; its save will fail
+        return web.Response(text="ok")
+
+    app = web.Application()
+    app.router.add_get("/both", both)
+    setup(app, outer)
+    setup(app, inner)
+    client = await aiohttp_client(app)
+    first = await client.get("/both")
+    api_id = set_cookie(first, "api_session").value
+    response = await client.get("/both", params={"fail": "1"})
+    assert response.status == 503
+    # the inner manager saved before the outer store failed, and that stays (the 503 is a
+    # new response: it carries neither manager's Set-Cookie)
+    assert (await inner.load(api_id)).get("api") == 2
+    broken.fail = None
+    assert (await client.get("/both")).status == 200
+    assert (await inner.load(api_id)).get("api") == 3
+
+
 async def test_lottery_gc_runs_after_the_response(aiohttp_client: ClientFactory) -> None:
     manager, driver = make_manager(lottery=(1, 1))
     driver.gc_gate = asyncio.Event()  # a collection that finishes only when the test says

@@ -429,3 +429,15 @@ def test_every_driver_option_is_documented(driver: str, tmp_path: Path) -> None:
     reference = PAGES["docs/configuration.md"]
     assert all(f"`{name}`" in reference or f"`drivers.*.{name}`" in reference
                for name in accepted), driver
+
+
+def test_concurrency_page_numbers_are_the_constants() -> None:
+    """docs/concurrency.md's figures are the defaults the code runs with."""
+    from aiosessmgr import commit
+
+    page = PAGES["docs/concurrency.md"]
+    assert (commit.REMEMBER_IDS, commit.REMEMBER_BYTES) == (256, 64 * 1024)
+    assert "the 256\nmost recently written sessions (records up to 64 KiB)" in page
+    assert (commit.SAVE_BACKOFF_MIN, commit.SAVE_BACKOFF_MAX) == (0.0005, 0.05)
+    assert "0.5 ms growing to 50 ms" in page
+    assert commit.SAVE_DEADLINE == 10.0 and "keeps trying for up to 10 s" in page

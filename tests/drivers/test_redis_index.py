@@ -297,6 +297,24 @@ async def test_read_many_is_one_round_trip(own_redis: RedisServer, prefix: str,
     assert after - before <= 3
 
 
+async def test_read_many_chunks_its_mget_at_1000_keys(own_redis: RedisServer,
+                                                     prefix: str) -> None:
+    """docs/redis-driver.md: MGETs of up to 1,000 keys, in order across the chunks."""
+    driver = redis_driver(url=own_redis.url, prefix=prefix)
+    sids = [new_session_id() for _ in range(2001)]
+    try:
+        for sid in (sids[0], sids[999], sids[1000], sids[2000]):
+            await driver.write(sid, sid.encode()[:8], 60)
+        before = own_redis.command_calls().get("mget", 0)
+        records = await driver.read_many(sids)
+    finally:
+        await driver.close()
+    assert own_redis.command_calls()["mget"] - before == 3
+    expected = [sid.encode()[:8] if i in (0, 999, 1000, 2000) else None
+                for i, sid in enumerate(sids)]
+    assert records == expected
+
+
 async def test_read_many_under_concurrent_use(driver: RedisDriver) -> None:
     sids = [new_session_id() for _ in range(40)]
     await asyncio.gather(*(driver.write(sid, sid.encode()[:8], 60) for sid in sids[::2]))

@@ -10,7 +10,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from aiosessmgr import MemoryDriver, SessionManager
+from aiosessmgr import MemoryDriver, SessionEvents, SessionManager
 
 from .redis_server import RedisServer
 
@@ -39,6 +39,15 @@ async def eventually(condition: Callable[[], bool], what: str, seconds: float = 
         if time.monotonic() > deadline:
             pytest.fail(f"{what}: not within {seconds:g} s")
         await asyncio.sleep(0.001)
+
+
+def record_events(manager: SessionManager,
+                  *kinds: SessionEvents) -> list[tuple[SessionEvents, str]]:
+    """The (type, session id) of every event of *kinds* the manager emits, in order."""
+    seen: list[tuple[SessionEvents, str]] = []
+    for kind in kinds:
+        manager.on(kind, lambda info: seen.append((info.type, info.session_id)))
+    return seen
 
 
 @pytest.fixture

@@ -26,7 +26,7 @@ from aiosessmgr import (
 )
 from aiosessmgr.drivers.base import VERSION_SIZE
 
-from .conftest import FakeClock
+from .conftest import FakeClock, record_events
 
 Client = TestClient[web.Request, web.Application]
 ClientFactory = Callable[[web.Application], Awaitable[Client]]
@@ -307,9 +307,7 @@ async def test_absolute_lifetime_restarts_at_login_not_at_regenerate(clock: Fake
     event and no DESTROYED (docs/events.md)."""
     manager = SessionManager({"lifetime": 120, "absolute_lifetime": 60, "lottery": (0, 1)},
                              clock=clock)
-    events: list[tuple[SessionEvents, str]] = []
-    for kind in (SessionEvents.EXPIRED, SessionEvents.DESTROYED):
-        manager.on(kind, lambda event: events.append((event.type, event.session_id)))
+    events = record_events(manager, SessionEvents.EXPIRED, SessionEvents.DESTROYED)
     anonymous = await manager.driver()
     anonymous.put("n", 1)
     await anonymous.save()

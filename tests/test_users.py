@@ -32,7 +32,7 @@ from aiosessmgr import (
 from aiosessmgr.ids import is_valid_handle
 from aiosessmgr.users import MAX_USER_AGENT, MAX_USER_ID, user_key
 
-from .conftest import FakeClock
+from .conftest import FakeClock, record_events
 from .test_web import ClientFactory
 
 
@@ -365,9 +365,7 @@ async def test_a_record_with_a_malformed_binding_is_a_fresh_session(
 async def test_login_regenerates_and_ending_fires_destroyed(
         counted: tuple[SessionManager, Counted]) -> None:
     manager, _ = counted
-    seen: list[tuple[SessionEvents, str]] = []
-    for event in (SessionEvents.REGENERATED, SessionEvents.DESTROYED):
-        manager.on(event, lambda info: seen.append((info.type, info.session_id)))
+    seen = record_events(manager, SessionEvents.REGENERATED, SessionEvents.DESTROYED)
     session = await manager.driver()
     session.put("k", 1)
     await session.save()

@@ -15,6 +15,7 @@ from typing import Any, cast
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient
+from aiohttp.typedefs import Handler
 
 from aiosessmgr import (
     DriverError,
@@ -335,6 +336,17 @@ async def test_unknown_well_formed_id_is_not_adopted(aiohttp_client: ClientFacto
     assert await driver.read(forged) is None
 
 
+def two_managers(handler: Handler, outer: SessionManager,
+                 inner: SessionManager) -> web.Application:
+    """An app serving *handler* at /both, with *outer* set up first (the default of
+    get_session, the outer middleware) and *inner* second."""
+    app = web.Application()
+    app.router.add_get("/both", handler)
+    setup(app, outer)
+    setup(app, inner)
+    return app
+
+
 async def test_two_managers_keep_separate_cookies(aiohttp_client: ClientFactory) -> None:
     web_manager = SessionManager({"cookie": {"name": "web_session"}, "lottery": (0, 1)})
     api_manager = SessionManager({"cookie": {"name": "api_session", "path": "/"},
@@ -347,11 +359,7 @@ async def test_two_managers_keep_separate_cookies(aiohttp_client: ClientFactory)
         api_session.increment("api", 10)
         return web.Response(text=f"{web_session['web']} {api_session['api']}")
 
-    app = web.Application()
-    app.router.add_get("/both", both)
-    setup(app, web_manager)
-    setup(app, api_manager)
-    client = await aiohttp_client(app)
+    client = await aiohttp_client(two_managers(both, web_manager, api_manager))
     first = await client.get("/both")
     assert await first.text() == "1 10"
     assert set_cookie(first, "web_session") is not None
@@ -375,11 +383,7 @@ async def test_a_store_failure_of_one_manager_keeps_what_another_saved(
             broken.fail = DriverError("store unreachable")  # loaded; its save will fail
         return web.Response(text="ok")
 
-    app = web.Application()
-    app.router.add_get("/both", both)
-    setup(app, outer)
-    setup(app, inner)
-    client = await aiohttp_client(app)
+    client = await aiohttp_client(two_managers(both, outer, inner))
     first = await client.get("/both")
     api_id = set_cookie(first, "api_session").value
     response = await client.get("/both", params={"fail": "1"})

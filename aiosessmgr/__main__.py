@@ -40,6 +40,7 @@ from typing import Any
 
 from aiohttp import web
 
+from .config import SessionConfig
 from .drivers.base import SessionDriver
 from .errors import AiosessmgrError, DriverError
 from .manager import SessionManager
@@ -80,7 +81,10 @@ def _driver_config(args: argparse.Namespace, temporary: str | None = None) -> di
     """The manager config the flags describe; *temporary* is the file driver's directory
     when ``--path`` was not given."""
     driver = args.driver or "file"
-    entry: dict[str, Any] = {"driver": driver, "lifetime": args.lifetime or DEFAULT_LIFETIME}
+    # a flag not given leaves the manager's own default (lifetime) or the driver's (url)
+    entry: dict[str, Any] = {"driver": driver}
+    if args.lifetime is not None:
+        entry["lifetime"] = args.lifetime
     for flag in _flags_given(args, ("--driver", *_DRIVER_FLAGS[driver])):
         owners = " or ".join(f"--driver {name}" for name, flags in _DRIVER_FLAGS.items()
                              if flag in flags)
@@ -89,8 +93,8 @@ def _driver_config(args: argparse.Namespace, temporary: str | None = None) -> di
         entry["path"] = args.path or temporary
         if args.no_check_permissions:
             entry["check_permissions"] = False
-    if driver == "redis":
-        entry["url"] = args.url or DEFAULT_URL
+    if args.url is not None:
+        entry["url"] = args.url
     return {"default": driver, "drivers": {driver: entry}}
 
 
@@ -100,8 +104,6 @@ _DRIVER_FLAGS: dict[str, tuple[str, ...]] = {
     "memory": ("--lifetime",),
     "redis": ("--url", "--lifetime"),
 }
-DEFAULT_URL = "redis://127.0.0.1:6379/0"
-DEFAULT_LIFETIME = 120.0
 
 
 def _flags_given(args: argparse.Namespace, allowed: Sequence[str] = ()) -> list[str]:
@@ -250,9 +252,10 @@ def _parser() -> argparse.ArgumentParser:
         cmd.add_argument("--no-check-permissions", action="store_true",
                          help="file driver: use a session directory that other users could "
                               "read or replace (the driver's check_permissions: false)")
-        cmd.add_argument("--url", help=f"redis driver: its URL (default {DEFAULT_URL})")
+        cmd.add_argument("--url", help="redis driver: its URL (default: the driver's, "
+                                       "127.0.0.1:6379 db 0)")
         cmd.add_argument("--lifetime", type=_lifetime,
-                         help=f"idle lifetime in minutes (default {DEFAULT_LIFETIME:g})")
+                         help=f"idle lifetime in minutes (default {SessionConfig().lifetime:g})")
 
     demo = commands.add_parser("demo", help="serve a page-view counter")
     driver_options(demo, "file")
